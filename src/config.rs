@@ -1,0 +1,415 @@
+//! Configuration: where settings come from and what they may be.
+//!
+//! Settings are read once at start-up from the environment (the 12-factor names of the
+//! contract) on top of an optional TOML file named by `SESSIONGATE_CONFIG`; the environment
+//! wins. Anything unknown or invalid stops start-up with one line naming the setting.
+//! This module validates values; it never opens sockets or talks to Redis.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use serde::Deserialize;
+
+/// Where the gateway runs; production turns on `Secure` cookies and JSON logs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Environment {
+    Development,
+    Production,
+}
+
+/// Cookie attributes of the session cookie (contract: "each may be overridden").
+#[derive(Clone, Debug)]
+pub struct CookieConfig {
+    pub name: String,
+    pub path: String,
+    pub domain: Option<String>,
+    pub same_site: cookie::SameSite,
+    pub http_only: bool,
+    pub secure: bool,
+    pub max_age: Duration,
+}
+
+/// Everything the gateway needs to start.
+#[derive(Clone, Debug)]
+pub struct Config {
+    pub listen: SocketAddr,
+    pub admin_listen: SocketAddr,
+    pub environment: Environment,
+    pub redis_url: String,
+    /// Upper bound on one Redis round trip; past it the request answers 503.
+    pub redis_timeout: Duration,
+    pub redis_pool_size: usize,
+    pub body_limit: usize,
+    /// Time a client gets to send its request headers (slowloris bound).
+    pub header_read_timeout: Duration,
+    /// Time in-flight requests get to finish after SIGTERM.
+    pub shutdown_grace: Duration,
+    pub session_ttl: Duration,
+    /// How stale `last_active` may get before a read sends a touch.
+    pub touch_interval: Duration,
+    pub cookie: CookieConfig,
+}
+
+const SESSION_TTL: Duration = Duration::from_secs(30 * 24 * 60 * 60);
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            admin_listen: SocketAddr::from(([127, 0, 0, 1], 9090)),
+            environment: Environment::Development,
+            redis_url: "redis://127.0.0.1:6379".to_string(),
+            redis_timeout: Duration::from_millis(250),
+            redis_pool_size: 4,
+            body_limit: 16 * 1024,
+            header_read_timeout: Duration::from_secs(10),
+            shutdown_grace: Duration::from_secs(30),
+            session_ttl: SESSION_TTL,
+            touch_interval: Duration::from_secs(60),
+            cookie: CookieConfig {
+                name: "concept_session".to_string(),
+                path: "/".to_string(),
+                domain: None,
+                same_site: cookie::SameSite::Lax,
+                http_only: true,
+                secure: false,
+                max_age: SESSION_TTL,
+            },
+        }
+    }
+}
+
+/// A setting that could not be accepted; its `Display` is the one line printed at start-up.
+#[derive(Debug, thiserror::Error)]
+#[error("invalid configuration: {setting}: {reason}")]
+pub struct ConfigError {
+    setting: String,
+    reason: String,
+}
+
+impl ConfigError {
+    fn new(setting: impl Into<String>, reason: impl Into<String>) -> Self {
+        ConfigError {
+            setting: setting.into(),
+            reason: reason.into(),
+        }
+    }
+}
+
+/// The `SESSIONGATE_*` names this version understands; any other is a typo worth stopping for.
+const KNOWN_VARIABLES: &[&str] = &[
+    "SESSIONGATE_LISTEN",
+    "SESSIONGATE_ADMIN_LISTEN",
+    "SESSIONGATE_ENV",
+    "SESSIONGATE_CONFIG",
+    "SESSIONGATE_REDIS_TIMEOUT_MS",
+    "SESSIONGATE_BODY_LIMIT_BYTES",
+    "SESSIONGATE_LOG_FORMAT",
+];
+
+/// The TOML file's shape. Every field is optional; unknown keys are refused.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileConfig {
+    listen: Option<String>,
+    admin_listen: Option<String>,
+    env: Option<String>,
+    #[serde(default)]
+    redis: RedisFile,
+    #[serde(default)]
+    http: HttpFile,
+    #[serde(default)]
+    session: SessionFile,
+    #[serde(default)]
+    cookie: CookieFile,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RedisFile {
+    url: Option<String>,
+    timeout_ms: Option<u64>,
+    pool_size: Option<usize>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct HttpFile {
+    body_limit_bytes: Option<usize>,
+    header_read_timeout_ms: Option<u64>,
+    shutdown_grace_ms: Option<u64>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SessionFile {
+    touch_interval_secs: Option<u64>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CookieFile {
+    name: Option<String>,
+    path: Option<String>,
+    domain: Option<String>,
+    same_site: Option<String>,
+    http_only: Option<bool>,
+    secure: Option<bool>,
+    max_age_secs: Option<u64>,
+}
+
+impl Config {
+    /// Reads the process environment (and the TOML file it may name).
+    pub fn from_env() -> Result<Config, ConfigError> {
+        let vars: HashMap<String, String> = std::env::vars_os()
+            .filter_map(|(k, v)| Some((k.into_string().ok()?, v.into_string().ok()?)))
+            .collect();
+        Config::from_vars(&vars)
+    }
+
+    /// Builds a configuration from the given variables, reading `SESSIONGATE_CONFIG` if set.
+    pub fn from_vars(vars: &HashMap<String, String>) -> Result<Config, ConfigError> {
+        if let Some(unknown) = vars
+            .keys()
+            .filter(|k| k.starts_with("SESSIONGATE_") && !KNOWN_VARIABLES.contains(&k.as_str()))
+            .min()
+        {
+            return Err(ConfigError::new(unknown.as_str(), "unknown setting"));
+        }
+        let file = match vars.get("SESSIONGATE_CONFIG") {
+            Some(path) => {
+                let text = std::fs::read_to_string(path)
+                    .map_err(|e| ConfigError::new("SESSIONGATE_CONFIG", format!("{path}: {e}")))?;
+                Self::parse_file(&text)
+                    .map_err(|e| ConfigError::new("SESSIONGATE_CONFIG", format!("{path}: {e}")))?
+            }
+            None => FileConfig::default(),
+        };
+        Config::merge(file, vars)
+    }
+
+    /// Parses the text of a TOML configuration file, checking its values.
+    pub fn from_toml(text: &str) -> Result<Config, ConfigError> {
+        let file = Self::parse_file(text).map_err(|e| ConfigError::new("TOML file", e))?;
+        Config::merge(file, &HashMap::new())
+    }
+
+    fn parse_file(text: &str) -> Result<FileConfig, String> {
+        toml::from_str(text).map_err(|e| e.message().to_string())
+    }
+
+    fn merge(file: FileConfig, vars: &HashMap<String, String>) -> Result<Config, ConfigError> {
+        let mut config = Config::default();
+        let pick = |var: &str, from_file: Option<String>, file_key: &str| {
+            match vars.get(var) {
+                Some(v) => Some((var.to_string(), v.clone())),
+                None => from_file.map(|v| (file_key.to_string(), v)),
+            }
+        };
+
+        if let Some((name, value)) = pick("SESSIONGATE_LISTEN", file.listen, "listen") {
+            config.listen = parse_addr(&name, &value)?;
+        }
+        if let Some((name, value)) = pick("SESSIONGATE_ADMIN_LISTEN", file.admin_listen, "admin_listen") {
+            config.admin_listen = parse_addr(&name, &value)?;
+        }
+        if let Some((name, value)) = pick("SESSIONGATE_ENV", file.env, "env") {
+            config.environment = match value.as_str() {
+                "development" | "dev" | "local" => Environment::Development,
+                "production" | "prod" => Environment::Production,
+                other => {
+                    return Err(ConfigError::new(
+                        name,
+                        format!("{other:?} is not one of development, production"),
+                    ))
+                }
+            };
+        }
+        if let Some((name, value)) = pick("REDIS_URL", file.redis.url, "redis.url") {
+            let known_scheme = ["redis://", "rediss://", "redis-cluster://", "redis-sentinel://"]
+                .iter()
+                .any(|scheme| value.starts_with(scheme));
+            if !known_scheme || fred::types::config::Config::from_url(&value).is_err() {
+                return Err(ConfigError::new(
+                    name,
+                    format!("{value:?} is not a redis://, rediss://, redis-cluster:// or redis-sentinel:// URL"),
+                ));
+            }
+            config.redis_url = value;
+        }
+        let timeout_ms = pick_u64(vars, "SESSIONGATE_REDIS_TIMEOUT_MS", file.redis.timeout_ms)?;
+        if let Some(ms) = timeout_ms {
+            config.redis_timeout = positive_millis("redis timeout", ms)?;
+        }
+        if let Some(size) = file.redis.pool_size {
+            if !(1..=64).contains(&size) {
+                return Err(ConfigError::new("redis.pool_size", "must be between 1 and 64"));
+            }
+            config.redis_pool_size = size;
+        }
+        if let Some(limit) = pick_u64(vars, "SESSIONGATE_BODY_LIMIT_BYTES", file.http.body_limit_bytes.map(|v| v as u64))? {
+            if !(64..=16 * 1024 * 1024).contains(&limit) {
+                return Err(ConfigError::new("body limit", "must be between 64 bytes and 16 MiB"));
+            }
+            config.body_limit = limit as usize;
+        }
+        if let Some(ms) = file.http.header_read_timeout_ms {
+            config.header_read_timeout = positive_millis("http.header_read_timeout_ms", ms)?;
+        }
+        if let Some(ms) = file.http.shutdown_grace_ms {
+            config.shutdown_grace = Duration::from_millis(ms);
+        }
+        if let Some(secs) = file.session.touch_interval_secs {
+            if secs > 60 {
+                return Err(ConfigError::new(
+                    "session.touch_interval_secs",
+                    "must be at most 60 (the contract allows last_active to be 60 s stale)",
+                ));
+            }
+            config.touch_interval = Duration::from_secs(secs);
+        }
+
+        let cookie = &mut config.cookie;
+        cookie.secure = config.environment == Environment::Production;
+        if let Some(name) = file.cookie.name {
+            if name.is_empty() || !name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-') {
+                return Err(ConfigError::new("cookie.name", "must be non-empty ASCII letters, digits, '_' or '-'"));
+            }
+            cookie.name = name;
+        }
+        if let Some(path) = file.cookie.path {
+            if !path.starts_with('/') || path.bytes().any(|b| b.is_ascii_control() || b == b';') {
+                return Err(ConfigError::new("cookie.path", "must start with '/' and hold no ';' or control characters"));
+            }
+            cookie.path = path;
+        }
+        if let Some(domain) = file.cookie.domain {
+            if domain.is_empty() || domain.bytes().any(|b| b.is_ascii_control() || b == b';' || b == b' ') {
+                return Err(ConfigError::new("cookie.domain", "must be a host name"));
+            }
+            cookie.domain = Some(domain);
+        }
+        if let Some(same_site) = file.cookie.same_site {
+            cookie.same_site = match same_site.to_ascii_lowercase().as_str() {
+                "lax" => cookie::SameSite::Lax,
+                "strict" => cookie::SameSite::Strict,
+                "none" => cookie::SameSite::None,
+                other => {
+                    return Err(ConfigError::new(
+                        "cookie.same_site",
+                        format!("{other:?} is not one of lax, strict, none"),
+                    ))
+                }
+            };
+        }
+        if let Some(http_only) = file.cookie.http_only {
+            cookie.http_only = http_only;
+        }
+        if let Some(secure) = file.cookie.secure {
+            cookie.secure = secure;
+        }
+        if cookie.same_site == cookie::SameSite::None && !cookie.secure {
+            return Err(ConfigError::new(
+                "cookie.same_site",
+                "\"none\" requires secure = true (browsers drop such cookies otherwise)",
+            ));
+        }
+        if let Some(secs) = file.cookie.max_age_secs {
+            cookie.max_age = Duration::from_secs(secs);
+        }
+        Ok(config)
+    }
+}
+
+fn parse_addr(name: &str, value: &str) -> Result<SocketAddr, ConfigError> {
+    value
+        .parse()
+        .map_err(|_| ConfigError::new(name, format!("{value:?} is not an address of the form ip:port")))
+}
+
+fn pick_u64(vars: &HashMap<String, String>, var: &str, from_file: Option<u64>) -> Result<Option<u64>, ConfigError> {
+    match vars.get(var) {
+        Some(v) => v
+            .parse()
+            .map(Some)
+            .map_err(|_| ConfigError::new(var, format!("{v:?} is not a whole number"))),
+        None => Ok(from_file),
+    }
+}
+
+fn positive_millis(name: &str, ms: u64) -> Result<Duration, ConfigError> {
+    if ms == 0 {
+        return Err(ConfigError::new(name, "must be greater than zero"));
+    }
+    Ok(Duration::from_millis(ms))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn vars(pairs: &[(&str, &str)]) -> HashMap<String, String> {
+        pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+    }
+
+    #[test]
+    fn defaults_follow_the_contract() {
+        let config = Config::from_vars(&HashMap::new()).expect("defaults are valid");
+        assert_eq!(config.listen.to_string(), "127.0.0.1:8080");
+        assert_eq!(config.admin_listen.to_string(), "127.0.0.1:9090");
+        assert_eq!(config.redis_timeout, Duration::from_millis(250));
+        assert_eq!(config.body_limit, 16 * 1024);
+        assert_eq!(config.cookie.max_age.as_secs(), 2_592_000);
+        assert!(!config.cookie.secure);
+    }
+
+    #[test]
+    fn production_turns_secure_cookies_on() {
+        let config = Config::from_vars(&vars(&[("SESSIONGATE_ENV", "production")])).expect("valid");
+        assert!(config.cookie.secure);
+    }
+
+    #[test]
+    fn errors_name_the_setting() {
+        let err = Config::from_vars(&vars(&[("SESSIONGATE_LISTEN", "nowhere")])).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "invalid configuration: SESSIONGATE_LISTEN: \"nowhere\" is not an address of the form ip:port"
+        );
+        let err = Config::from_vars(&vars(&[("SESSIONGATE_LSITEN", "x")])).unwrap_err();
+        assert_eq!(err.to_string(), "invalid configuration: SESSIONGATE_LSITEN: unknown setting");
+        let err = Config::from_vars(&vars(&[("REDIS_URL", "http://x")])).unwrap_err();
+        assert!(err.to_string().starts_with("invalid configuration: REDIS_URL:"), "{err}");
+        let err = Config::from_vars(&vars(&[("SESSIONGATE_REDIS_TIMEOUT_MS", "0")])).unwrap_err();
+        assert!(err.to_string().contains("greater than zero"), "{err}");
+    }
+
+    #[test]
+    fn toml_file_is_read_and_environment_wins() {
+        let config = Config::from_toml("listen = \"0.0.0.0:1234\"\n[cookie]\nsame_site = \"strict\"\n").expect("valid");
+        assert_eq!(config.listen.to_string(), "0.0.0.0:1234");
+        assert_eq!(config.cookie.same_site, cookie::SameSite::Strict);
+
+        let dir = std::env::temp_dir().join(format!("sessiongate-config-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("temp dir");
+        let path = dir.join("gateway.toml");
+        std::fs::write(&path, "listen = \"0.0.0.0:1234\"\n[redis]\ntimeout_ms = 100\n").expect("write");
+        let path = path.to_string_lossy().to_string();
+        let config = Config::from_vars(&vars(&[
+            ("SESSIONGATE_CONFIG", &path),
+            ("SESSIONGATE_LISTEN", "127.0.0.1:5555"),
+        ]))
+        .expect("valid");
+        assert_eq!(config.listen.to_string(), "127.0.0.1:5555");
+        assert_eq!(config.redis_timeout, Duration::from_millis(100));
+    }
+
+    #[test]
+    fn unknown_toml_keys_are_refused() {
+        let err = Config::from_toml("[redis]\nurll = \"redis://x\"\n").unwrap_err();
+        assert!(err.to_string().contains("unknown field `urll`"), "{err}");
+        let err = Config::from_toml("[cookie]\nsame_site = \"none\"\n").unwrap_err();
+        assert!(err.to_string().contains("cookie.same_site"), "{err}");
+    }
+}

@@ -1,0 +1,237 @@
+//! The public session API (contract, "Public endpoints"): routing and handlers.
+//!
+//! Routing is a plain `match` on a normalised path: a trailing slash is ignored and the
+//! plural `/api/sessions/...` aliases map onto the same routes. Each handler reads what it
+//! needs from the request, calls [`Sessions`] once, and writes the response and cookie.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use http::{Method, StatusCode};
+use hyper::body::Incoming;
+use hyper::{Request, Response};
+use serde::Serialize;
+use uuid::Uuid;
+
+use super::error::ApiError;
+use super::request::{client_session_id, current_session, json_body};
+use super::response::{json, json_text, set_session_cookie, timestamp};
+use super::Body;
+use crate::config::CookieConfig;
+use crate::preferences::{self, PreferencesError};
+use crate::session::{Session, Sessions, Usage};
+
+/// What the public handlers share.
+pub struct Api {
+    pub sessions: Sessions,
+    pub cookie: CookieConfig,
+    pub body_limit: usize,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Route {
+    Session,
+    Sync,
+    Info,
+    Preferences,
+}
+
+impl Route {
+    fn parse(path: &str) -> Option<Route> {
+        let path = path.strip_suffix('/').unwrap_or(path);
+        let rest = path
+            .strip_prefix("/api/sessions")
+            .or_else(|| path.strip_prefix("/api/session"))?;
+        match rest {
+            "" => Some(Route::Session),
+            "/sync" => Some(Route::Sync),
+            "/info" => Some(Route::Info),
+            "/preferences" => Some(Route::Preferences),
+            _ => None,
+        }
+    }
+
+    /// The route template, for logs (bounded cardinality, no ids).
+    fn template(self) -> &'static str {
+        match self {
+            Route::Session => "/api/session/",
+            Route::Sync => "/api/session/sync",
+            Route::Info => "/api/session/info",
+            Route::Preferences => "/api/session/preferences",
+        }
+    }
+
+    fn allow(self) -> &'static str {
+        match self {
+            Route::Session | Route::Sync => "POST",
+            Route::Info => "GET",
+            Route::Preferences => "GET, PUT",
+        }
+    }
+}
+
+/// Entry point for every public request.
+pub async fn handle(api: Arc<Api>, request: Request<Incoming>) -> Response<Body> {
+    let started = Instant::now();
+    let method = request.method().clone();
+    let route = Route::parse(request.uri().path());
+    let result = match (route, &method) {
+        (None, _) => Err(ApiError::route_not_found()),
+        (Some(Route::Session), &Method::POST) => create_or_get(&api, request).await,
+        (Some(Route::Sync), &Method::POST) => sync(&api, request).await,
+        (Some(Route::Info), &Method::GET) => info(&api, request).await,
+        (Some(Route::Preferences), &Method::GET) => get_preferences(&api, request).await,
+        (Some(Route::Preferences), &Method::PUT) => put_preferences(&api, request).await,
+        (Some(route), _) => Err(ApiError::method_not_allowed(route.allow())),
+    };
+    let response = result.unwrap_or_else(ApiError::into_response);
+    tracing::debug!(
+        %method,
+        route = route.map_or("unmatched", Route::template),
+        status = response.status().as_u16(),
+        micros = started.elapsed().as_micros() as u64,
+        "request"
+    );
+    response
+}
+
+#[derive(Serialize)]
+struct SessionBody<'a> {
+    session_id: &'a Uuid,
+    is_new_session: bool,
+    created_at: String,
+    last_active: String,
+    usage_stats: &'a Usage,
+}
+
+#[derive(Serialize)]
+struct SyncBody<'a> {
+    session_id: &'a Uuid,
+    is_synced: bool,
+    message: &'static str,
+}
+
+/// `rate_limits` stays an empty object until quota policies exist.
+#[derive(Serialize)]
+struct NoRateLimits {}
+
+#[derive(Serialize)]
+struct InfoBody<'a> {
+    session_id: &'a Uuid,
+    created_at: String,
+    last_active: String,
+    usage_stats: &'a Usage,
+    rate_limits: NoRateLimits,
+}
+
+async fn create_or_get(api: &Api, request: Request<Incoming>) -> Result<Response<Body>, ApiError> {
+    let (parts, body) = request.into_parts();
+    let current = current_session(&parts.headers, &api.cookie.name)?;
+    let body = json_body(&parts.headers, body, api.body_limit).await?;
+    let client = client_session_id(body.as_ref(), false)?;
+    let (session, is_new) = api.sessions.create_or_get(current, client).await?;
+    let record = &session.record;
+    let body = SessionBody {
+        session_id: &session.id,
+        is_new_session: is_new,
+        created_at: timestamp(record.created_at),
+        last_active: timestamp(record.last_active),
+        usage_stats: &record.usage,
+    };
+    Ok(with_cookie(api, json(StatusCode::OK, &body), &session.id))
+}
+
+async fn sync(api: &Api, request: Request<Incoming>) -> Result<Response<Body>, ApiError> {
+    let (parts, body) = request.into_parts();
+    let current = current_session(&parts.headers, &api.cookie.name)?;
+    let body = json_body(&parts.headers, body, api.body_limit).await?;
+    let client = client_session_id(body.as_ref(), true)?.ok_or_else(|| {
+        ApiError::invalid_field("client_session_id", "This field is required")
+    })?;
+    let (session, is_synced) = api.sessions.sync(current, client).await?;
+    let message = if is_synced {
+        "Sessions synchronized successfully"
+    } else if Some(session.id) == current {
+        "Client session not found; keeping the current session"
+    } else {
+        "Client session not found; created a new session"
+    };
+    let body = SyncBody {
+        session_id: &session.id,
+        is_synced,
+        message,
+    };
+    Ok(with_cookie(api, json(StatusCode::OK, &body), &session.id))
+}
+
+async fn info(api: &Api, request: Request<Incoming>) -> Result<Response<Body>, ApiError> {
+    let session = read_current(api, &request).await?;
+    let record = &session.record;
+    let body = InfoBody {
+        session_id: &session.id,
+        created_at: timestamp(record.created_at),
+        last_active: timestamp(record.last_active),
+        usage_stats: &record.usage,
+        rate_limits: NoRateLimits {},
+    };
+    Ok(with_cookie(api, json(StatusCode::OK, &body), &session.id))
+}
+
+async fn get_preferences(api: &Api, request: Request<Incoming>) -> Result<Response<Body>, ApiError> {
+    let session = read_current(api, &request).await?;
+    let body = session.record.preferences.as_deref().unwrap_or("{}");
+    Ok(with_cookie(api, json_text(StatusCode::OK, body.to_owned()), &session.id))
+}
+
+async fn put_preferences(api: &Api, request: Request<Incoming>) -> Result<Response<Body>, ApiError> {
+    let (parts, body) = request.into_parts();
+    let id = current_session(&parts.headers, &api.cookie.name)?.ok_or_else(ApiError::session_not_found)?;
+    let body = json_body(&parts.headers, body, api.body_limit)
+        .await?
+        .ok_or_else(|| ApiError::invalid_body("The request body must be a JSON object"))?;
+    let compact = preferences::validate(&body).map_err(|error| match error {
+        PreferencesError::TooLarge => ApiError::payload_too_large(error.to_string()),
+        other => ApiError::invalid_body(other.to_string()),
+    })?;
+    api.sessions
+        .set_preferences(id, &compact)
+        .await?
+        .ok_or_else(ApiError::session_not_found)?;
+    Ok(with_cookie(api, json_text(StatusCode::OK, compact), &id))
+}
+
+async fn read_current(api: &Api, request: &Request<Incoming>) -> Result<Session, ApiError> {
+    let id = current_session(request.headers(), &api.cookie.name)?.ok_or_else(ApiError::session_not_found)?;
+    api.sessions.read(id).await?.ok_or_else(ApiError::session_not_found)
+}
+
+/// Every successful session response (re)sets the cookie, which slides its expiry in the
+/// browser as activity slides it in Redis.
+fn with_cookie(api: &Api, mut response: Response<Body>, id: &Uuid) -> Response<Body> {
+    set_session_cookie(&mut response, id, &api.cookie);
+    response
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn routes_accept_slashes_and_plural_aliases() {
+        for (path, route) in [
+            ("/api/session", Route::Session),
+            ("/api/session/", Route::Session),
+            ("/api/sessions/", Route::Session),
+            ("/api/session/sync", Route::Sync),
+            ("/api/sessions/sync/", Route::Sync),
+            ("/api/session/info/", Route::Info),
+            ("/api/sessions/info", Route::Info),
+            ("/api/session/preferences", Route::Preferences),
+        ] {
+            assert_eq!(Route::parse(path), Some(route), "{path}");
+        }
+        for path in ["/", "/api", "/api/sessionsx", "/api/session/info/x", "/api/session//", "/api/sessionx/info"] {
+            assert_eq!(Route::parse(path), None, "{path}");
+        }
+    }
+}

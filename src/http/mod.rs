@@ -1,0 +1,108 @@
+//! HTTP: listeners, connections, and the two routers that speak HTTP.
+//!
+//! [`serve`] owns the accept loop and connection lifecycle (header-read timeout, graceful
+//! shutdown, panic containment) for any handler; [`api`] is the public session API and
+//! [`admin`] the operator endpoints. Handlers translate between HTTP and the domain modules;
+//! they never talk to Redis directly.
+
+pub mod admin;
+pub mod api;
+mod error;
+mod request;
+mod response;
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::panic::AssertUnwindSafe;
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures_util::FutureExt;
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper::{Request, Response};
+use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::server::graceful::GracefulShutdown;
+use tokio::net::TcpListener;
+
+pub use error::ApiError;
+
+/// Every response body is one buffer, built once.
+pub type Body = Full<Bytes>;
+
+/// Connection-level limits shared by both listeners.
+#[derive(Clone, Copy, Debug)]
+pub struct ConnectionLimits {
+    pub header_read_timeout: Duration,
+    pub shutdown_grace: Duration,
+}
+
+/// Serves `handler` on `listener` until `shutdown` resolves, then stops accepting and gives
+/// in-flight requests up to `limits.shutdown_grace` to finish.
+pub async fn serve<H, F>(listener: TcpListener, handler: H, limits: ConnectionLimits, shutdown: impl Future<Output = ()>)
+where
+    H: Fn(Request<Incoming>) -> F + Clone + Send + Sync + 'static,
+    F: Future<Output = Response<Body>> + Send + 'static,
+{
+    let graceful = GracefulShutdown::new();
+    let mut http = http1::Builder::new();
+    http.timer(TokioTimer::new()).header_read_timeout(limits.header_read_timeout);
+    tokio::pin!(shutdown);
+
+    loop {
+        let (stream, peer) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(accepted) => accepted,
+                Err(error) => {
+                    // Out of file descriptors and the like: back off instead of spinning.
+                    tracing::warn!(%error, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            () = &mut shutdown => break,
+        };
+        let _ = stream.set_nodelay(true);
+        let handler = handler.clone();
+        let service = service_fn(move |request| {
+            let handler = handler.clone();
+            async move { Ok::<_, Infallible>(contain_panics(handler(request)).await) }
+        });
+        let connection = graceful.watch(http.serve_connection(TokioIo::new(stream), service));
+        tokio::spawn(async move {
+            if let Err(error) = connection.await {
+                tracing::debug!(%peer, %error, "connection ended with an error");
+            }
+        });
+    }
+
+    drop(listener);
+    tokio::select! {
+        () = graceful.shutdown() => {}
+        () = tokio::time::sleep(limits.shutdown_grace) => {
+            tracing::warn!("shutdown grace period over; dropping the remaining connections");
+        }
+    }
+}
+
+/// A panic in a handler is a bug; the client gets a plain 500 without internals and the
+/// connection stays usable.
+async fn contain_panics(handler: impl Future<Output = Response<Body>>) -> Response<Body> {
+    match AssertUnwindSafe(handler).catch_unwind().await {
+        Ok(response) => response,
+        Err(_) => {
+            tracing::error!("request handler panicked");
+            ApiError::internal().into_response()
+        }
+    }
+}
+
+/// Binds a listener, naming the address in the error.
+pub async fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    TcpListener::bind(addr)
+        .await
+        .map_err(|e| std::io::Error::new(e.kind(), format!("cannot listen on {addr}: {e}")))
+}

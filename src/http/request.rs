@@ -1,0 +1,141 @@
+//! Reading requests: the current session (cookie or `X-Session-Id`), bounded JSON bodies,
+//! and the `client_session_id` field.
+
+use bytes::BytesMut;
+use http::{header, HeaderMap};
+use http_body_util::{BodyExt, Limited};
+use hyper::body::Incoming;
+use simd_json::prelude::*;
+use simd_json::OwnedValue;
+use uuid::Uuid;
+
+use super::ApiError;
+use crate::session::parse_id;
+
+pub const SESSION_HEADER: &str = "x-session-id";
+
+/// The request's current session id. The cookie wins; a cookie that is not a canonical UUID
+/// is ignored (stale garbage must not lock a browser out), while a bad `X-Session-Id` is a
+/// client bug and answered with 400.
+pub fn current_session(headers: &HeaderMap, cookie_name: &str) -> Result<Option<Uuid>, ApiError> {
+    let from_cookie = headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|value| value.to_str().ok())
+        .flat_map(cookie::Cookie::split_parse)
+        .filter_map(Result::ok)
+        .filter(|c| c.name() == cookie_name)
+        .find_map(|c| parse_id(c.value()));
+    if from_cookie.is_some() {
+        return Ok(from_cookie);
+    }
+    match headers.get(SESSION_HEADER) {
+        None => Ok(None),
+        Some(value) => value
+            .to_str()
+            .ok()
+            .and_then(parse_id)
+            .map(Some)
+            .ok_or_else(|| ApiError::invalid_field("X-Session-Id", "must be a UUID (8-4-4-4-12 hex digits)")),
+    }
+}
+
+/// Reads a JSON body of at most `limit` bytes. `Ok(None)` for an empty body. A body with a
+/// non-JSON `Content-Type` is refused with 415; a missing `Content-Type` is accepted.
+pub async fn json_body(headers: &HeaderMap, body: Incoming, limit: usize) -> Result<Option<OwnedValue>, ApiError> {
+    if let Some(content_type) = headers.get(header::CONTENT_TYPE) {
+        if !is_json(content_type.as_bytes()) {
+            return Err(ApiError::unsupported_media_type());
+        }
+    }
+    let declared = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|len| len > limit as u64) {
+        return Err(too_large(limit));
+    }
+    let collected = match Limited::new(body, limit).collect().await {
+        Ok(collected) => collected.to_bytes(),
+        Err(error) if error.is::<http_body_util::LengthLimitError>() => return Err(too_large(limit)),
+        Err(_) => return Err(ApiError::invalid_body("The request body could not be read")),
+    };
+    if collected.iter().all(u8::is_ascii_whitespace) {
+        return Ok(None);
+    }
+    // simd-json parses in place; reuse the received buffer when we hold its only reference.
+    let mut bytes = collected.try_into_mut().unwrap_or_else(|shared| BytesMut::from(&shared[..]));
+    simd_json::to_owned_value(&mut bytes)
+        .map(Some)
+        .map_err(|e| ApiError::invalid_body(format!("Malformed JSON: {e}")))
+}
+
+fn too_large(limit: usize) -> ApiError {
+    ApiError::payload_too_large(format!("The request body may be at most {limit} bytes"))
+}
+
+/// `application/json`, or any `application/<something>+json`, with optional parameters.
+fn is_json(content_type: &[u8]) -> bool {
+    let essence = content_type.split(|&b| b == b';').next().unwrap_or_default();
+    let essence = essence.trim_ascii().to_ascii_lowercase();
+    essence == b"application/json" || (essence.starts_with(b"application/") && essence.ends_with(b"+json"))
+}
+
+/// The `client_session_id` of a request body. `null`, absent and (unless `required`) the
+/// empty string all mean "none"; anything else must be a canonical UUID string.
+pub fn client_session_id(body: Option<&OwnedValue>, required: bool) -> Result<Option<Uuid>, ApiError> {
+    const FIELD: &str = "client_session_id";
+    let value = match body {
+        None => None,
+        Some(body) => match body.as_object() {
+            Some(object) => object.get(FIELD).filter(|v| !v.is_null()),
+            None => return Err(ApiError::invalid_body("The request body must be a JSON object")),
+        },
+    };
+    match value {
+        None if required => Err(ApiError::invalid_field(FIELD, "This field is required")),
+        None => Ok(None),
+        Some(value) => match value.as_str() {
+            None => Err(ApiError::invalid_field(FIELD, "Must be a string")),
+            Some("") if required => Err(ApiError::invalid_field(FIELD, "Must not be empty")),
+            Some("") => Ok(None),
+            Some(text) => parse_id(text)
+                .map(Some)
+                .ok_or_else(|| ApiError::invalid_field(FIELD, "Must be a UUID (8-4-4-4-12 hex digits)")),
+        },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn json_content_types() {
+        assert!(is_json(b"application/json"));
+        assert!(is_json(b"Application/JSON; charset=utf-8"));
+        assert!(is_json(b"application/merge-patch+json"));
+        assert!(!is_json(b"text/plain"));
+        assert!(!is_json(b"application/x-www-form-urlencoded"));
+        assert!(!is_json(b""));
+    }
+
+    #[test]
+    fn cookie_wins_and_garbage_cookies_are_ignored() {
+        let a = "6f9619ff-8b86-4011-b42d-00cf4fc964ff";
+        let b = "0b0a5f2e-3c1d-4e5f-8a9b-0c1d2e3f4a5b";
+        let mut headers = HeaderMap::new();
+        headers.insert(header::COOKIE, format!("other=1; concept_session={a}").parse().expect("header"));
+        headers.insert(SESSION_HEADER, b.parse().expect("header"));
+        assert_eq!(current_session(&headers, "concept_session").expect("ok").map(|u| u.to_string()).as_deref(), Some(a));
+
+        headers.insert(header::COOKIE, "concept_session=garbage".parse().expect("header"));
+        assert_eq!(current_session(&headers, "concept_session").expect("ok").map(|u| u.to_string()).as_deref(), Some(b));
+
+        headers.remove(SESSION_HEADER);
+        assert_eq!(current_session(&headers, "concept_session").expect("ok"), None);
+
+        headers.insert(SESSION_HEADER, "nope".parse().expect("header"));
+        assert!(current_session(&headers, "concept_session").is_err());
+    }
+}

@@ -1,0 +1,65 @@
+//! Building responses: JSON bodies, the session cookie and the headers every response carries.
+
+use bytes::Bytes;
+use chrono::{DateTime, SecondsFormat};
+use http::{header, HeaderValue, StatusCode};
+use http_body_util::Full;
+use hyper::Response;
+use serde::Serialize;
+use uuid::Uuid;
+
+use super::Body;
+use crate::config::CookieConfig;
+
+/// Serialises `body` into one buffer and wraps it with the common headers. Session data is
+/// per-user, so nothing may be cached by browsers or proxies.
+pub fn json<T: Serialize>(status: StatusCode, body: &T) -> Response<Body> {
+    // Our bodies are plain structs of strings and numbers: serialising them cannot fail.
+    json_text(status, simd_json::serde::to_vec(body).unwrap_or_else(|_| b"{}".to_vec()))
+}
+
+/// Like [`json`], for a body that is JSON text already.
+pub fn json_text(status: StatusCode, bytes: impl Into<Bytes>) -> Response<Body> {
+    let mut response = Response::new(Full::new(bytes.into()));
+    *response.status_mut() = status;
+    let headers = response.headers_mut();
+    headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    headers.insert(header::X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"));
+    response
+}
+
+/// Sets the session cookie (contract, "Cookie") to `id`.
+pub fn set_session_cookie(response: &mut Response<Body>, id: &Uuid, config: &CookieConfig) {
+    let mut cookie = cookie::Cookie::build((config.name.as_str(), id.to_string()))
+        .path(config.path.as_str())
+        .same_site(config.same_site)
+        .http_only(config.http_only)
+        .secure(config.secure)
+        .max_age(cookie::time::Duration::seconds(config.max_age.as_secs() as i64));
+    if let Some(domain) = &config.domain {
+        cookie = cookie.domain(domain.as_str());
+    }
+    // Name, path and domain are validated at start-up and the value is a UUID, so the
+    // header is always valid; skipping it is the only alternative to a panic.
+    if let Ok(value) = HeaderValue::from_str(&cookie.build().to_string()) {
+        response.headers_mut().append(header::SET_COOKIE, value);
+    }
+}
+
+/// RFC 3339 in UTC with a `Z`, to the second, from Unix seconds.
+pub fn timestamp(unix_seconds: i64) -> String {
+    DateTime::from_timestamp(unix_seconds, 0)
+        .unwrap_or_default()
+        .to_rfc3339_opts(SecondsFormat::Secs, true)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn timestamps_are_utc_with_z() {
+        assert_eq!(timestamp(1_680_352_496), "2023-04-01T12:34:56Z");
+    }
+}

@@ -1,0 +1,77 @@
+//! The `sessiongate` binary: configuration, logging and signals around [`sessiongate::start`].
+
+use std::process::ExitCode;
+
+use sessiongate::config::{Config, Environment};
+use tracing_subscriber::EnvFilter;
+
+fn main() -> ExitCode {
+    let config = match Config::from_env() {
+        Ok(config) => config,
+        Err(error) => {
+            eprintln!("sessiongate: {error}");
+            return ExitCode::from(2);
+        }
+    };
+    init_logging(&config);
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("sessiongate: cannot start the async runtime: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    runtime.block_on(async {
+        let gateway = match sessiongate::start(config).await {
+            Ok(gateway) => gateway,
+            Err(error) => {
+                tracing::error!(%error, "start-up failed");
+                eprintln!("sessiongate: {error}");
+                return ExitCode::FAILURE;
+            }
+        };
+        wait_for_signal().await;
+        tracing::info!("shutting down: finishing in-flight requests");
+        gateway.shutdown().await;
+        tracing::info!("stopped");
+        ExitCode::SUCCESS
+    })
+}
+
+/// JSON lines in production (for log pipelines), readable text elsewhere; the level comes
+/// from `RUST_LOG` (default `info`).
+fn init_logging(config: &Config) {
+    let json = match std::env::var("SESSIONGATE_LOG_FORMAT").as_deref() {
+        Ok("json") => true,
+        Ok(_) => false,
+        Err(_) => config.environment == Environment::Production,
+    };
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter);
+    if json {
+        builder.json().flatten_event(true).init();
+    } else {
+        builder.init();
+    }
+}
+
+async fn wait_for_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(term) => term,
+            Err(error) => {
+                tracing::warn!(%error, "cannot listen for SIGTERM; only Ctrl-C stops the gateway");
+                let _ = ctrl_c.await;
+                return;
+            }
+        };
+        tokio::select! {
+            _ = ctrl_c => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = ctrl_c.await;
+}

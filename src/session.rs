@@ -1,0 +1,166 @@
+//! Sessions: the create-or-get, sync and read rules of the contract.
+//!
+//! This module decides *which* session a request ends up with (the precedence rules of
+//! `contract.md`) and when activity is recorded. It knows nothing of HTTP (callers hand it
+//! parsed ids) and nothing of Redis commands (it calls [`Store`] operations, each one round
+//! trip). Ids are only ever generated here, server-side, from a CSPRNG: a client-supplied id
+//! is looked up, never created.
+
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use serde::Serialize;
+use uuid::Uuid;
+
+use crate::store::{Store, StoreError};
+
+/// Usage counters of a session, as the API shows them.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct Usage {
+    pub concepts_generated: u64,
+    pub concepts_refined: u64,
+    pub concepts_stored: u64,
+}
+
+/// A session's state as stored; timestamps in Unix seconds.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SessionRecord {
+    pub created_at: i64,
+    pub last_active: i64,
+    pub usage: Usage,
+    /// Compact JSON object; `None` means the default `{}`.
+    pub preferences: Option<String>,
+}
+
+/// A session and its id.
+#[derive(Clone, Debug)]
+pub struct Session {
+    pub id: Uuid,
+    pub record: SessionRecord,
+}
+
+/// Parses a session id in its canonical form: 36 characters, hyphenated (any case).
+/// Braced, URN and unhyphenated spellings are refused so one session has one spelling.
+pub fn parse_id(text: &str) -> Option<Uuid> {
+    if text.len() != uuid::fmt::Hyphenated::LENGTH {
+        return None;
+    }
+    Uuid::try_parse(text).ok()
+}
+
+/// The session operations, over a [`Store`].
+#[derive(Clone)]
+pub struct Sessions {
+    store: Store,
+}
+
+/// How many fresh ids to try before giving up; a collision of 122 random bits is not
+/// expected in the lifetime of the universe, so a second failure means something is wrong.
+const CREATE_ATTEMPTS: usize = 3;
+
+impl Sessions {
+    pub fn new(store: Store) -> Self {
+        Sessions { store }
+    }
+
+    /// `POST /api/session/`: the current session if known, else the client's if known, else a
+    /// new one. Returns the session and whether it was created by this call.
+    pub async fn create_or_get(
+        &self,
+        current: Option<Uuid>,
+        client: Option<Uuid>,
+    ) -> Result<(Session, bool), StoreError> {
+        for candidate in [current, client].into_iter().flatten() {
+            if let Some(session) = self.touch(candidate).await? {
+                return Ok((session, false));
+            }
+        }
+        Ok((self.create().await?, true))
+    }
+
+    /// `POST /api/session/sync`: adopt the client's session if it exists, else keep the
+    /// current one if it exists, else create one. Returns the session and whether it is the
+    /// client's (`is_synced`).
+    pub async fn sync(&self, current: Option<Uuid>, client: Uuid) -> Result<(Session, bool), StoreError> {
+        if let Some(session) = self.touch(client).await? {
+            return Ok((session, true));
+        }
+        if let Some(current) = current.filter(|c| *c != client) {
+            if let Some(session) = self.touch(current).await? {
+                return Ok((session, false));
+            }
+        }
+        Ok((self.create().await?, false))
+    }
+
+    /// `GET /api/session/info` and other reads: one plain read. Activity is recorded in the
+    /// background, and only when `last_active` is older than the touch interval, so a busy
+    /// session costs Redis one write per interval instead of one per read.
+    pub async fn read(&self, id: Uuid) -> Result<Option<Session>, StoreError> {
+        let Some(mut record) = self.store.read(&id).await? else {
+            return Ok(None);
+        };
+        let now = unix_now();
+        if self.store.is_stale(record.last_active, now) {
+            let store = self.store.clone();
+            tokio::spawn(async move {
+                if let Err(error) = store.touch(&id).await {
+                    tracing::debug!(%error, "background touch failed");
+                }
+            });
+            record.last_active = now;
+        }
+        Ok(Some(Session { id, record }))
+    }
+
+    /// Replaces a session's preferences (compact JSON, already validated); `None` if the
+    /// session does not exist.
+    pub async fn set_preferences(&self, id: Uuid, preferences: &str) -> Result<Option<()>, StoreError> {
+        let stored = if preferences == "{}" { "" } else { preferences };
+        Ok(self.store.set_preferences(&id, stored).await?.map(|_| ()))
+    }
+
+    async fn touch(&self, id: Uuid) -> Result<Option<Session>, StoreError> {
+        Ok(self.store.touch(&id).await?.map(|record| Session { id, record }))
+    }
+
+    async fn create(&self) -> Result<Session, StoreError> {
+        for _ in 0..CREATE_ATTEMPTS {
+            let id = Uuid::new_v4();
+            if let Some(now) = self.store.create(&id).await? {
+                let record = SessionRecord {
+                    created_at: now,
+                    last_active: now,
+                    usage: Usage::default(),
+                    preferences: None,
+                };
+                return Ok(Session { id, record });
+            }
+            tracing::warn!("a freshly drawn session id already existed; drawing another");
+        }
+        Err(StoreError::Reply("could not draw an unused session id"))
+    }
+}
+
+fn unix_now() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_canonical_ids_parse() {
+        let canonical = "6f9619ff-8b86-4011-b42d-00cf4fc964ff";
+        assert_eq!(parse_id(canonical).map(|u| u.to_string()).as_deref(), Some(canonical));
+        assert!(parse_id("6F9619FF-8B86-4011-B42D-00CF4FC964FF").is_some());
+        assert!(parse_id("6f9619ff8b864011b42d00cf4fc964ff").is_none());
+        assert!(parse_id("{6f9619ff-8b86-4011-b42d-00cf4fc964ff}").is_none());
+        assert!(parse_id("urn:uuid:6f9619ff-8b86-4011-b42d-00cf4fc964ff").is_none());
+        assert!(parse_id("").is_none());
+        assert!(parse_id("6f9619ff-8b86-4011-b42d-00cf4fc964fg").is_none());
+    }
+}
