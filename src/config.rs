@@ -201,17 +201,19 @@ impl Config {
 
     fn merge(file: FileConfig, vars: &HashMap<String, String>) -> Result<Config, ConfigError> {
         let mut config = Config::default();
-        let pick = |var: &str, from_file: Option<String>, file_key: &str| {
-            match vars.get(var) {
-                Some(v) => Some((var.to_string(), v.clone())),
-                None => from_file.map(|v| (file_key.to_string(), v)),
-            }
+        let pick = |var: &str, from_file: Option<String>, file_key: &str| match vars.get(var) {
+            Some(v) => Some((var.to_string(), v.clone())),
+            None => from_file.map(|v| (file_key.to_string(), v)),
         };
 
         if let Some((name, value)) = pick("SESSIONGATE_LISTEN", file.listen, "listen") {
             config.listen = parse_addr(&name, &value)?;
         }
-        if let Some((name, value)) = pick("SESSIONGATE_ADMIN_LISTEN", file.admin_listen, "admin_listen") {
+        if let Some((name, value)) = pick(
+            "SESSIONGATE_ADMIN_LISTEN",
+            file.admin_listen,
+            "admin_listen",
+        ) {
             config.admin_listen = parse_addr(&name, &value)?;
         }
         if let Some((name, value)) = pick("SESSIONGATE_ENV", file.env, "env") {
@@ -227,9 +229,14 @@ impl Config {
             };
         }
         if let Some((name, value)) = pick("REDIS_URL", file.redis.url, "redis.url") {
-            let known_scheme = ["redis://", "rediss://", "redis-cluster://", "redis-sentinel://"]
-                .iter()
-                .any(|scheme| value.starts_with(scheme));
+            let known_scheme = [
+                "redis://",
+                "rediss://",
+                "redis-cluster://",
+                "redis-sentinel://",
+            ]
+            .iter()
+            .any(|scheme| value.starts_with(scheme));
             if !known_scheme || fred::types::config::Config::from_url(&value).is_err() {
                 return Err(ConfigError::new(
                     name,
@@ -244,13 +251,23 @@ impl Config {
         }
         if let Some(size) = file.redis.pool_size {
             if !(1..=64).contains(&size) {
-                return Err(ConfigError::new("redis.pool_size", "must be between 1 and 64"));
+                return Err(ConfigError::new(
+                    "redis.pool_size",
+                    "must be between 1 and 64",
+                ));
             }
             config.redis_pool_size = size;
         }
-        if let Some(limit) = pick_u64(vars, "SESSIONGATE_BODY_LIMIT_BYTES", file.http.body_limit_bytes.map(|v| v as u64))? {
+        if let Some(limit) = pick_u64(
+            vars,
+            "SESSIONGATE_BODY_LIMIT_BYTES",
+            file.http.body_limit_bytes.map(|v| v as u64),
+        )? {
             if !(64..=16 * 1024 * 1024).contains(&limit) {
-                return Err(ConfigError::new("body limit", "must be between 64 bytes and 16 MiB"));
+                return Err(ConfigError::new(
+                    "body limit",
+                    "must be between 64 bytes and 16 MiB",
+                ));
             }
             config.body_limit = limit as usize;
         }
@@ -273,19 +290,33 @@ impl Config {
         let cookie = &mut config.cookie;
         cookie.secure = config.environment == Environment::Production;
         if let Some(name) = file.cookie.name {
-            if name.is_empty() || !name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-') {
-                return Err(ConfigError::new("cookie.name", "must be non-empty ASCII letters, digits, '_' or '-'"));
+            if name.is_empty()
+                || !name
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+            {
+                return Err(ConfigError::new(
+                    "cookie.name",
+                    "must be non-empty ASCII letters, digits, '_' or '-'",
+                ));
             }
             cookie.name = name;
         }
         if let Some(path) = file.cookie.path {
             if !path.starts_with('/') || path.bytes().any(|b| b.is_ascii_control() || b == b';') {
-                return Err(ConfigError::new("cookie.path", "must start with '/' and hold no ';' or control characters"));
+                return Err(ConfigError::new(
+                    "cookie.path",
+                    "must start with '/' and hold no ';' or control characters",
+                ));
             }
             cookie.path = path;
         }
         if let Some(domain) = file.cookie.domain {
-            if domain.is_empty() || domain.bytes().any(|b| b.is_ascii_control() || b == b';' || b == b' ') {
+            if domain.is_empty()
+                || domain
+                    .bytes()
+                    .any(|b| b.is_ascii_control() || b == b';' || b == b' ')
+            {
                 return Err(ConfigError::new("cookie.domain", "must be a host name"));
             }
             cookie.domain = Some(domain);
@@ -323,12 +354,19 @@ impl Config {
 }
 
 fn parse_addr(name: &str, value: &str) -> Result<SocketAddr, ConfigError> {
-    value
-        .parse()
-        .map_err(|_| ConfigError::new(name, format!("{value:?} is not an address of the form ip:port")))
+    value.parse().map_err(|_| {
+        ConfigError::new(
+            name,
+            format!("{value:?} is not an address of the form ip:port"),
+        )
+    })
 }
 
-fn pick_u64(vars: &HashMap<String, String>, var: &str, from_file: Option<u64>) -> Result<Option<u64>, ConfigError> {
+fn pick_u64(
+    vars: &HashMap<String, String>,
+    var: &str,
+    from_file: Option<u64>,
+) -> Result<Option<u64>, ConfigError> {
     match vars.get(var) {
         Some(v) => v
             .parse()
@@ -350,7 +388,10 @@ mod tests {
     use super::*;
 
     fn vars(pairs: &[(&str, &str)]) -> HashMap<String, String> {
-        pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
     }
 
     #[test]
@@ -378,23 +419,36 @@ mod tests {
             "invalid configuration: SESSIONGATE_LISTEN: \"nowhere\" is not an address of the form ip:port"
         );
         let err = Config::from_vars(&vars(&[("SESSIONGATE_LSITEN", "x")])).unwrap_err();
-        assert_eq!(err.to_string(), "invalid configuration: SESSIONGATE_LSITEN: unknown setting");
+        assert_eq!(
+            err.to_string(),
+            "invalid configuration: SESSIONGATE_LSITEN: unknown setting"
+        );
         let err = Config::from_vars(&vars(&[("REDIS_URL", "http://x")])).unwrap_err();
-        assert!(err.to_string().starts_with("invalid configuration: REDIS_URL:"), "{err}");
+        assert!(
+            err.to_string()
+                .starts_with("invalid configuration: REDIS_URL:"),
+            "{err}"
+        );
         let err = Config::from_vars(&vars(&[("SESSIONGATE_REDIS_TIMEOUT_MS", "0")])).unwrap_err();
         assert!(err.to_string().contains("greater than zero"), "{err}");
     }
 
     #[test]
     fn toml_file_is_read_and_environment_wins() {
-        let config = Config::from_toml("listen = \"0.0.0.0:1234\"\n[cookie]\nsame_site = \"strict\"\n").expect("valid");
+        let config =
+            Config::from_toml("listen = \"0.0.0.0:1234\"\n[cookie]\nsame_site = \"strict\"\n")
+                .expect("valid");
         assert_eq!(config.listen.to_string(), "0.0.0.0:1234");
         assert_eq!(config.cookie.same_site, cookie::SameSite::Strict);
 
         let dir = std::env::temp_dir().join(format!("sessiongate-config-{}", std::process::id()));
         std::fs::create_dir_all(&dir).expect("temp dir");
         let path = dir.join("gateway.toml");
-        std::fs::write(&path, "listen = \"0.0.0.0:1234\"\n[redis]\ntimeout_ms = 100\n").expect("write");
+        std::fs::write(
+            &path,
+            "listen = \"0.0.0.0:1234\"\n[redis]\ntimeout_ms = 100\n",
+        )
+        .expect("write");
         let path = path.to_string_lossy().to_string();
         let config = Config::from_vars(&vars(&[
             ("SESSIONGATE_CONFIG", &path),

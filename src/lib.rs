@@ -76,7 +76,9 @@ pub async fn start(config: Config) -> Result<Gateway, StartError> {
         cookie: config.cookie.clone(),
         body_limit: config.body_limit,
     });
-    let admin_state = Arc::new(Admin { store: store.clone() });
+    let admin_state = Arc::new(Admin {
+        store: store.clone(),
+    });
     let servers = vec![
         tokio::spawn(http::serve(
             public,

@@ -74,7 +74,10 @@ mod tests {
 
     #[test]
     fn compact_form_is_returned() {
-        assert_eq!(validate(&parse(r#"{ "theme" : "dark" }"#)), Ok(r#"{"theme":"dark"}"#.to_string()));
+        assert_eq!(
+            validate(&parse(r#"{ "theme" : "dark" }"#)),
+            Ok(r#"{"theme":"dark"}"#.to_string())
+        );
         assert_eq!(validate(&parse("{}")), Ok("{}".to_string()));
     }
 
@@ -82,13 +85,33 @@ mod tests {
     fn limits_are_enforced_at_their_edges() {
         assert_eq!(validate(&parse("[1]")), Err(PreferencesError::NotAnObject));
         assert!(validate(&parse(r#"{"a":{"b":{"c":{"d":1}}}}"#)).is_ok());
-        assert_eq!(validate(&parse(r#"{"a":{"b":{"c":{"d":{}}}}}"#)), Err(PreferencesError::TooDeep));
-        assert_eq!(validate(&parse(r#"{"a":[[[[1]]]]}"#)), Err(PreferencesError::TooDeep));
-        let keys = |n: usize| format!("{{{}}}", (0..n).map(|i| format!("\"k{i}\":1")).collect::<Vec<_>>().join(","));
+        assert_eq!(
+            validate(&parse(r#"{"a":{"b":{"c":{"d":{}}}}}"#)),
+            Err(PreferencesError::TooDeep)
+        );
+        assert_eq!(
+            validate(&parse(r#"{"a":[[[[1]]]]}"#)),
+            Err(PreferencesError::TooDeep)
+        );
+        let keys = |n: usize| {
+            format!(
+                "{{{}}}",
+                (0..n)
+                    .map(|i| format!("\"k{i}\":1"))
+                    .collect::<Vec<_>>()
+                    .join(",")
+            )
+        };
         assert!(validate(&parse(&keys(32))).is_ok());
-        assert_eq!(validate(&parse(&keys(33))), Err(PreferencesError::TooManyKeys));
+        assert_eq!(
+            validate(&parse(&keys(33))),
+            Err(PreferencesError::TooManyKeys)
+        );
         let big = |n: usize| format!(r#"{{"k":"{}"}}"#, "x".repeat(n));
         assert!(validate(&parse(&big(MAX_BYTES - 8))).is_ok());
-        assert_eq!(validate(&parse(&big(MAX_BYTES - 7))), Err(PreferencesError::TooLarge));
+        assert_eq!(
+            validate(&parse(&big(MAX_BYTES - 7))),
+            Err(PreferencesError::TooLarge)
+        );
     }
 }

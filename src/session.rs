@@ -80,7 +80,11 @@ impl Sessions {
     /// `POST /api/session/sync`: adopt the client's session if it exists, else keep the
     /// current one if it exists, else create one. Returns the session and whether it is the
     /// client's (`is_synced`).
-    pub async fn sync(&self, current: Option<Uuid>, client: Uuid) -> Result<(Session, bool), StoreError> {
+    pub async fn sync(
+        &self,
+        current: Option<Uuid>,
+        client: Uuid,
+    ) -> Result<(Session, bool), StoreError> {
         if let Some(session) = self.touch(client).await? {
             return Ok((session, true));
         }
@@ -114,13 +118,21 @@ impl Sessions {
 
     /// Replaces a session's preferences (compact JSON, already validated); `None` if the
     /// session does not exist.
-    pub async fn set_preferences(&self, id: Uuid, preferences: &str) -> Result<Option<()>, StoreError> {
+    pub async fn set_preferences(
+        &self,
+        id: Uuid,
+        preferences: &str,
+    ) -> Result<Option<()>, StoreError> {
         let stored = if preferences == "{}" { "" } else { preferences };
         Ok(self.store.set_preferences(&id, stored).await?.map(|_| ()))
     }
 
     async fn touch(&self, id: Uuid) -> Result<Option<Session>, StoreError> {
-        Ok(self.store.touch(&id).await?.map(|record| Session { id, record }))
+        Ok(self
+            .store
+            .touch(&id)
+            .await?
+            .map(|record| Session { id, record }))
     }
 
     async fn create(&self) -> Result<Session, StoreError> {
@@ -155,7 +167,10 @@ mod tests {
     #[test]
     fn only_canonical_ids_parse() {
         let canonical = "6f9619ff-8b86-4011-b42d-00cf4fc964ff";
-        assert_eq!(parse_id(canonical).map(|u| u.to_string()).as_deref(), Some(canonical));
+        assert_eq!(
+            parse_id(canonical).map(|u| u.to_string()).as_deref(),
+            Some(canonical)
+        );
         assert!(parse_id("6F9619FF-8B86-4011-B42D-00CF4FC964FF").is_some());
         assert!(parse_id("6f9619ff8b864011b42d00cf4fc964ff").is_none());
         assert!(parse_id("{6f9619ff-8b86-4011-b42d-00cf4fc964ff}").is_none());

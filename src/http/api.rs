@@ -145,9 +145,8 @@ async fn sync(api: &Api, request: Request<Incoming>) -> Result<Response<Body>, A
     let (parts, body) = request.into_parts();
     let current = current_session(&parts.headers, &api.cookie.name)?;
     let body = json_body(&parts.headers, body, api.body_limit).await?;
-    let client = client_session_id(body.as_ref(), true)?.ok_or_else(|| {
-        ApiError::invalid_field("client_session_id", "This field is required")
-    })?;
+    let client = client_session_id(body.as_ref(), true)?
+        .ok_or_else(|| ApiError::invalid_field("client_session_id", "This field is required"))?;
     let (session, is_synced) = api.sessions.sync(current, client).await?;
     let message = if is_synced {
         "Sessions synchronized successfully"
@@ -177,15 +176,26 @@ async fn info(api: &Api, request: Request<Incoming>) -> Result<Response<Body>, A
     Ok(with_cookie(api, json(StatusCode::OK, &body), &session.id))
 }
 
-async fn get_preferences(api: &Api, request: Request<Incoming>) -> Result<Response<Body>, ApiError> {
+async fn get_preferences(
+    api: &Api,
+    request: Request<Incoming>,
+) -> Result<Response<Body>, ApiError> {
     let session = read_current(api, &request).await?;
     let body = session.record.preferences.as_deref().unwrap_or("{}");
-    Ok(with_cookie(api, json_text(StatusCode::OK, body.to_owned()), &session.id))
+    Ok(with_cookie(
+        api,
+        json_text(StatusCode::OK, body.to_owned()),
+        &session.id,
+    ))
 }
 
-async fn put_preferences(api: &Api, request: Request<Incoming>) -> Result<Response<Body>, ApiError> {
+async fn put_preferences(
+    api: &Api,
+    request: Request<Incoming>,
+) -> Result<Response<Body>, ApiError> {
     let (parts, body) = request.into_parts();
-    let id = current_session(&parts.headers, &api.cookie.name)?.ok_or_else(ApiError::session_not_found)?;
+    let id = current_session(&parts.headers, &api.cookie.name)?
+        .ok_or_else(ApiError::session_not_found)?;
     let body = json_body(&parts.headers, body, api.body_limit)
         .await?
         .ok_or_else(|| ApiError::invalid_body("The request body must be a JSON object"))?;
@@ -201,8 +211,12 @@ async fn put_preferences(api: &Api, request: Request<Incoming>) -> Result<Respon
 }
 
 async fn read_current(api: &Api, request: &Request<Incoming>) -> Result<Session, ApiError> {
-    let id = current_session(request.headers(), &api.cookie.name)?.ok_or_else(ApiError::session_not_found)?;
-    api.sessions.read(id).await?.ok_or_else(ApiError::session_not_found)
+    let id = current_session(request.headers(), &api.cookie.name)?
+        .ok_or_else(ApiError::session_not_found)?;
+    api.sessions
+        .read(id)
+        .await?
+        .ok_or_else(ApiError::session_not_found)
 }
 
 /// Every successful session response (re)sets the cookie, which slides its expiry in the
@@ -230,7 +244,14 @@ mod tests {
         ] {
             assert_eq!(Route::parse(path), Some(route), "{path}");
         }
-        for path in ["/", "/api", "/api/sessionsx", "/api/session/info/x", "/api/session//", "/api/sessionx/info"] {
+        for path in [
+            "/",
+            "/api",
+            "/api/sessionsx",
+            "/api/session/info/x",
+            "/api/session//",
+            "/api/sessionx/info",
+        ] {
             assert_eq!(Route::parse(path), None, "{path}");
         }
     }

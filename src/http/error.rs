@@ -46,7 +46,11 @@ impl ApiError {
     /// 400: one field (or header) failed validation.
     pub fn invalid_field(field: &'static str, message: impl Into<Cow<'static, str>>) -> Self {
         let message = message.into();
-        let mut error = ApiError::new(StatusCode::BAD_REQUEST, "validation_error", format!("{field}: {message}"));
+        let mut error = ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "validation_error",
+            format!("{field}: {message}"),
+        );
         error.field_errors = Some(BTreeMap::from([(field, vec![message])]));
         error
     }
@@ -59,11 +63,19 @@ impl ApiError {
     }
 
     pub fn session_not_found() -> Self {
-        ApiError::new(StatusCode::NOT_FOUND, "resource_not_found", "Session not found")
+        ApiError::new(
+            StatusCode::NOT_FOUND,
+            "resource_not_found",
+            "Session not found",
+        )
     }
 
     pub fn route_not_found() -> Self {
-        ApiError::new(StatusCode::NOT_FOUND, "resource_not_found", "No such endpoint")
+        ApiError::new(
+            StatusCode::NOT_FOUND,
+            "resource_not_found",
+            "No such endpoint",
+        )
     }
 
     pub fn method_not_allowed(allow: &'static str) -> Self {
@@ -97,7 +109,11 @@ impl ApiError {
     }
 
     pub fn internal() -> Self {
-        ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal_error", "Internal error")
+        ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal_error",
+            "Internal error",
+        )
     }
 
     pub fn status(&self) -> StatusCode {

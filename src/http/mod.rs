@@ -42,14 +42,19 @@ pub struct ConnectionLimits {
 
 /// Serves `handler` on `listener` until `shutdown` resolves, then stops accepting and gives
 /// in-flight requests up to `limits.shutdown_grace` to finish.
-pub async fn serve<H, F>(listener: TcpListener, handler: H, limits: ConnectionLimits, shutdown: impl Future<Output = ()>)
-where
+pub async fn serve<H, F>(
+    listener: TcpListener,
+    handler: H,
+    limits: ConnectionLimits,
+    shutdown: impl Future<Output = ()>,
+) where
     H: Fn(Request<Incoming>) -> F + Clone + Send + Sync + 'static,
     F: Future<Output = Response<Body>> + Send + 'static,
 {
     let graceful = GracefulShutdown::new();
     let mut http = http1::Builder::new();
-    http.timer(TokioTimer::new()).header_read_timeout(limits.header_read_timeout);
+    http.timer(TokioTimer::new())
+        .header_read_timeout(limits.header_read_timeout);
     tokio::pin!(shutdown);
 
     loop {

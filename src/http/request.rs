@@ -36,13 +36,19 @@ pub fn current_session(headers: &HeaderMap, cookie_name: &str) -> Result<Option<
             .ok()
             .and_then(parse_id)
             .map(Some)
-            .ok_or_else(|| ApiError::invalid_field("X-Session-Id", "must be a UUID (8-4-4-4-12 hex digits)")),
+            .ok_or_else(|| {
+                ApiError::invalid_field("X-Session-Id", "must be a UUID (8-4-4-4-12 hex digits)")
+            }),
     }
 }
 
 /// Reads a JSON body of at most `limit` bytes. `Ok(None)` for an empty body. A body with a
 /// non-JSON `Content-Type` is refused with 415; a missing `Content-Type` is accepted.
-pub async fn json_body(headers: &HeaderMap, body: Incoming, limit: usize) -> Result<Option<OwnedValue>, ApiError> {
+pub async fn json_body(
+    headers: &HeaderMap,
+    body: Incoming,
+    limit: usize,
+) -> Result<Option<OwnedValue>, ApiError> {
     if let Some(content_type) = headers.get(header::CONTENT_TYPE) {
         if !is_json(content_type.as_bytes()) {
             return Err(ApiError::unsupported_media_type());
@@ -57,14 +63,18 @@ pub async fn json_body(headers: &HeaderMap, body: Incoming, limit: usize) -> Res
     }
     let collected = match Limited::new(body, limit).collect().await {
         Ok(collected) => collected.to_bytes(),
-        Err(error) if error.is::<http_body_util::LengthLimitError>() => return Err(too_large(limit)),
+        Err(error) if error.is::<http_body_util::LengthLimitError>() => {
+            return Err(too_large(limit))
+        }
         Err(_) => return Err(ApiError::invalid_body("The request body could not be read")),
     };
     if collected.iter().all(u8::is_ascii_whitespace) {
         return Ok(None);
     }
     // simd-json parses in place; reuse the received buffer when we hold its only reference.
-    let mut bytes = collected.try_into_mut().unwrap_or_else(|shared| BytesMut::from(&shared[..]));
+    let mut bytes = collected
+        .try_into_mut()
+        .unwrap_or_else(|shared| BytesMut::from(&shared[..]));
     simd_json::to_owned_value(&mut bytes)
         .map(Some)
         .map_err(|e| ApiError::invalid_body(format!("Malformed JSON: {e}")))
@@ -76,20 +86,31 @@ fn too_large(limit: usize) -> ApiError {
 
 /// `application/json`, or any `application/<something>+json`, with optional parameters.
 fn is_json(content_type: &[u8]) -> bool {
-    let essence = content_type.split(|&b| b == b';').next().unwrap_or_default();
+    let essence = content_type
+        .split(|&b| b == b';')
+        .next()
+        .unwrap_or_default();
     let essence = essence.trim_ascii().to_ascii_lowercase();
-    essence == b"application/json" || (essence.starts_with(b"application/") && essence.ends_with(b"+json"))
+    essence == b"application/json"
+        || (essence.starts_with(b"application/") && essence.ends_with(b"+json"))
 }
 
 /// The `client_session_id` of a request body. `null`, absent and (unless `required`) the
 /// empty string all mean "none"; anything else must be a canonical UUID string.
-pub fn client_session_id(body: Option<&OwnedValue>, required: bool) -> Result<Option<Uuid>, ApiError> {
+pub fn client_session_id(
+    body: Option<&OwnedValue>,
+    required: bool,
+) -> Result<Option<Uuid>, ApiError> {
     const FIELD: &str = "client_session_id";
     let value = match body {
         None => None,
         Some(body) => match body.as_object() {
             Some(object) => object.get(FIELD).filter(|v| !v.is_null()),
-            None => return Err(ApiError::invalid_body("The request body must be a JSON object")),
+            None => {
+                return Err(ApiError::invalid_body(
+                    "The request body must be a JSON object",
+                ))
+            }
         },
     };
     match value {
@@ -99,9 +120,9 @@ pub fn client_session_id(body: Option<&OwnedValue>, required: bool) -> Result<Op
             None => Err(ApiError::invalid_field(FIELD, "Must be a string")),
             Some("") if required => Err(ApiError::invalid_field(FIELD, "Must not be empty")),
             Some("") => Ok(None),
-            Some(text) => parse_id(text)
-                .map(Some)
-                .ok_or_else(|| ApiError::invalid_field(FIELD, "Must be a UUID (8-4-4-4-12 hex digits)")),
+            Some(text) => parse_id(text).map(Some).ok_or_else(|| {
+                ApiError::invalid_field(FIELD, "Must be a UUID (8-4-4-4-12 hex digits)")
+            }),
         },
     }
 }
@@ -125,15 +146,38 @@ mod tests {
         let a = "6f9619ff-8b86-4011-b42d-00cf4fc964ff";
         let b = "0b0a5f2e-3c1d-4e5f-8a9b-0c1d2e3f4a5b";
         let mut headers = HeaderMap::new();
-        headers.insert(header::COOKIE, format!("other=1; concept_session={a}").parse().expect("header"));
+        headers.insert(
+            header::COOKIE,
+            format!("other=1; concept_session={a}")
+                .parse()
+                .expect("header"),
+        );
         headers.insert(SESSION_HEADER, b.parse().expect("header"));
-        assert_eq!(current_session(&headers, "concept_session").expect("ok").map(|u| u.to_string()).as_deref(), Some(a));
+        assert_eq!(
+            current_session(&headers, "concept_session")
+                .expect("ok")
+                .map(|u| u.to_string())
+                .as_deref(),
+            Some(a)
+        );
 
-        headers.insert(header::COOKIE, "concept_session=garbage".parse().expect("header"));
-        assert_eq!(current_session(&headers, "concept_session").expect("ok").map(|u| u.to_string()).as_deref(), Some(b));
+        headers.insert(
+            header::COOKIE,
+            "concept_session=garbage".parse().expect("header"),
+        );
+        assert_eq!(
+            current_session(&headers, "concept_session")
+                .expect("ok")
+                .map(|u| u.to_string())
+                .as_deref(),
+            Some(b)
+        );
 
         headers.remove(SESSION_HEADER);
-        assert_eq!(current_session(&headers, "concept_session").expect("ok"), None);
+        assert_eq!(
+            current_session(&headers, "concept_session").expect("ok"),
+            None
+        );
 
         headers.insert(SESSION_HEADER, "nope".parse().expect("header"));
         assert!(current_session(&headers, "concept_session").is_err());

@@ -15,7 +15,10 @@ use crate::config::CookieConfig;
 /// per-user, so nothing may be cached by browsers or proxies.
 pub fn json<T: Serialize>(status: StatusCode, body: &T) -> Response<Body> {
     // Our bodies are plain structs of strings and numbers: serialising them cannot fail.
-    json_text(status, simd_json::serde::to_vec(body).unwrap_or_else(|_| b"{}".to_vec()))
+    json_text(
+        status,
+        simd_json::serde::to_vec(body).unwrap_or_else(|_| b"{}".to_vec()),
+    )
 }
 
 /// Like [`json`], for a body that is JSON text already.
@@ -23,9 +26,15 @@ pub fn json_text(status: StatusCode, bytes: impl Into<Bytes>) -> Response<Body> 
     let mut response = Response::new(Full::new(bytes.into()));
     *response.status_mut() = status;
     let headers = response.headers_mut();
-    headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
     headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-    headers.insert(header::X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"));
+    headers.insert(
+        header::X_CONTENT_TYPE_OPTIONS,
+        HeaderValue::from_static("nosniff"),
+    );
     response
 }
 
@@ -36,7 +45,9 @@ pub fn set_session_cookie(response: &mut Response<Body>, id: &Uuid, config: &Coo
         .same_site(config.same_site)
         .http_only(config.http_only)
         .secure(config.secure)
-        .max_age(cookie::time::Duration::seconds(config.max_age.as_secs() as i64));
+        .max_age(cookie::time::Duration::seconds(
+            config.max_age.as_secs() as i64
+        ));
     if let Some(domain) = &config.domain {
         cookie = cookie.domain(domain.as_str());
     }

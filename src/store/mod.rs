@@ -110,7 +110,7 @@ impl Store {
         self.bounded_by(within, async {
             inner.pool.wait_for_connect().await?;
             for script in [&inner.create, &inner.touch, &inner.set_preferences] {
-                script.load(inner.pool.next()).await?;
+                script.load(inner.pool.next_connected()).await?;
             }
             Ok(())
         })
@@ -124,18 +124,25 @@ impl Store {
 
     /// `PING`, for readiness.
     pub async fn ping(&self) -> Result<(), StoreError> {
-        self.bounded(async { Ok(self.inner.pool.next().ping::<()>(None).await?) }).await
+        self.bounded(async { Ok(self.inner.pool.next_connected().ping::<()>(None).await?) })
+            .await
     }
 
     /// Creates a session under `id`; `None` if the id is already taken.
     pub async fn create(&self, id: &Uuid) -> Result<Option<i64>, StoreError> {
         let reply = self
-            .eval(&self.inner.create, key(id), vec![Value::from(self.inner.ttl_secs as i64)])
+            .eval(
+                &self.inner.create,
+                key(id),
+                vec![Value::from(self.inner.ttl_secs as i64)],
+            )
             .await?;
         match reply {
             Value::Null => Ok(None),
             Value::Integer(now) => Ok(Some(now)),
-            _ => Err(StoreError::Reply("create.lua returned neither nil nor an integer")),
+            _ => Err(StoreError::Reply(
+                "create.lua returned neither nil nor an integer",
+            )),
         }
     }
 
@@ -152,7 +159,14 @@ impl Store {
     /// Reads a session without writing: one plain `HMGET`.
     pub async fn read(&self, id: &Uuid) -> Result<Option<SessionRecord>, StoreError> {
         let reply: Value = self
-            .bounded(async { Ok(self.inner.pool.next().hmget(key(id), FIELDS.to_vec()).await?) })
+            .bounded(async {
+                Ok(self
+                    .inner
+                    .pool
+                    .next_connected()
+                    .hmget(key(id), FIELDS.to_vec())
+                    .await?)
+            })
             .await?;
         record(reply)
     }
@@ -163,21 +177,40 @@ impl Store {
     }
 
     /// Replaces the preferences (`""` = default); `None` if the session does not exist.
-    pub async fn set_preferences(&self, id: &Uuid, preferences: &str) -> Result<Option<i64>, StoreError> {
-        let args = vec![Value::from(self.inner.ttl_secs as i64), Value::from(preferences)];
-        let reply = self.eval(&self.inner.set_preferences, key(id), args).await?;
+    pub async fn set_preferences(
+        &self,
+        id: &Uuid,
+        preferences: &str,
+    ) -> Result<Option<i64>, StoreError> {
+        let args = vec![
+            Value::from(self.inner.ttl_secs as i64),
+            Value::from(preferences),
+        ];
+        let reply = self
+            .eval(&self.inner.set_preferences, key(id), args)
+            .await?;
         match reply {
             Value::Null => Ok(None),
             Value::Integer(now) => Ok(Some(now)),
-            _ => Err(StoreError::Reply("set_preferences.lua returned neither nil nor an integer")),
+            _ => Err(StoreError::Reply(
+                "set_preferences.lua returned neither nil nor an integer",
+            )),
         }
     }
 
     /// `EVALSHA`, loading the script and retrying once if Redis has forgotten it.
-    async fn eval(&self, script: &Script, key: String, args: Vec<Value>) -> Result<Value, StoreError> {
+    async fn eval(
+        &self,
+        script: &Script,
+        key: String,
+        args: Vec<Value>,
+    ) -> Result<Value, StoreError> {
         self.bounded(async {
-            let client = self.inner.pool.next();
-            match client.evalsha(script.sha1().clone(), key.clone(), args.clone()).await {
+            let client = self.inner.pool.next_connected();
+            match client
+                .evalsha(script.sha1().clone(), key.clone(), args.clone())
+                .await
+            {
                 Err(error) if error.details().starts_with("NOSCRIPT") => {
                     tracing::info!(sha = %script.sha1(), "script missing in redis, reloading");
                     script.load(client).await?;
@@ -189,7 +222,10 @@ impl Store {
         .await
     }
 
-    async fn bounded<T>(&self, work: impl std::future::Future<Output = Result<T, StoreError>>) -> Result<T, StoreError> {
+    async fn bounded<T>(
+        &self,
+        work: impl std::future::Future<Output = Result<T, StoreError>>,
+    ) -> Result<T, StoreError> {
         self.bounded_by(self.inner.timeout, work).await
     }
 
@@ -225,7 +261,9 @@ fn record(reply: Value) -> Result<Option<SessionRecord>, StoreError> {
     let int = |v: &Value| -> Result<i64, StoreError> {
         match v {
             Value::Null => Ok(0),
-            other => other.as_i64().ok_or(StoreError::Reply("a session field is not an integer")),
+            other => other
+                .as_i64()
+                .ok_or(StoreError::Reply("a session field is not an integer")),
         }
     };
     if fields[0].is_null() {

@@ -1,0 +1,170 @@
+//! Session lifecycle: atomic creation, activity and expiry, concurrency, shutdown.
+
+use std::time::Duration;
+
+use fred::prelude::*;
+use serde_json::json;
+use sessiongate::store::{Store, StoreConfig};
+
+use crate::support::{eventually, shared_redis, split, TestGateway};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_creates_with_one_client_id_yield_one_session() {
+    let gw = TestGateway::start().await;
+    let known = gw.new_session().await;
+    let requests =
+        (0..100).map(|_| gw.post_json("/api/session/", json!({"client_session_id": known})));
+    let answers = futures_util::future::join_all(requests).await;
+    for (status, body) in &answers {
+        assert_eq!(*status, 200, "{body}");
+        assert_eq!(body["session_id"].as_str(), Some(known.as_str()));
+        assert_eq!(body["is_new_session"], false);
+    }
+    assert_eq!(
+        gw.key_count().await,
+        1,
+        "no request created a session of its own"
+    );
+}
+
+#[tokio::test]
+async fn create_never_overwrites_an_existing_session() {
+    let gw = TestGateway::start().await;
+    let id = uuid::Uuid::new_v4();
+    let store = Store::connect(&StoreConfig {
+        url: shared_redis().url(200),
+        timeout: Duration::from_secs(1),
+        pool_size: 1,
+        session_ttl: Duration::from_secs(60),
+        touch_interval: Duration::from_secs(60),
+    })
+    .expect("store");
+    store
+        .warm_up(Duration::from_secs(5))
+        .await
+        .expect("redis up");
+    assert!(store.create(&id).await.expect("create").is_some());
+    let key = format!("sg:{{{id}}}");
+    let redis = Builder::from_config(Config::from_url(&shared_redis().url(200)).expect("url"))
+        .build()
+        .expect("client");
+    redis.init().await.expect("connect");
+    let _: i64 = redis.hincrby(&key, "g", 3).await.expect("HINCRBY");
+    assert!(
+        store.create(&id).await.expect("second create").is_none(),
+        "an existing id is refused"
+    );
+    let generated: i64 = redis.hget(&key, "g").await.expect("HGET");
+    assert_eq!(generated, 3, "the existing session is untouched");
+    drop(gw);
+}
+
+#[tokio::test]
+async fn sessions_expire_thirty_days_after_activity_and_reads_touch_stale_ones() {
+    let gw = TestGateway::start().await;
+    let id = gw.new_session().await;
+    let key = format!("sg:{{{id}}}");
+    let ttl: i64 = gw.redis.ttl(&key).await.expect("TTL");
+    assert!((2_591_990..=2_592_000).contains(&ttl), "ttl {ttl}");
+
+    // A fresh session is not rewritten by a read (coalesced touch).
+    let last_active: i64 = gw.redis.hget(&key, "a").await.expect("HGET");
+    let _: () = gw.redis.expire(&key, 1000, None).await.expect("EXPIRE");
+    let info = || {
+        gw.http
+            .get(gw.url("/api/session/info"))
+            .header("x-session-id", &id)
+            .send()
+    };
+    assert_eq!(info().await.expect("request").status().as_u16(), 200);
+    let ttl: i64 = gw.redis.ttl(&key).await.expect("TTL");
+    assert!(
+        ttl <= 1000,
+        "a fresh session is not touched on read (ttl {ttl})"
+    );
+
+    // Two minutes of inactivity: the read reports activity now and slides the expiry.
+    let _: () = gw
+        .redis
+        .hset(&key, ("a", last_active - 120))
+        .await
+        .expect("HSET");
+    let (status, body) = split(info().await.expect("request")).await;
+    assert_eq!(status, 200);
+    let reported = chrono::DateTime::parse_from_rfc3339(body["last_active"].as_str().expect("ts"))
+        .expect("rfc3339");
+    assert!(reported.timestamp() >= last_active, "{body}");
+    eventually(Duration::from_secs(5), "the background touch", || async {
+        let ttl: i64 = gw.redis.ttl(&key).await.expect("TTL");
+        let a: i64 = gw.redis.hget(&key, "a").await.expect("HGET");
+        (ttl > 2_591_000 && a >= last_active).then_some(())
+    })
+    .await;
+
+    // A POST on the session records activity in the same script call.
+    let _: () = gw
+        .redis
+        .hset(&key, ("a", last_active - 120))
+        .await
+        .expect("HSET");
+    let _: () = gw.redis.expire(&key, 1000, None).await.expect("EXPIRE");
+    let response = gw
+        .http
+        .post(gw.url("/api/session/"))
+        .header("x-session-id", &id)
+        .send()
+        .await
+        .expect("request");
+    assert_eq!(response.status().as_u16(), 200);
+    let ttl: i64 = gw.redis.ttl(&key).await.expect("TTL");
+    let a: i64 = gw.redis.hget(&key, "a").await.expect("HGET");
+    assert!(ttl > 2_591_000 && a >= last_active, "ttl {ttl}, a {a}");
+}
+
+#[tokio::test]
+async fn expired_sessions_are_gone() {
+    let gw = TestGateway::start().await;
+    let id = gw.new_session().await;
+    let _: () = gw.redis.del(format!("sg:{{{id}}}")).await.expect("DEL");
+    let response = gw
+        .http
+        .get(gw.url("/api/session/info"))
+        .header("cookie", format!("concept_session={id}"))
+        .send()
+        .await
+        .expect("request");
+    assert_eq!(response.status().as_u16(), 404);
+}
+
+#[tokio::test]
+async fn health_and_readiness() {
+    let gw = TestGateway::start().await;
+    let healthz = gw
+        .http
+        .get(gw.admin_url("/healthz"))
+        .send()
+        .await
+        .expect("request");
+    assert_eq!(healthz.status().as_u16(), 200);
+    let readyz = gw
+        .http
+        .get(gw.admin_url("/readyz"))
+        .send()
+        .await
+        .expect("request");
+    assert_eq!(readyz.status().as_u16(), 200);
+}
+
+#[tokio::test]
+async fn shutdown_stops_accepting() {
+    let gw = TestGateway::start().await;
+    let addr = gw.gateway.public_addr();
+    gw.new_session().await;
+    tokio::time::timeout(Duration::from_secs(10), gw.gateway.shutdown())
+        .await
+        .expect("shutdown completes");
+    assert!(
+        tokio::net::TcpStream::connect(addr).await.is_err(),
+        "listener closed"
+    );
+}

@@ -1,0 +1,8 @@
+//! Integration tests: the gateway over real HTTP against a real `redis-server`.
+//! One binary, so the services start once and compile once.
+
+mod support;
+
+mod contract;
+mod failures;
+mod lifecycle;

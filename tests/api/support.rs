@@ -1,0 +1,242 @@
+//! Test support: real `redis-server` processes on free loopback ports, gateways started
+//! in-process on port 0, and polling with deadlines instead of sleeps.
+//!
+//! One shared Redis serves the whole test binary; each gateway gets its own logical
+//! database (`--databases 256`), so tests that count keys never see each other's.
+//! Tests that break Redis on purpose start a private one with [`RedisServer::start`].
+
+use std::future::Future;
+use std::io::{BufRead, BufReader};
+use std::net::TcpListener;
+use std::path::PathBuf;
+use std::process::{Child, ChildStdin, Command, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use fred::prelude::*;
+use sessiongate::config::Config;
+use sessiongate::Gateway;
+
+/// A `redis-server` child process. It runs under a small shell watchdog that kills it when
+/// the test binary's end of the watchdog's stdin closes, so no server outlives the tests,
+/// even when the binary is killed.
+pub struct RedisServer {
+    pub port: u16,
+    dir: PathBuf,
+    pid: u32,
+    watchdog: Option<(Child, ChildStdin)>,
+}
+
+static NEXT_DIR: AtomicU32 = AtomicU32::new(0);
+
+impl RedisServer {
+    pub fn start() -> RedisServer {
+        let dir = std::env::temp_dir().join(format!(
+            "sessiongate-test-{}-{}",
+            std::process::id(),
+            NEXT_DIR.fetch_add(1, Ordering::Relaxed)
+        ));
+        std::fs::create_dir_all(&dir).expect("create redis temp dir");
+        let mut server = RedisServer {
+            port: free_port(),
+            dir,
+            pid: 0,
+            watchdog: None,
+        };
+        server.spawn();
+        server
+    }
+
+    /// Starts the server (again) on the same port.
+    pub fn spawn(&mut self) {
+        let script = r#"redis-server --bind 127.0.0.1 --port "$1" --dir "$2" --save "" --appendonly no \
+            --databases 256 --enable-debug-command yes --logfile "$2/redis.log" & echo $!; read _; kill -9 $! 2>/dev/null"#;
+        let mut child = Command::new("sh")
+            .args([
+                "-c",
+                script,
+                "sh",
+                &self.port.to_string(),
+                &self.dir.to_string_lossy(),
+            ])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("redis-server must be installed (see README: the test command installs it)");
+        let stdin = child.stdin.take().expect("piped stdin");
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().expect("piped stdout"))
+            .read_line(&mut line)
+            .expect("watchdog prints the pid");
+        self.pid = line.trim().parse().expect("pid");
+        self.watchdog = Some((child, stdin));
+        wait_until(
+            Duration::from_secs(10),
+            "redis-server to accept connections",
+            || std::net::TcpStream::connect(("127.0.0.1", self.port)).is_ok(),
+        );
+    }
+
+    /// `SIGKILL`s the server and waits until its port is closed.
+    pub fn kill(&mut self) {
+        let _ = Command::new("kill")
+            .args(["-9", &self.pid.to_string()])
+            .status();
+        if let Some((mut child, stdin)) = self.watchdog.take() {
+            drop(stdin);
+            let _ = child.wait();
+        }
+        wait_until(Duration::from_secs(10), "redis-server to stop", || {
+            std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err()
+        });
+    }
+
+    pub fn url(&self, db: u32) -> String {
+        format!("redis://127.0.0.1:{}/{db}", self.port)
+    }
+}
+
+impl Drop for RedisServer {
+    fn drop(&mut self) {
+        if self.watchdog.is_some() {
+            self.kill();
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+fn free_port() -> u16 {
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind port 0");
+    listener.local_addr().expect("local addr").port()
+}
+
+/// Polls a blocking condition until it holds or the deadline passes.
+fn wait_until(limit: Duration, what: &str, mut condition: impl FnMut() -> bool) {
+    let deadline = Instant::now() + limit;
+    while !condition() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// Polls an async check until it returns `Some` or the deadline passes.
+pub async fn eventually<T, F, Fut>(limit: Duration, what: &str, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + limit;
+    loop {
+        if let Some(value) = check().await {
+            return value;
+        }
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// The Redis shared by every test of this binary.
+pub fn shared_redis() -> &'static RedisServer {
+    static REDIS: OnceLock<RedisServer> = OnceLock::new();
+    REDIS.get_or_init(RedisServer::start)
+}
+
+static NEXT_DB: AtomicU32 = AtomicU32::new(1);
+
+/// A gateway under test, with an HTTP client and a Redis client on the gateway's database.
+pub struct TestGateway {
+    pub gateway: Gateway,
+    pub base: String,
+    pub http: reqwest::Client,
+    pub redis: Client,
+}
+
+impl TestGateway {
+    /// A gateway on the shared Redis, in a database of its own.
+    pub async fn start() -> TestGateway {
+        Self::start_with(|_| {}).await
+    }
+
+    pub async fn start_with(adjust: impl FnOnce(&mut Config)) -> TestGateway {
+        let db = NEXT_DB.fetch_add(1, Ordering::Relaxed);
+        assert!(db < 256, "more gateways than redis databases");
+        Self::start_on(&shared_redis().url(db), adjust).await
+    }
+
+    /// A gateway on the given Redis URL.
+    pub async fn start_on(redis_url: &str, adjust: impl FnOnce(&mut Config)) -> TestGateway {
+        let mut config = Config {
+            listen: "127.0.0.1:0".parse().expect("addr"),
+            admin_listen: "127.0.0.1:0".parse().expect("addr"),
+            redis_url: redis_url.to_string(),
+            ..Config::default()
+        };
+        adjust(&mut config);
+        let gateway = sessiongate::start(config).await.expect("gateway starts");
+        let base = format!("http://{}", gateway.public_addr());
+        let redis =
+            Builder::from_config(fred::prelude::Config::from_url(redis_url).expect("redis url"))
+                .build()
+                .expect("redis client");
+        redis.init().await.expect("test redis client connects");
+        TestGateway {
+            gateway,
+            base,
+            http: reqwest::Client::new(),
+            redis,
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
+    }
+
+    pub fn admin_url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.gateway.admin_addr())
+    }
+
+    /// `POST /api/session/` with a JSON body; returns the status and the JSON answer.
+    pub async fn post_json(&self, path: &str, body: serde_json::Value) -> (u16, serde_json::Value) {
+        let response = self
+            .http
+            .post(self.url(path))
+            .json(&body)
+            .send()
+            .await
+            .expect("request");
+        split(response).await
+    }
+
+    /// Creates a session and returns its id.
+    pub async fn new_session(&self) -> String {
+        let (status, body) = self.post_json("/api/session/", serde_json::json!({})).await;
+        assert_eq!(status, 200, "{body}");
+        body["session_id"].as_str().expect("session_id").to_string()
+    }
+
+    /// The number of keys in this gateway's database.
+    pub async fn key_count(&self) -> u64 {
+        self.redis.dbsize().await.expect("DBSIZE")
+    }
+}
+
+/// Status and JSON body of a response (`Null` when the body is not JSON).
+pub async fn split(response: reqwest::Response) -> (u16, serde_json::Value) {
+    let status = response.status().as_u16();
+    let text = response.text().await.expect("body");
+    (
+        status,
+        serde_json::from_str(&text).unwrap_or(serde_json::Value::Null),
+    )
+}
+
+/// The `Set-Cookie` headers of a response.
+pub fn set_cookies(response: &reqwest::Response) -> Vec<String> {
+    response
+        .headers()
+        .get_all("set-cookie")
+        .iter()
+        .map(|v| v.to_str().expect("ascii cookie").to_string())
+        .collect()
+}
