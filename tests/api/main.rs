@@ -4,5 +4,6 @@
 mod support;
 
 mod contract;
+mod binary;
 mod failures;
 mod lifecycle;

@@ -51,7 +51,7 @@ impl RedisServer {
     /// Starts the server (again) on the same port.
     pub fn spawn(&mut self) {
         let script = r#"redis-server --bind 127.0.0.1 --port "$1" --dir "$2" --save "" --appendonly no \
-            --databases 256 --enable-debug-command yes --logfile "$2/redis.log" & echo $!; read _; kill -9 $! 2>/dev/null"#;
+            --databases 256 --enable-debug-command yes --logfile "$2/redis.log" & echo $!; read _; kill -9 $! 2>/dev/null; wait"#;
         let mut child = Command::new("sh")
             .args([
                 "-c",
@@ -106,7 +106,7 @@ impl Drop for RedisServer {
     }
 }
 
-fn free_port() -> u16 {
+pub fn free_port() -> u16 {
     let listener = TcpListener::bind("127.0.0.1:0").expect("bind port 0");
     listener.local_addr().expect("local addr").port()
 }
