@@ -7,7 +7,9 @@ use crate::support::{eventually, free_port, shared_redis};
 
 fn gateway() -> Command {
     let mut command = Command::new(env!("CARGO_BIN_EXE_sessiongate"));
-    command.env_clear().env("PATH", std::env::var("PATH").unwrap_or_default());
+    command
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default());
     command
 }
 
@@ -38,10 +40,18 @@ async fn sigterm_shuts_down_cleanly() {
         .spawn()
         .expect("spawn sessiongate");
     let http = reqwest::Client::new();
-    eventually(Duration::from_secs(20), "the binary to be ready", || async {
-        let response = http.get(format!("http://127.0.0.1:{admin}/readyz")).send().await.ok()?;
-        (response.status().as_u16() == 200).then_some(())
-    })
+    eventually(
+        Duration::from_secs(20),
+        "the binary to be ready",
+        || async {
+            let response = http
+                .get(format!("http://127.0.0.1:{admin}/readyz"))
+                .send()
+                .await
+                .ok()?;
+            (response.status().as_u16() == 200).then_some(())
+        },
+    )
     .await;
     let response = http
         .post(format!("http://127.0.0.1:{public}/api/session/"))

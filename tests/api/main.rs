@@ -3,7 +3,7 @@
 
 mod support;
 
-mod contract;
 mod binary;
+mod contract;
 mod failures;
 mod lifecycle;
