@@ -1,9 +1,10 @@
 //! The `sessiongate` binary: start-up configuration errors and signal handling.
 
+use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use crate::support::{eventually, free_port, shared_redis};
+use crate::support::{eventually, shared_redis};
 
 fn gateway() -> Command {
     let mut command = Command::new(env!("CARGO_BIN_EXE_sessiongate"));
@@ -30,31 +31,48 @@ fn invalid_configuration_stops_start_up_with_one_line() {
 
 #[tokio::test]
 async fn sigterm_shuts_down_cleanly() {
-    let (public, admin) = (free_port(), free_port());
     let mut child = gateway()
-        .env("SESSIONGATE_LISTEN", format!("127.0.0.1:{public}"))
-        .env("SESSIONGATE_ADMIN_LISTEN", format!("127.0.0.1:{admin}"))
+        .env("SESSIONGATE_LISTEN", "127.0.0.1:0")
+        .env("SESSIONGATE_ADMIN_LISTEN", "127.0.0.1:0")
+        .env("SESSIONGATE_LOG_FORMAT", "json")
         .env("REDIS_URL", shared_redis().url(201))
-        .stdout(Stdio::null())
+        .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()
         .expect("spawn sessiongate");
+
+    // Port 0 everywhere: the binary logs the addresses it bound.
+    let stdout = child.stdout.take().expect("piped stdout");
+    let listening = tokio::task::spawn_blocking(move || {
+        BufReader::new(stdout)
+            .lines()
+            .map_while(Result::ok)
+            .filter_map(|line| serde_json::from_str::<serde_json::Value>(&line).ok())
+            .find(|event| event["message"] == "sessiongate listening")
+    });
+    let event = tokio::time::timeout(Duration::from_secs(20), listening)
+        .await
+        .expect("the binary logs its addresses in time")
+        .expect("reader thread")
+        .expect("a 'sessiongate listening' log line");
+    let public = event["public_addr"]
+        .as_str()
+        .expect("public_addr")
+        .to_string();
+    let admin = event["admin_addr"]
+        .as_str()
+        .expect("admin_addr")
+        .to_string();
+
     let http = reqwest::Client::new();
-    eventually(
-        Duration::from_secs(20),
-        "the binary to be ready",
-        || async {
-            let response = http
-                .get(format!("http://127.0.0.1:{admin}/readyz"))
-                .send()
-                .await
-                .ok()?;
-            (response.status().as_u16() == 200).then_some(())
-        },
-    )
-    .await;
+    let ready = http
+        .get(format!("http://{admin}/readyz"))
+        .send()
+        .await
+        .expect("request");
+    assert_eq!(ready.status().as_u16(), 200);
     let response = http
-        .post(format!("http://127.0.0.1:{public}/api/session/"))
+        .post(format!("http://{public}/api/session/"))
         .send()
         .await
         .expect("request");

@@ -6,7 +6,7 @@
 //! Tests that break Redis on purpose start a private one with [`RedisServer::start`].
 
 use std::future::Future;
-use std::io::{BufRead, BufReader};
+use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpListener;
 use std::path::PathBuf;
 use std::process::{Child, ChildStdin, Command, Stdio};
@@ -39,16 +39,25 @@ impl RedisServer {
         ));
         std::fs::create_dir_all(&dir).expect("create redis temp dir");
         let mut server = RedisServer {
-            port: free_port(),
+            port: 0,
             dir,
             pid: 0,
             watchdog: None,
         };
-        server.spawn();
-        server
+        // A free port can be taken by a parallel test between our probe and Redis's bind;
+        // then Redis exits and another server answers on the port, so check whose it is.
+        for _ in 0..5 {
+            server.port = free_port();
+            server.spawn();
+            if server.is_ours() {
+                return server;
+            }
+            server.kill_process();
+        }
+        panic!("could not start redis-server on a free port");
     }
 
-    /// Starts the server (again) on the same port.
+    /// Starts the server (again) on the same port and waits until the port answers.
     pub fn spawn(&mut self) {
         let script = r#"redis-server --bind 127.0.0.1 --port "$1" --dir "$2" --save "" --appendonly no \
             --databases 256 --enable-debug-command yes --logfile "$2/redis.log" & echo $!; read _; kill -9 $! 2>/dev/null; wait"#;
@@ -78,8 +87,36 @@ impl RedisServer {
         );
     }
 
+    /// Whether the server answering on our port is the one we started (its `dir` is ours).
+    fn is_ours(&self) -> bool {
+        let Ok(mut stream) = std::net::TcpStream::connect(("127.0.0.1", self.port)) else {
+            return false;
+        };
+        let _ = stream.set_read_timeout(Some(Duration::from_secs(5)));
+        if stream.write_all(b"CONFIG GET dir\r\n").is_err() {
+            return false;
+        }
+        let mut reply = Vec::new();
+        let mut chunk = [0u8; 512];
+        let dir = self.dir.to_string_lossy().into_owned();
+        while let Ok(n @ 1..) = stream.read(&mut chunk) {
+            reply.extend_from_slice(&chunk[..n]);
+            if String::from_utf8_lossy(&reply).contains(&dir) {
+                return true;
+            }
+        }
+        false
+    }
+
     /// `SIGKILL`s the server and waits until its port is closed.
     pub fn kill(&mut self) {
+        self.kill_process();
+        wait_until(Duration::from_secs(10), "redis-server to stop", || {
+            std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err()
+        });
+    }
+
+    fn kill_process(&mut self) {
         let _ = Command::new("kill")
             .args(["-9", &self.pid.to_string()])
             .status();
@@ -87,9 +124,6 @@ impl RedisServer {
             drop(stdin);
             let _ = child.wait();
         }
-        wait_until(Duration::from_secs(10), "redis-server to stop", || {
-            std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err()
-        });
     }
 
     pub fn url(&self, db: u32) -> String {
@@ -106,7 +140,7 @@ impl Drop for RedisServer {
     }
 }
 
-pub fn free_port() -> u16 {
+fn free_port() -> u16 {
     let listener = TcpListener::bind("127.0.0.1:0").expect("bind port 0");
     listener.local_addr().expect("local addr").port()
 }
