@@ -5,11 +5,15 @@
 //! wins. Anything unknown or invalid stops start-up with one line naming the setting.
 //! This module validates values; it never opens sockets or talks to Redis.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
+use std::num::NonZeroU32;
 use std::time::Duration;
 
+use ipnet::IpNet;
 use serde::Deserialize;
+
+use crate::quota::{self, Counter, Policy, Window};
 
 /// Where the gateway runs; production turns on `Secure` cookies and JSON logs.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -49,6 +53,15 @@ pub struct Config {
     /// How stale `last_active` may get before a read sends a touch.
     pub touch_interval: Duration,
     pub cookie: CookieConfig,
+    /// Quota policies, one per metered operation.
+    pub policies: Vec<Policy>,
+    /// Bearer token of the internal API; `None` disables the internal routes.
+    pub service_token: Option<String>,
+    /// Session creations allowed per client IP and minute, and the burst on top.
+    pub creations_per_minute: NonZeroU32,
+    pub creation_burst: NonZeroU32,
+    /// Peers whose `X-Forwarded-For` is believed when finding a client's IP.
+    pub trusted_proxies: Vec<IpNet>,
 }
 
 const SESSION_TTL: Duration = Duration::from_secs(30 * 24 * 60 * 60);
@@ -76,6 +89,11 @@ impl Default for Config {
                 secure: false,
                 max_age: SESSION_TTL,
             },
+            policies: Policy::defaults(),
+            service_token: None,
+            creations_per_minute: NonZeroU32::new(600).unwrap_or(NonZeroU32::MIN),
+            creation_burst: NonZeroU32::new(120).unwrap_or(NonZeroU32::MIN),
+            trusted_proxies: Vec::new(),
         }
     }
 }
@@ -106,7 +124,11 @@ const KNOWN_VARIABLES: &[&str] = &[
     "SESSIONGATE_REDIS_TIMEOUT_MS",
     "SESSIONGATE_BODY_LIMIT_BYTES",
     "SESSIONGATE_LOG_FORMAT",
+    "SESSIONGATE_SERVICE_TOKEN",
 ];
+
+/// Shortest service token accepted: a guessable token would open the internal API.
+const MIN_TOKEN_LEN: usize = 16;
 
 /// The TOML file's shape. Every field is optional; unknown keys are refused.
 #[derive(Debug, Default, Deserialize)]
@@ -123,6 +145,20 @@ struct FileConfig {
     session: SessionFile,
     #[serde(default)]
     cookie: CookieFile,
+    /// Replaces the default policies when present.
+    quotas: Option<BTreeMap<String, PolicyFile>>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PolicyFile {
+    limit: Option<u64>,
+    window: Option<String>,
+    rate: Option<u64>,
+    period: Option<String>,
+    burst: Option<u64>,
+    cost: Option<u64>,
+    counter: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -139,12 +175,15 @@ struct HttpFile {
     body_limit_bytes: Option<usize>,
     header_read_timeout_ms: Option<u64>,
     shutdown_grace_ms: Option<u64>,
+    trusted_proxies: Option<Vec<String>>,
 }
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct SessionFile {
     touch_interval_secs: Option<u64>,
+    creations_per_minute: Option<u32>,
+    creation_burst: Option<u32>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -286,6 +325,38 @@ impl Config {
             }
             config.touch_interval = Duration::from_secs(secs);
         }
+        if let Some(n) = file.session.creations_per_minute {
+            config.creations_per_minute = NonZeroU32::new(n).ok_or_else(|| {
+                ConfigError::new("session.creations_per_minute", "must be at least 1")
+            })?;
+        }
+        if let Some(n) = file.session.creation_burst {
+            config.creation_burst = NonZeroU32::new(n)
+                .ok_or_else(|| ConfigError::new("session.creation_burst", "must be at least 1"))?;
+        }
+        if let Some(proxies) = file.http.trusted_proxies {
+            config.trusted_proxies = proxies
+                .iter()
+                .map(|p| parse_net(p))
+                .collect::<Result<_, _>>()?;
+        }
+        if let Some(token) = vars.get("SESSIONGATE_SERVICE_TOKEN") {
+            if token.len() < MIN_TOKEN_LEN
+                || token.chars().any(|c| c.is_whitespace() || c.is_control())
+            {
+                return Err(ConfigError::new(
+                    "SESSIONGATE_SERVICE_TOKEN",
+                    format!("must be at least {MIN_TOKEN_LEN} characters without spaces"),
+                ));
+            }
+            config.service_token = Some(token.clone());
+        }
+        if let Some(policies) = file.quotas {
+            config.policies = policies
+                .into_iter()
+                .map(|(operation, policy)| parse_policy(operation, policy))
+                .collect::<Result<_, _>>()?;
+        }
 
         let cookie = &mut config.cookie;
         cookie.secure = config.environment == Environment::Production;
@@ -351,6 +422,94 @@ impl Config {
         }
         Ok(config)
     }
+}
+
+fn parse_net(text: &str) -> Result<IpNet, ConfigError> {
+    text.parse::<IpNet>()
+        .or_else(|_| text.parse::<std::net::IpAddr>().map(IpNet::from))
+        .map_err(|_| {
+            ConfigError::new(
+                "http.trusted_proxies",
+                format!("{text:?} is not an IP address or CIDR block"),
+            )
+        })
+}
+
+fn parse_policy(operation: String, file: PolicyFile) -> Result<Policy, ConfigError> {
+    let name = format!("quotas.{operation}");
+    let valid_name = !operation.is_empty()
+        && operation.len() <= 64
+        && operation
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-');
+    if !valid_name {
+        return Err(ConfigError::new(
+            name,
+            "operation names are 1-64 characters of a-z, 0-9, '_' and '-'",
+        ));
+    }
+    let setting = |key: &str| format!("{name}.{key}");
+    let (limit, window) = match (file.limit, file.window, file.rate, file.period, file.burst) {
+        (Some(limit), Some(window), None, None, None) => {
+            let window =
+                quota::parse_window(&window).map_err(|e| ConfigError::new(setting("window"), e))?;
+            (limit, window)
+        }
+        (None, None, Some(rate), Some(period), Some(burst)) => {
+            let period = quota::parse_duration(&period)
+                .map_err(|e| ConfigError::new(setting("period"), e))?;
+            let interval_ms = (period.as_millis() as u64).checked_div(rate).unwrap_or(0);
+            if interval_ms == 0 {
+                return Err(ConfigError::new(
+                    setting("rate"),
+                    "must be at least 1 and at most one per millisecond",
+                ));
+            }
+            (
+                burst,
+                Window::Gcra {
+                    interval: Duration::from_millis(interval_ms),
+                },
+            )
+        }
+        _ => {
+            return Err(ConfigError::new(
+                name,
+                "give either limit + window, or rate + period + burst (token bucket)",
+            ))
+        }
+    };
+    if limit == 0 || limit > 1_000_000_000 {
+        return Err(ConfigError::new(
+            setting("limit"),
+            "must be between 1 and 1000000000",
+        ));
+    }
+    let default_cost = file.cost.unwrap_or(1);
+    if default_cost == 0 || default_cost > limit {
+        return Err(ConfigError::new(
+            setting("cost"),
+            "must be at least 1 and at most the limit",
+        ));
+    }
+    let counter = match file.counter {
+        None => None,
+        Some(counter) => Some(Counter::parse(&counter).ok_or_else(|| {
+            ConfigError::new(
+                setting("counter"),
+                format!(
+                    "{counter:?} is not concepts_generated, concepts_refined or concepts_stored"
+                ),
+            )
+        })?),
+    };
+    Ok(Policy {
+        operation,
+        limit,
+        window,
+        default_cost,
+        counter,
+    })
 }
 
 fn parse_addr(name: &str, value: &str) -> Result<SocketAddr, ConfigError> {
@@ -457,6 +616,79 @@ mod tests {
         .expect("valid");
         assert_eq!(config.listen.to_string(), "127.0.0.1:5555");
         assert_eq!(config.redis_timeout, Duration::from_millis(100));
+    }
+
+    #[test]
+    fn quota_policies_parse_and_replace_the_defaults() {
+        let config = Config::from_toml(
+            r#"
+            [quotas.concept_generation]
+            limit = 5
+            window = "day"
+            counter = "concepts_generated"
+            [quotas.api-burst]
+            rate = 10
+            period = "1 second"
+            burst = 20
+            cost = 2
+            "#,
+        )
+        .expect("valid");
+        assert_eq!(config.policies.len(), 2);
+        let burst = &config.policies[0];
+        assert_eq!(burst.operation, "api-burst");
+        assert_eq!(
+            burst.window,
+            Window::Gcra {
+                interval: Duration::from_millis(100)
+            }
+        );
+        assert_eq!(
+            (burst.limit, burst.default_cost, burst.counter),
+            (20, 2, None)
+        );
+        assert_eq!(config.policies[1].counter, Some(Counter::ConceptsGenerated));
+
+        for (toml, message) in [
+            ("[quotas.x]\nlimit = 5\n", "give either"),
+            (
+                "[quotas.x]\nlimit = 5\nwindow = \"week\"\n",
+                "quotas.x.window",
+            ),
+            (
+                "[quotas.x]\nlimit = 0\nwindow = \"day\"\n",
+                "quotas.x.limit",
+            ),
+            (
+                "[quotas.X]\nlimit = 1\nwindow = \"day\"\n",
+                "operation names",
+            ),
+            (
+                "[quotas.x]\nlimit = 1\nwindow = \"day\"\ncounter = \"clicks\"\n",
+                "quotas.x.counter",
+            ),
+            (
+                "[quotas.x]\nlimit = 1\nwindow = \"day\"\ncost = 2\n",
+                "quotas.x.cost",
+            ),
+        ] {
+            let err = Config::from_toml(toml).unwrap_err().to_string();
+            assert!(err.contains(message), "{toml}: {err}");
+        }
+    }
+
+    #[test]
+    fn service_token_and_proxies_are_checked() {
+        let err = Config::from_vars(&vars(&[("SESSIONGATE_SERVICE_TOKEN", "short")])).unwrap_err();
+        assert!(
+            err.to_string().contains("SESSIONGATE_SERVICE_TOKEN"),
+            "{err}"
+        );
+        let config =
+            Config::from_toml("[http]\ntrusted_proxies = [\"10.0.0.0/8\", \"127.0.0.1\"]\n")
+                .expect("valid");
+        assert_eq!(config.trusted_proxies.len(), 2);
+        assert!(Config::from_toml("[http]\ntrusted_proxies = [\"nope\"]\n").is_err());
     }
 
     #[test]

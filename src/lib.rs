@@ -2,7 +2,8 @@
 //!
 //! The crate is layered so each concern has one home:
 //! - [`config`]: settings from the environment and an optional TOML file;
-//! - [`session`] and [`preferences`]: the domain rules, free of HTTP and of Redis commands;
+//! - [`session`], [`preferences`] and [`quota`]: the domain rules, free of HTTP and of Redis
+//!   commands;
 //! - [`store`]: the only module that speaks Redis (keys, commands, Lua scripts);
 //! - [`http`]: listeners, routing, and translation between HTTP and the domain.
 //!
@@ -12,6 +13,7 @@
 pub mod config;
 pub mod http;
 pub mod preferences;
+pub mod quota;
 pub mod session;
 pub mod store;
 
@@ -24,6 +26,7 @@ use tokio::task::JoinHandle;
 
 use crate::config::Config;
 use crate::http::{admin::Admin, api::Api, ConnectionLimits};
+use crate::quota::Quotas;
 use crate::session::Sessions;
 use crate::store::{Store, StoreConfig, StoreError};
 
@@ -41,7 +44,8 @@ pub struct Gateway {
     public_addr: SocketAddr,
     admin_addr: SocketAddr,
     shutdown: watch::Sender<bool>,
-    servers: Vec<JoinHandle<()>>,
+    /// The two listeners and the housekeeping task; all end on shutdown.
+    tasks: Vec<JoinHandle<()>>,
     store: Store,
 }
 
@@ -61,6 +65,7 @@ pub async fn start(config: Config) -> Result<Gateway, StartError> {
         pool_size: config.redis_pool_size,
         session_ttl: config.session_ttl,
         touch_interval: config.touch_interval,
+        policies: config.policies.clone(),
     })?;
     if let Err(error) = store.warm_up(WARM_UP).await {
         tracing::warn!(%error, "redis not reachable yet; serving 503 until it is");
@@ -71,36 +76,60 @@ pub async fn start(config: Config) -> Result<Gateway, StartError> {
         shutdown_grace: config.shutdown_grace,
     };
     let (shutdown, watcher) = watch::channel(false);
+    let sessions = Sessions::new(
+        store.clone(),
+        config.creations_per_minute,
+        config.creation_burst,
+    );
+    if config.service_token.is_none() {
+        tracing::info!("SESSIONGATE_SERVICE_TOKEN is not set: the internal quota API is disabled");
+    }
     let api = Arc::new(Api {
-        sessions: Sessions::new(store.clone()),
+        sessions: sessions.clone(),
+        quotas: Quotas::new(store.clone(), config.policies.clone()),
         cookie: config.cookie.clone(),
         body_limit: config.body_limit,
+        trusted_proxies: config.trusted_proxies.clone(),
+        service_token: config.service_token.clone(),
     });
     let admin_state = Arc::new(Admin {
         store: store.clone(),
     });
-    let servers = vec![
+    let tasks = vec![
         tokio::spawn(http::serve(
             public,
-            move |request| http::api::handle(api.clone(), request),
+            move |request, peer| http::api::handle(api.clone(), request, peer),
             limits,
             stopped(watcher.clone()),
         )),
         tokio::spawn(http::serve(
             admin,
-            move |request| http::admin::handle(admin_state.clone(), request),
+            move |request, _peer| http::admin::handle(admin_state.clone(), request),
             limits,
-            stopped(watcher),
+            stopped(watcher.clone()),
         )),
+        tokio::spawn(forget_idle_clients(sessions, stopped(watcher))),
     ];
     tracing::info!(%public_addr, %admin_addr, "sessiongate listening");
     Ok(Gateway {
         public_addr,
         admin_addr,
         shutdown,
-        servers,
+        tasks,
         store,
     })
+}
+
+/// Keeps the per-IP creation throttle as small as the set of recently active clients.
+async fn forget_idle_clients(sessions: Sessions, stop: impl std::future::Future<Output = ()>) {
+    let mut tick = tokio::time::interval(Duration::from_secs(60));
+    tokio::pin!(stop);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => sessions.forget_idle_clients(),
+            () = &mut stop => return,
+        }
+    }
 }
 
 async fn stopped(mut watcher: watch::Receiver<bool>) {
@@ -123,8 +152,8 @@ impl Gateway {
     /// the Redis connections.
     pub async fn shutdown(self) {
         let _ = self.shutdown.send(true);
-        for server in self.servers {
-            let _ = server.await;
+        for task in self.tasks {
+            let _ = task.await;
         }
         self.store.close().await;
     }

@@ -4,14 +4,29 @@
 //! `contract.md`) and when activity is recorded. It knows nothing of HTTP (callers hand it
 //! parsed ids) and nothing of Redis commands (it calls [`Store`] operations, each one round
 //! trip). Ids are only ever generated here, server-side, from a CSPRNG: a client-supplied id
-//! is looked up, never created.
+//! is looked up, never created. Creation is throttled per client IP (in this process's
+//! memory), so a script cannot fill Redis with sessions.
 
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::net::IpAddr;
+use std::num::NonZeroU32;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use governor::clock::{Clock, DefaultClock};
+use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
 use serde::Serialize;
 use uuid::Uuid;
 
 use crate::store::{Store, StoreError};
+
+/// Why a session operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum SessionError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("too many sessions created from this address")]
+    Throttled { retry_after: Duration },
+}
 
 /// Usage counters of a session, as the API shows them.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
@@ -29,6 +44,9 @@ pub struct SessionRecord {
     pub usage: Usage,
     /// Compact JSON object; `None` means the default `{}`.
     pub preferences: Option<String>,
+    /// Stored window state of each configured quota policy, in policy order; empty when
+    /// the operation that produced the record did not read them.
+    pub quota_states: Vec<Option<String>>,
 }
 
 /// A session and its id.
@@ -51,6 +69,7 @@ pub fn parse_id(text: &str) -> Option<Uuid> {
 #[derive(Clone)]
 pub struct Sessions {
     store: Store,
+    creations: Arc<DefaultKeyedRateLimiter<IpAddr>>,
 }
 
 /// How many fresh ids to try before giving up; a collision of 122 random bits is not
@@ -58,8 +77,20 @@ pub struct Sessions {
 const CREATE_ATTEMPTS: usize = 3;
 
 impl Sessions {
-    pub fn new(store: Store) -> Self {
-        Sessions { store }
+    /// `per_minute` creations per client IP, with `burst` allowed at once.
+    pub fn new(store: Store, per_minute: NonZeroU32, burst: NonZeroU32) -> Self {
+        let quota = Quota::per_minute(per_minute).allow_burst(burst);
+        Sessions {
+            store,
+            creations: Arc::new(RateLimiter::keyed(quota)),
+        }
+    }
+
+    /// Drops throttle state of addresses whose allowance is full again; call periodically
+    /// so the table stays as small as the set of recently active clients.
+    pub fn forget_idle_clients(&self) {
+        self.creations.retain_recent();
+        self.creations.shrink_to_fit();
     }
 
     /// `POST /api/session/`: the current session if known, else the client's if known, else a
@@ -68,13 +99,14 @@ impl Sessions {
         &self,
         current: Option<Uuid>,
         client: Option<Uuid>,
-    ) -> Result<(Session, bool), StoreError> {
+        origin: IpAddr,
+    ) -> Result<(Session, bool), SessionError> {
         for candidate in [current, client].into_iter().flatten() {
             if let Some(session) = self.touch(candidate).await? {
                 return Ok((session, false));
             }
         }
-        Ok((self.create().await?, true))
+        Ok((self.create(origin).await?, true))
     }
 
     /// `POST /api/session/sync`: adopt the client's session if it exists, else keep the
@@ -84,7 +116,8 @@ impl Sessions {
         &self,
         current: Option<Uuid>,
         client: Uuid,
-    ) -> Result<(Session, bool), StoreError> {
+        origin: IpAddr,
+    ) -> Result<(Session, bool), SessionError> {
         if let Some(session) = self.touch(client).await? {
             return Ok((session, true));
         }
@@ -93,7 +126,7 @@ impl Sessions {
                 return Ok((session, false));
             }
         }
-        Ok((self.create().await?, false))
+        Ok((self.create(origin).await?, false))
     }
 
     /// `GET /api/session/info` and other reads: one plain read. Activity is recorded in the
@@ -135,7 +168,11 @@ impl Sessions {
             .map(|record| Session { id, record }))
     }
 
-    async fn create(&self) -> Result<Session, StoreError> {
+    async fn create(&self, origin: IpAddr) -> Result<Session, SessionError> {
+        if let Err(not_until) = self.creations.check_key(&origin) {
+            let retry_after = not_until.wait_time_from(DefaultClock::default().now());
+            return Err(SessionError::Throttled { retry_after });
+        }
         for _ in 0..CREATE_ATTEMPTS {
             let id = Uuid::new_v4();
             if let Some(now) = self.store.create(&id).await? {
@@ -144,12 +181,13 @@ impl Sessions {
                     last_active: now,
                     usage: Usage::default(),
                     preferences: None,
+                    quota_states: Vec::new(),
                 };
                 return Ok(Session { id, record });
             }
             tracing::warn!("a freshly drawn session id already existed; drawing another");
         }
-        Err(StoreError::Reply("could not draw an unused session id"))
+        Err(StoreError::Reply("could not draw an unused session id").into())
     }
 }
 

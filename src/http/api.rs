@@ -4,28 +4,36 @@
 //! plural `/api/sessions/...` aliases map onto the same routes. Each handler reads what it
 //! needs from the request, calls [`Sessions`] once, and writes the response and cookie.
 
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Instant;
 
 use http::{Method, StatusCode};
 use hyper::body::Incoming;
 use hyper::{Request, Response};
-use serde::Serialize;
+use ipnet::IpNet;
+use serde::ser::SerializeMap;
+use serde::{Serialize, Serializer};
 use uuid::Uuid;
 
 use super::error::ApiError;
-use super::request::{client_session_id, current_session, json_body};
+use super::request::{client_ip, client_session_id, current_session, json_body};
 use super::response::{json, json_text, set_session_cookie, timestamp};
 use super::Body;
 use crate::config::CookieConfig;
 use crate::preferences::{self, PreferencesError};
-use crate::session::{Session, Sessions, Usage};
+use crate::quota::Quotas;
+use crate::session::{Session, SessionRecord, Sessions, Usage};
 
-/// What the public handlers share.
+/// What the public and internal handlers share.
 pub struct Api {
     pub sessions: Sessions,
+    pub quotas: Quotas,
     pub cookie: CookieConfig,
     pub body_limit: usize,
+    pub trusted_proxies: Vec<IpNet>,
+    /// `None` disables the internal API.
+    pub service_token: Option<String>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -70,15 +78,18 @@ impl Route {
     }
 }
 
-/// Entry point for every public request.
-pub async fn handle(api: Arc<Api>, request: Request<Incoming>) -> Response<Body> {
+/// Entry point for every request on the public listener.
+pub async fn handle(api: Arc<Api>, request: Request<Incoming>, peer: SocketAddr) -> Response<Body> {
+    if request.uri().path().starts_with(super::internal::PREFIX) {
+        return super::internal::handle(&api, request).await;
+    }
     let started = Instant::now();
     let method = request.method().clone();
     let route = Route::parse(request.uri().path());
     let result = match (route, &method) {
         (None, _) => Err(ApiError::route_not_found()),
-        (Some(Route::Session), &Method::POST) => create_or_get(&api, request).await,
-        (Some(Route::Sync), &Method::POST) => sync(&api, request).await,
+        (Some(Route::Session), &Method::POST) => create_or_get(&api, request, peer).await,
+        (Some(Route::Sync), &Method::POST) => sync(&api, request, peer).await,
         (Some(Route::Info), &Method::GET) => info(&api, request).await,
         (Some(Route::Preferences), &Method::GET) => get_preferences(&api, request).await,
         (Some(Route::Preferences), &Method::PUT) => put_preferences(&api, request).await,
@@ -111,25 +122,54 @@ struct SyncBody<'a> {
     message: &'static str,
 }
 
-/// `rate_limits` stays an empty object until quota policies exist.
-#[derive(Serialize)]
-struct NoRateLimits {}
-
 #[derive(Serialize)]
 struct InfoBody<'a> {
     session_id: &'a Uuid,
     created_at: String,
     last_active: String,
     usage_stats: &'a Usage,
-    rate_limits: NoRateLimits,
+    rate_limits: RateLimits<'a>,
 }
 
-async fn create_or_get(api: &Api, request: Request<Incoming>) -> Result<Response<Body>, ApiError> {
+/// `{"<operation>": {limit, remaining, reset_at}, ...}` in policy order.
+struct RateLimits<'a> {
+    quotas: &'a Quotas,
+    record: &'a SessionRecord,
+}
+
+#[derive(Serialize)]
+struct RateLimitBody {
+    limit: u64,
+    remaining: u64,
+    reset_at: String,
+}
+
+impl Serialize for RateLimits<'_> {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let mut map = serializer.serialize_map(Some(self.quotas.policies().len()))?;
+        for (policy, status) in self.quotas.statuses(self.record) {
+            let body = RateLimitBody {
+                limit: status.limit,
+                remaining: status.remaining,
+                reset_at: timestamp(status.reset_at),
+            };
+            map.serialize_entry(&policy.operation, &body)?;
+        }
+        map.end()
+    }
+}
+
+async fn create_or_get(
+    api: &Api,
+    request: Request<Incoming>,
+    peer: SocketAddr,
+) -> Result<Response<Body>, ApiError> {
     let (parts, body) = request.into_parts();
     let current = current_session(&parts.headers, &api.cookie.name)?;
     let body = json_body(&parts.headers, body, api.body_limit).await?;
     let client = client_session_id(body.as_ref(), false)?;
-    let (session, is_new) = api.sessions.create_or_get(current, client).await?;
+    let origin = client_ip(&parts.headers, peer.ip(), &api.trusted_proxies);
+    let (session, is_new) = api.sessions.create_or_get(current, client, origin).await?;
     let record = &session.record;
     let body = SessionBody {
         session_id: &session.id,
@@ -141,13 +181,18 @@ async fn create_or_get(api: &Api, request: Request<Incoming>) -> Result<Response
     Ok(with_cookie(api, json(StatusCode::OK, &body), &session.id))
 }
 
-async fn sync(api: &Api, request: Request<Incoming>) -> Result<Response<Body>, ApiError> {
+async fn sync(
+    api: &Api,
+    request: Request<Incoming>,
+    peer: SocketAddr,
+) -> Result<Response<Body>, ApiError> {
     let (parts, body) = request.into_parts();
     let current = current_session(&parts.headers, &api.cookie.name)?;
     let body = json_body(&parts.headers, body, api.body_limit).await?;
     let client = client_session_id(body.as_ref(), true)?
         .ok_or_else(|| ApiError::invalid_field("client_session_id", "This field is required"))?;
-    let (session, is_synced) = api.sessions.sync(current, client).await?;
+    let origin = client_ip(&parts.headers, peer.ip(), &api.trusted_proxies);
+    let (session, is_synced) = api.sessions.sync(current, client, origin).await?;
     let message = if is_synced {
         "Sessions synchronized successfully"
     } else if Some(session.id) == current {
@@ -171,7 +216,10 @@ async fn info(api: &Api, request: Request<Incoming>) -> Result<Response<Body>, A
         created_at: timestamp(record.created_at),
         last_active: timestamp(record.last_active),
         usage_stats: &record.usage,
-        rate_limits: NoRateLimits {},
+        rate_limits: RateLimits {
+            quotas: &api.quotas,
+            record,
+        },
     };
     Ok(with_cookie(api, json(StatusCode::OK, &body), &session.id))
 }

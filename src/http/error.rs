@@ -10,16 +10,23 @@ use serde::Serialize;
 
 use super::response::json;
 use super::Body;
+use crate::session::SessionError;
 use crate::store::StoreError;
 
-/// An error response, ready to be sent.
+/// An error response, ready to be sent. Boxed: errors are rare next to successes, and a
+/// small `Result` keeps every handler's happy path cheap.
 #[derive(Debug)]
-pub struct ApiError {
+pub struct ApiError(Box<Parts>);
+
+#[derive(Debug)]
+struct Parts {
     status: StatusCode,
     code: &'static str,
     detail: Cow<'static, str>,
     field_errors: Option<BTreeMap<&'static str, Vec<Cow<'static, str>>>>,
     allow: Option<&'static str>,
+    retry_after: Option<u64>,
+    known_operations: Option<Vec<String>>,
 }
 
 #[derive(Serialize)]
@@ -30,17 +37,21 @@ struct ErrorBody<'a> {
     status_code: u16,
     #[serde(skip_serializing_if = "Option::is_none")]
     field_errors: Option<&'a BTreeMap<&'static str, Vec<Cow<'static, str>>>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    known_operations: Option<&'a [String]>,
 }
 
 impl ApiError {
     fn new(status: StatusCode, code: &'static str, detail: impl Into<Cow<'static, str>>) -> Self {
-        ApiError {
+        ApiError(Box::new(Parts {
             status,
             code,
             detail: detail.into(),
             field_errors: None,
             allow: None,
-        }
+            retry_after: None,
+            known_operations: None,
+        }))
     }
 
     /// 400: one field (or header) failed validation.
@@ -51,14 +62,14 @@ impl ApiError {
             "validation_error",
             format!("{field}: {message}"),
         );
-        error.field_errors = Some(BTreeMap::from([(field, vec![message])]));
+        error.0.field_errors = Some(BTreeMap::from([(field, vec![message])]));
         error
     }
 
     /// 400: the body as a whole is unusable (malformed JSON, not an object).
     pub fn invalid_body(detail: impl Into<Cow<'static, str>>) -> Self {
         let mut error = ApiError::new(StatusCode::BAD_REQUEST, "validation_error", detail);
-        error.field_errors = Some(BTreeMap::new());
+        error.0.field_errors = Some(BTreeMap::new());
         error
     }
 
@@ -84,7 +95,7 @@ impl ApiError {
             "method_not_allowed",
             format!("This endpoint accepts {allow}"),
         );
-        error.allow = Some(allow);
+        error.0.allow = Some(allow);
         error
     }
 
@@ -108,6 +119,38 @@ impl ApiError {
         )
     }
 
+    /// 429 for session creation floods (quota denials carry more fields; see `internal`).
+    pub fn too_many_sessions(retry_after: std::time::Duration) -> Self {
+        let mut error = ApiError::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            "rate_limit_exceeded",
+            "Too many sessions created from this address; retry later",
+        );
+        error.0.retry_after = Some(retry_after.as_secs_f64().ceil().max(1.0) as u64);
+        error
+    }
+
+    pub fn unauthorized() -> Self {
+        ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            "unauthorized",
+            "A valid service token is required (Authorization: Bearer <token>)",
+        )
+    }
+
+    pub fn unknown_operation(operation: &str, known: Vec<String>) -> Self {
+        let mut error = ApiError::new(
+            StatusCode::NOT_FOUND,
+            "resource_not_found",
+            format!(
+                "Unknown operation {operation:?}; known operations: {}",
+                known.join(", ")
+            ),
+        );
+        error.0.known_operations = Some(known);
+        error
+    }
+
     pub fn internal() -> Self {
         ApiError::new(
             StatusCode::INTERNAL_SERVER_ERROR,
@@ -116,27 +159,37 @@ impl ApiError {
         )
     }
 
-    pub fn status(&self) -> StatusCode {
-        self.status
-    }
-
     pub fn into_response(self) -> Response<Body> {
+        let error = *self.0;
         let body = ErrorBody {
             error: true,
-            error_code: self.code,
-            detail: &self.detail,
-            status_code: self.status.as_u16(),
-            field_errors: self.field_errors.as_ref(),
+            error_code: error.code,
+            detail: &error.detail,
+            status_code: error.status.as_u16(),
+            field_errors: error.field_errors.as_ref(),
+            known_operations: error.known_operations.as_deref(),
         };
-        let mut response = json(self.status, &body);
+        let mut response = json(error.status, &body);
         let headers = response.headers_mut();
-        if self.status == StatusCode::SERVICE_UNAVAILABLE {
+        if error.status == StatusCode::SERVICE_UNAVAILABLE {
             headers.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
         }
-        if let Some(allow) = self.allow {
+        if let Some(secs) = error.retry_after {
+            headers.insert(header::RETRY_AFTER, HeaderValue::from(secs));
+        }
+        if let Some(allow) = error.allow {
             headers.insert(header::ALLOW, HeaderValue::from_static(allow));
         }
         response
+    }
+}
+
+impl From<SessionError> for ApiError {
+    fn from(error: SessionError) -> Self {
+        match error {
+            SessionError::Store(error) => error.into(),
+            SessionError::Throttled { retry_after } => ApiError::too_many_sessions(retry_after),
+        }
     }
 }
 

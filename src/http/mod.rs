@@ -1,13 +1,15 @@
 //! HTTP: listeners, connections, and the two routers that speak HTTP.
 //!
 //! [`serve`] owns the accept loop and connection lifecycle (header-read timeout, graceful
-//! shutdown, panic containment) for any handler; [`api`] is the public session API and
-//! [`admin`] the operator endpoints. Handlers translate between HTTP and the domain modules;
+//! shutdown, panic containment) for any handler; [`api`] is the public session API (with the
+//! internal quota API for backends under `/internal/v1/`) and [`admin`] the operator
+//! endpoints. Handlers translate between HTTP and the domain modules;
 //! they never talk to Redis directly.
 
 pub mod admin;
 pub mod api;
 mod error;
+mod internal;
 mod request;
 mod response;
 
@@ -48,7 +50,7 @@ pub async fn serve<H, F>(
     limits: ConnectionLimits,
     shutdown: impl Future<Output = ()>,
 ) where
-    H: Fn(Request<Incoming>) -> F + Clone + Send + Sync + 'static,
+    H: Fn(Request<Incoming>, SocketAddr) -> F + Clone + Send + Sync + 'static,
     F: Future<Output = Response<Body>> + Send + 'static,
 {
     let graceful = GracefulShutdown::new();
@@ -74,7 +76,7 @@ pub async fn serve<H, F>(
         let handler = handler.clone();
         let service = service_fn(move |request| {
             let handler = handler.clone();
-            async move { Ok::<_, Infallible>(contain_panics(handler(request)).await) }
+            async move { Ok::<_, Infallible>(contain_panics(handler(request, peer)).await) }
         });
         let connection = graceful.watch(http.serve_connection(TokioIo::new(stream), service));
         tokio::spawn(async move {

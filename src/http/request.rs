@@ -1,10 +1,13 @@
 //! Reading requests: the current session (cookie or `X-Session-Id`), bounded JSON bodies,
 //! and the `client_session_id` field.
 
+use std::net::IpAddr;
+
 use bytes::BytesMut;
 use http::{header, HeaderMap};
 use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
+use ipnet::IpNet;
 use simd_json::prelude::*;
 use simd_json::OwnedValue;
 use uuid::Uuid;
@@ -40,6 +43,33 @@ pub fn current_session(headers: &HeaderMap, cookie_name: &str) -> Result<Option<
                 ApiError::invalid_field("X-Session-Id", "must be a UUID (8-4-4-4-12 hex digits)")
             }),
     }
+}
+
+/// The client's IP: the peer, unless the peer is a trusted proxy, in which case the
+/// `X-Forwarded-For` chain is walked from the right to the first hop that is not trusted
+/// (the left part of the chain is whatever the client wrote, so it is never believed).
+pub fn client_ip(headers: &HeaderMap, peer: IpAddr, trusted: &[IpNet]) -> IpAddr {
+    let is_trusted = |ip: &IpAddr| trusted.iter().any(|net| net.contains(ip));
+    let mut client = peer.to_canonical();
+    if !is_trusted(&client) {
+        return client;
+    }
+    let hops: Vec<&str> = headers
+        .get_all("x-forwarded-for")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .collect();
+    for hop in hops.into_iter().rev() {
+        let Ok(ip) = hop.trim().parse::<IpAddr>() else {
+            break;
+        };
+        client = ip.to_canonical();
+        if !is_trusted(&client) {
+            break;
+        }
+    }
+    client
 }
 
 /// Reads a JSON body of at most `limit` bytes. `Ok(None)` for an empty body. A body with a
@@ -139,6 +169,26 @@ mod tests {
         assert!(!is_json(b"text/plain"));
         assert!(!is_json(b"application/x-www-form-urlencoded"));
         assert!(!is_json(b""));
+    }
+
+    #[test]
+    fn forwarded_for_is_believed_only_from_trusted_proxies() {
+        let trusted: Vec<IpNet> = vec!["10.0.0.0/8".parse().expect("net")];
+        let mut headers = HeaderMap::new();
+        headers.insert(
+            "x-forwarded-for",
+            "1.1.1.1, 2.2.2.2, 10.0.0.7".parse().expect("header"),
+        );
+        let proxy: IpAddr = "10.0.0.1".parse().expect("ip");
+        let stranger: IpAddr = "3.3.3.3".parse().expect("ip");
+        assert_eq!(client_ip(&headers, proxy, &trusted).to_string(), "2.2.2.2");
+        assert_eq!(client_ip(&headers, stranger, &trusted), stranger);
+        assert_eq!(client_ip(&HeaderMap::new(), proxy, &trusted), proxy);
+        headers.insert(
+            "x-forwarded-for",
+            "garbage, 10.0.0.9".parse().expect("header"),
+        );
+        assert_eq!(client_ip(&headers, proxy, &trusted).to_string(), "10.0.0.9");
     }
 
     #[test]

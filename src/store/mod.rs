@@ -12,12 +12,15 @@
 //! | `a` | last active, Unix seconds, rewritten at most once per touch interval |
 //! | `g`, `r`, `s` | usage counters: concepts generated, refined, stored (absent = 0) |
 //! | `p` | preferences as compact JSON (absent = `{}`) |
+//! | `q:<operation>` | quota window state of one policy (see [`crate::quota`]) |
 //!
+//! Idempotency records of the internal quota API are separate keys with the same hash tag,
+//! `sg:{<session_id>}:idem:<action>:<operation>:<key>`, kept until their window resets.
 //! The key carries the session TTL (30 days), slid whenever activity is recorded.
 //!
 //! # Round trips
 //! Every public operation is exactly one command: a plain `HMGET` for reads, one `EVALSHA`
-//! for each mutation. Scripts are loaded at start-up and reloaded transparently when Redis
+//! for each mutation (create, touch, preferences, quota consume and refund). Scripts are loaded at start-up and reloaded transparently when Redis
 //! answers `NOSCRIPT` (after a restart or `SCRIPT FLUSH`).
 //!
 //! Every call is bounded by the configured timeout; the store never retries on its own
@@ -31,6 +34,7 @@ use fred::types::scripts::Script;
 use fred::types::Value;
 use uuid::Uuid;
 
+use crate::quota::{Policy, QuotaStatus, Window};
 use crate::session::{SessionRecord, Usage};
 
 /// Why the store could not answer. Every variant means "try again later" to a client.
@@ -52,6 +56,8 @@ pub struct StoreConfig {
     pub pool_size: usize,
     pub session_ttl: Duration,
     pub touch_interval: Duration,
+    /// Policies whose state every read returns, in this order.
+    pub policies: Vec<Policy>,
 }
 
 /// A cheap-to-clone handle on the Redis connection pool and the loaded scripts.
@@ -68,10 +74,41 @@ struct Inner {
     create: Script,
     touch: Script,
     set_preferences: Script,
+    consume: Script,
+    refund: Script,
+    /// `FIELDS` followed by the quota field of every policy: what a read fetches.
+    read_fields: Vec<String>,
 }
 
-/// The fields every read returns, in this order.
+/// The session fields every read returns, in this order.
 const FIELDS: [&str; 6] = ["c", "a", "g", "r", "s", "p"];
+
+/// What a quota script answered.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum QuotaOutcome {
+    Granted,
+    Denied,
+    Refunded,
+}
+
+/// A quota script's answer for an existing session.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct QuotaAnswer {
+    pub outcome: QuotaOutcome,
+    pub status: QuotaStatus,
+    /// Seconds until a denied request could succeed; 0 otherwise.
+    pub retry_after: u64,
+    pub usage: Usage,
+    /// The answer is a repeat of an earlier one with the same idempotency key.
+    pub replayed: bool,
+}
+
+/// One call of the quota scripts.
+pub struct QuotaRequest<'a> {
+    pub policy: &'a Policy,
+    pub cost: u64,
+    pub idempotency_key: Option<&'a str>,
+}
 
 impl Store {
     /// Builds the pool and starts connecting in the background. Start-up does not wait for
@@ -99,6 +136,19 @@ impl Store {
                 create: Script::from_lua(include_str!("create.lua")),
                 touch: Script::from_lua(include_str!("touch.lua")),
                 set_preferences: Script::from_lua(include_str!("set_preferences.lua")),
+                consume: Script::from_lua(concat!(
+                    include_str!("quota_lib.lua"),
+                    include_str!("consume.lua")
+                )),
+                refund: Script::from_lua(concat!(
+                    include_str!("quota_lib.lua"),
+                    include_str!("refund.lua")
+                )),
+                read_fields: FIELDS
+                    .iter()
+                    .map(|f| f.to_string())
+                    .chain(config.policies.iter().map(quota_field))
+                    .collect(),
             }),
         })
     }
@@ -109,7 +159,13 @@ impl Store {
         let inner = &self.inner;
         self.bounded_by(within, async {
             inner.pool.wait_for_connect().await?;
-            for script in [&inner.create, &inner.touch, &inner.set_preferences] {
+            for script in [
+                &inner.create,
+                &inner.touch,
+                &inner.set_preferences,
+                &inner.consume,
+                &inner.refund,
+            ] {
                 script.load(inner.pool.next_connected()).await?;
             }
             Ok(())
@@ -133,7 +189,7 @@ impl Store {
         let reply = self
             .eval(
                 &self.inner.create,
-                key(id),
+                vec![key(id)],
                 vec![Value::from(self.inner.ttl_secs as i64)],
             )
             .await?;
@@ -152,7 +208,7 @@ impl Store {
             Value::from(self.inner.ttl_secs as i64),
             Value::from(self.inner.touch_interval_secs as i64),
         ];
-        let reply = self.eval(&self.inner.touch, key(id), args).await?;
+        let reply = self.eval(&self.inner.touch, vec![key(id)], args).await?;
         record(reply)
     }
 
@@ -164,11 +220,66 @@ impl Store {
                     .inner
                     .pool
                     .next_connected()
-                    .hmget(key(id), FIELDS.to_vec())
+                    .hmget(key(id), self.inner.read_fields.clone())
                     .await?)
             })
             .await?;
         record(reply)
+    }
+
+    /// Consumes quota (see `consume.lua`); `None` if the session does not exist.
+    pub async fn consume(
+        &self,
+        id: &Uuid,
+        request: &QuotaRequest<'_>,
+    ) -> Result<Option<QuotaAnswer>, StoreError> {
+        self.quota_call(&self.inner.consume, "consume", id, request)
+            .await
+    }
+
+    /// Gives quota back (see `refund.lua`); `None` if the session does not exist.
+    pub async fn refund(
+        &self,
+        id: &Uuid,
+        request: &QuotaRequest<'_>,
+    ) -> Result<Option<QuotaAnswer>, StoreError> {
+        self.quota_call(&self.inner.refund, "refund", id, request)
+            .await
+    }
+
+    async fn quota_call(
+        &self,
+        script: &Script,
+        action: &str,
+        id: &Uuid,
+        request: &QuotaRequest<'_>,
+    ) -> Result<Option<QuotaAnswer>, StoreError> {
+        let policy = request.policy;
+        let session_key = key(id);
+        let mut keys = vec![session_key.clone()];
+        if let Some(idempotency_key) = request.idempotency_key {
+            keys.push(format!(
+                "{session_key}:idem:{action}:{}:{idempotency_key}",
+                policy.operation
+            ));
+        }
+        let (kind, param) = match policy.window {
+            Window::Calendar(unit) => ("calendar", unit.as_str().to_string()),
+            Window::Rolling(length) => ("rolling", length.as_secs().to_string()),
+            Window::Gcra { interval } => ("gcra", interval.as_millis().to_string()),
+        };
+        let args: Vec<Value> = vec![
+            Value::from(self.inner.ttl_secs as i64),
+            Value::from(self.inner.touch_interval_secs as i64),
+            Value::from(quota_field(policy)),
+            Value::from(kind),
+            Value::from(param),
+            Value::from(policy.limit as i64),
+            Value::from(request.cost as i64),
+            Value::from(counter_field(policy)),
+        ];
+        let reply = self.eval(script, keys, args).await?;
+        quota_answer(reply)
     }
 
     /// Whether a read at `now` should also record activity.
@@ -187,7 +298,7 @@ impl Store {
             Value::from(preferences),
         ];
         let reply = self
-            .eval(&self.inner.set_preferences, key(id), args)
+            .eval(&self.inner.set_preferences, vec![key(id)], args)
             .await?;
         match reply {
             Value::Null => Ok(None),
@@ -202,19 +313,19 @@ impl Store {
     async fn eval(
         &self,
         script: &Script,
-        key: String,
+        keys: Vec<String>,
         args: Vec<Value>,
     ) -> Result<Value, StoreError> {
         self.bounded(async {
             let client = self.inner.pool.next_connected();
             match client
-                .evalsha(script.sha1().clone(), key.clone(), args.clone())
+                .evalsha(script.sha1().clone(), keys.clone(), args.clone())
                 .await
             {
                 Err(error) if error.details().starts_with("NOSCRIPT") => {
                     tracing::info!(sha = %script.sha1(), "script missing in redis, reloading");
                     script.load(client).await?;
-                    Ok(client.evalsha(script.sha1().clone(), key, args).await?)
+                    Ok(client.evalsha(script.sha1().clone(), keys, args).await?)
                 }
                 result => Ok(result?),
             }
@@ -251,12 +362,64 @@ fn key(id: &Uuid) -> String {
     key
 }
 
+/// The session hash field holding a policy's window state.
+fn quota_field(policy: &Policy) -> String {
+    format!("q:{}", policy.operation)
+}
+
+/// The session hash field of a policy's usage counter, or `""` for none.
+fn counter_field(policy: &Policy) -> &'static str {
+    use crate::quota::Counter;
+    match policy.counter {
+        Some(Counter::ConceptsGenerated) => "g",
+        Some(Counter::ConceptsRefined) => "r",
+        Some(Counter::ConceptsStored) => "s",
+        None => "",
+    }
+}
+
+/// Decodes the `{outcome, limit, remaining, reset_at, retry_after, g, r, s, replayed}` reply
+/// of the quota scripts.
+fn quota_answer(reply: Value) -> Result<Option<QuotaAnswer>, StoreError> {
+    const BAD: StoreError = StoreError::Reply("a quota script returned an unexpected shape");
+    let Value::Array(items) = reply else {
+        return Err(BAD);
+    };
+    if items.len() != 9 {
+        return Err(BAD);
+    }
+    let outcome = match items[0].as_str().as_deref() {
+        Some("missing") => return Ok(None),
+        Some("granted") => QuotaOutcome::Granted,
+        Some("denied") => QuotaOutcome::Denied,
+        Some("refunded") => QuotaOutcome::Refunded,
+        _ => return Err(BAD),
+    };
+    let number = |i: usize| items[i].as_i64().ok_or(BAD);
+    let count = |i: usize| number(i).map(|n| n.max(0) as u64);
+    Ok(Some(QuotaAnswer {
+        outcome,
+        status: QuotaStatus {
+            limit: count(1)?,
+            remaining: count(2)?,
+            reset_at: number(3)?,
+        },
+        retry_after: count(4)?,
+        usage: Usage {
+            concepts_generated: count(5)?,
+            concepts_refined: count(6)?,
+            concepts_stored: count(7)?,
+        },
+        replayed: number(8)? == 1,
+    }))
+}
+
 /// Decodes an `HMGET c a g r s p` reply; all-nil (or a script's `false`) means no session.
 fn record(reply: Value) -> Result<Option<SessionRecord>, StoreError> {
     let fields = match reply {
         Value::Null => return Ok(None),
-        Value::Array(fields) if fields.len() == FIELDS.len() => fields,
-        _ => return Err(StoreError::Reply("expected the six session fields")),
+        Value::Array(fields) if fields.len() >= FIELDS.len() => fields,
+        _ => return Err(StoreError::Reply("expected the session fields")),
     };
     let int = |v: &Value| -> Result<i64, StoreError> {
         match v {
@@ -270,6 +433,17 @@ fn record(reply: Value) -> Result<Option<SessionRecord>, StoreError> {
         return Ok(None);
     }
     let counter = |v: &Value| int(v).map(|n| n.max(0) as u64);
+    let text = |v: &Value| -> Result<Option<String>, StoreError> {
+        match v {
+            Value::Null => Ok(None),
+            other => Ok(Some(
+                other
+                    .as_str()
+                    .ok_or(StoreError::Reply("a session field is not text"))?
+                    .into_owned(),
+            )),
+        }
+    };
     Ok(Some(SessionRecord {
         created_at: int(&fields[0])?,
         last_active: int(&fields[1])?,
@@ -278,15 +452,11 @@ fn record(reply: Value) -> Result<Option<SessionRecord>, StoreError> {
             concepts_refined: counter(&fields[3])?,
             concepts_stored: counter(&fields[4])?,
         },
-        preferences: match &fields[5] {
-            Value::Null => None,
-            other => Some(
-                other
-                    .as_str()
-                    .ok_or(StoreError::Reply("preferences are not text"))?
-                    .into_owned(),
-            ),
-        },
+        preferences: text(&fields[5])?,
+        quota_states: fields[FIELDS.len()..]
+            .iter()
+            .map(text)
+            .collect::<Result<_, _>>()?,
     }))
 }
 

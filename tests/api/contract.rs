@@ -384,7 +384,10 @@ async fn info_returns_the_session_or_404() {
         assert_eq!(body["session_id"].as_str(), Some(id.as_str()));
         assert!(is_rfc3339_utc(&body["created_at"]) && is_rfc3339_utc(&body["last_active"]));
         assert_eq!(body["usage_stats"]["concepts_generated"], 0);
-        assert!(body["rate_limits"].is_object(), "{body}");
+        assert_eq!(
+            body["rate_limits"]["concept_generation"]["limit"], 10,
+            "{body}"
+        );
     }
 
     let response = gw

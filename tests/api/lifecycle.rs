@@ -37,6 +37,7 @@ async fn create_never_overwrites_an_existing_session() {
         pool_size: 1,
         session_ttl: Duration::from_secs(60),
         touch_interval: Duration::from_secs(60),
+        policies: Vec::new(),
     })
     .expect("store");
     store

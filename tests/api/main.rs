@@ -7,3 +7,4 @@ mod binary;
 mod contract;
 mod failures;
 mod lifecycle;
+mod quotas;
