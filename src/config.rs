@@ -44,6 +44,8 @@ pub struct Config {
     /// Upper bound on one Redis round trip; past it the request answers 503.
     pub redis_timeout: Duration,
     pub redis_pool_size: usize,
+    /// Keyspace shards (see `store`); fixed for the lifetime of the data.
+    pub redis_shards: u32,
     pub body_limit: usize,
     /// Time a client gets to send its request headers (slowloris bound).
     pub header_read_timeout: Duration,
@@ -75,6 +77,7 @@ impl Default for Config {
             redis_url: "redis://127.0.0.1:6379".to_string(),
             redis_timeout: Duration::from_millis(250),
             redis_pool_size: 4,
+            redis_shards: crate::store::DEFAULT_SHARDS,
             body_limit: 16 * 1024,
             header_read_timeout: Duration::from_secs(10),
             shutdown_grace: Duration::from_secs(30),
@@ -167,6 +170,7 @@ struct RedisFile {
     url: Option<String>,
     timeout_ms: Option<u64>,
     pool_size: Option<usize>,
+    shards: Option<u32>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -296,6 +300,15 @@ impl Config {
                 ));
             }
             config.redis_pool_size = size;
+        }
+        if let Some(shards) = file.redis.shards {
+            if !(1..=16_384).contains(&shards) {
+                return Err(ConfigError::new(
+                    "redis.shards",
+                    "must be between 1 and 16384",
+                ));
+            }
+            config.redis_shards = shards;
         }
         if let Some(limit) = pick_u64(
             vars,

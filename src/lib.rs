@@ -66,9 +66,14 @@ pub async fn start(config: Config) -> Result<Gateway, StartError> {
         session_ttl: config.session_ttl,
         touch_interval: config.touch_interval,
         policies: config.policies.clone(),
+        shards: config.redis_shards,
+        outbox: false,
+        max_dirty_per_shard: u64::MAX,
     })?;
-    if let Err(error) = store.warm_up(WARM_UP).await {
-        tracing::warn!(%error, "redis not reachable yet; serving 503 until it is");
+    match store.warm_up(WARM_UP).await {
+        Err(error @ StoreError::ShardMismatch { .. }) => return Err(error.into()),
+        Err(error) => tracing::warn!(%error, "redis not reachable yet; serving 503 until it is"),
+        Ok(()) => {}
     }
 
     let limits = ConnectionLimits {

@@ -49,6 +49,19 @@ pub struct SessionRecord {
     pub quota_states: Vec<Option<String>>,
 }
 
+/// Everything stored about a session: what the system of record keeps, and what a
+/// read-through restores.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Snapshot {
+    pub id: Uuid,
+    /// `quota_states` is unused here: quota states are kept by operation in `quotas`.
+    pub record: SessionRecord,
+    /// `(operation, stored window state)` of every quota the session has used.
+    pub quotas: Vec<(String, String)>,
+    /// Bumped by every change; the system of record keeps the highest it has seen.
+    pub version: i64,
+}
+
 /// A session and its id.
 #[derive(Clone, Debug)]
 pub struct Session {

@@ -1,12 +1,16 @@
 -- Creates a session under a fresh id, never over an existing one.
--- KEYS[1]  the new session hash
--- ARGV[1]  session TTL in seconds
--- Returns false if the key exists (the caller draws another id), else the creation time
--- in Unix seconds, read from Redis so every gateway agrees on the clock.
-if redis.call('EXISTS', KEYS[1]) == 1 then
+-- ARGV: the common four (session_lib.lua), then
+-- ARGV[5]  the outbox size at which creation stops (backpressure; see the flush module)
+-- Returns false if the key exists (the caller draws another id), 'backlog' when the outbox
+-- is full, else the creation time in Unix seconds.
+if redis.call('EXISTS', SESSION) == 1 then
   return false
 end
-local now = redis.call('TIME')[1]
-redis.call('HSET', KEYS[1], 'c', now, 'a', now)
-redis.call('EXPIRE', KEYS[1], ARGV[1])
-return tonumber(now)
+if USE_OUTBOX and redis.call('ZCARD', OUTBOX) >= tonumber(ARGV[5]) then
+  return 'backlog'
+end
+local now, now_ms = clock()
+redis.call('HSET', SESSION, 'c', now, 'a', now)
+redis.call('EXPIRE', SESSION, TTL)
+changed(now_ms)
+return now

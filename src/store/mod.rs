@@ -1,10 +1,22 @@
 //! The Redis store: the only module that knows Redis commands, keys and scripts.
 //!
 //! # Layout
-//! One hash per session, `sg:{<session_id>}`. The `{...}` hash tag puts every key of a
-//! session in one cluster slot, so each script below touches a single slot and runs
-//! unchanged on Redis Cluster. Field names are one letter because every byte is paid for
-//! once per session:
+//! The keyspace is split into a fixed number of *shards* (`redis.shards`, default 64); a
+//! session belongs to shard `uuid mod shards`. Every key of a shard carries the hash tag
+//! `{<shard>}`, so a session, its idempotency records and its shard's outbox live in one
+//! cluster slot, and every script touches a single slot: the same scripts run on a single
+//! Redis and on Redis Cluster, and the outbox is written in the same script as the change.
+//!
+//! | key | what |
+//! |---|---|
+//! | `sg:{<shard>}:<id>` | the session hash (fields below), TTL 30 days, slid on activity |
+//! | `sg:{<shard>}:<id>:idem:<action>:<operation>:<key>` | an idempotent quota answer |
+//! | `sg:{<shard>}:dirty` | outbox: sessions changed since their last flush (zset by first-dirty ms) |
+//! | `sg:{<shard>}:inflight` | sessions claimed by a flusher (zset by lease deadline ms) |
+//! | `sg:dead-letter` | stream of rows the system of record refused |
+//! | `sg:shards` | the shard count the data was written with (checked at start-up) |
+//!
+//! Session fields are one letter because every byte is paid for once per session:
 //!
 //! | field | meaning |
 //! |---|---|
@@ -13,18 +25,19 @@
 //! | `g`, `r`, `s` | usage counters: concepts generated, refined, stored (absent = 0) |
 //! | `p` | preferences as compact JSON (absent = `{}`) |
 //! | `q:<operation>` | quota window state of one policy (see [`crate::quota`]) |
-//!
-//! Idempotency records of the internal quota API are separate keys with the same hash tag,
-//! `sg:{<session_id>}:idem:<action>:<operation>:<key>`, kept until their window resets.
-//! The key carries the session TTL (30 days), slid whenever activity is recorded.
+//! | `v` | version, bumped by every change; the system of record keeps the newest |
 //!
 //! # Round trips
-//! Every public operation is exactly one command: a plain `HMGET` for reads, one `EVALSHA`
-//! for each mutation (create, touch, preferences, quota consume and refund). Scripts are loaded at start-up and reloaded transparently when Redis
-//! answers `NOSCRIPT` (after a restart or `SCRIPT FLUSH`).
+//! Every request-path operation is exactly one command: a plain `HMGET` for reads, one
+//! `EVALSHA` per mutation. Scripts are loaded at start-up and reloaded transparently when
+//! Redis answers `NOSCRIPT` (after a restart or `SCRIPT FLUSH`). Every call is bounded by
+//! the configured timeout.
 //!
-//! Every call is bounded by the configured timeout; the store never retries on its own
-//! beyond what the Redis client does within that bound.
+//! The submodules add the quota scripts ([`quota`]) and the outbox side used by the flusher
+//! ([`outbox`]).
+
+mod outbox;
+mod quota;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -34,8 +47,11 @@ use fred::types::scripts::Script;
 use fred::types::Value;
 use uuid::Uuid;
 
-use crate::quota::{Policy, QuotaStatus, Window};
-use crate::session::{SessionRecord, Usage};
+pub use outbox::{Backlog, Claim};
+pub use quota::{QuotaAnswer, QuotaOutcome, QuotaRequest};
+
+use crate::quota::Policy;
+use crate::session::{SessionRecord, Snapshot, Usage};
 
 /// Why the store could not answer. Every variant means "try again later" to a client.
 #[derive(Debug, thiserror::Error)]
@@ -46,9 +62,13 @@ pub enum StoreError {
     Redis(#[from] fred::error::Error),
     #[error("unexpected reply from redis: {0}")]
     Reply(&'static str),
+    #[error("the write-behind backlog is full")]
+    Backlog,
+    #[error("redis holds data sharded {found} ways, but redis.shards is {configured}")]
+    ShardMismatch { found: u32, configured: u32 },
 }
 
-/// Connection settings of the store.
+/// Settings of the store.
 #[derive(Clone, Debug)]
 pub struct StoreConfig {
     pub url: String,
@@ -58,7 +78,15 @@ pub struct StoreConfig {
     pub touch_interval: Duration,
     /// Policies whose state every read returns, in this order.
     pub policies: Vec<Policy>,
+    pub shards: u32,
+    /// Record changes in the outbox (write-behind configured).
+    pub outbox: bool,
+    /// Outbox size per shard at which session creation is refused.
+    pub max_dirty_per_shard: u64,
 }
+
+/// The default number of keyspace shards.
+pub const DEFAULT_SHARDS: u32 = 64;
 
 /// A cheap-to-clone handle on the Redis connection pool and the loaded scripts.
 #[derive(Clone)]
@@ -71,43 +99,57 @@ struct Inner {
     timeout: Duration,
     ttl_secs: u64,
     touch_interval_secs: u64,
+    shards: u32,
+    outbox: bool,
+    max_dirty_per_shard: u64,
+    scripts: Scripts,
+    /// `FIELDS` followed by the quota field of every policy: what a read fetches.
+    read_fields: Vec<String>,
+}
+
+struct Scripts {
     create: Script,
     touch: Script,
     set_preferences: Script,
     consume: Script,
     refund: Script,
-    /// `FIELDS` followed by the quota field of every policy: what a read fetches.
-    read_fields: Vec<String>,
+    claim: Script,
+    settle: Script,
+    restore: Script,
+}
+
+impl Scripts {
+    fn all(&self) -> [&Script; 8] {
+        [
+            &self.create,
+            &self.touch,
+            &self.set_preferences,
+            &self.consume,
+            &self.refund,
+            &self.claim,
+            &self.settle,
+            &self.restore,
+        ]
+    }
 }
 
 /// The session fields every read returns, in this order.
 const FIELDS: [&str; 6] = ["c", "a", "g", "r", "s", "p"];
 
-/// What a quota script answered.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum QuotaOutcome {
-    Granted,
-    Denied,
-    Refunded,
+const SHARDS_KEY: &str = "sg:shards";
+
+/// The key of a session's hash: `sg:{<shard>}:<id>`.
+pub fn session_key(id: &Uuid, shards: u32) -> String {
+    format!("{}{}", shard_prefix(shard_of(id, shards)), id.hyphenated())
 }
 
-/// A quota script's answer for an existing session.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct QuotaAnswer {
-    pub outcome: QuotaOutcome,
-    pub status: QuotaStatus,
-    /// Seconds until a denied request could succeed; 0 otherwise.
-    pub retry_after: u64,
-    pub usage: Usage,
-    /// The answer is a repeat of an earlier one with the same idempotency key.
-    pub replayed: bool,
+fn shard_of(id: &Uuid, shards: u32) -> u32 {
+    (id.as_u128() % u128::from(shards.max(1))) as u32
 }
 
-/// One call of the quota scripts.
-pub struct QuotaRequest<'a> {
-    pub policy: &'a Policy,
-    pub cost: u64,
-    pub idempotency_key: Option<&'a str>,
+/// `sg:{<shard>}:`, the prefix of every key of a shard.
+fn shard_prefix(shard: u32) -> String {
+    format!("sg:{{{shard}}}:")
 }
 
 impl Store {
@@ -127,46 +169,62 @@ impl Store {
             .set_policy(ReconnectPolicy::new_exponential(0, 10, 500, 2))
             .build_pool(config.pool_size)?;
         pool.connect();
+        let with_session_lib =
+            |script: &str| format!("{}\n{script}", include_str!("session_lib.lua"));
+        let with_quota_lib = |script: &str| {
+            with_session_lib(&format!("{}\n{script}", include_str!("quota_lib.lua")))
+        };
         Ok(Store {
             inner: Arc::new(Inner {
                 pool,
                 timeout: config.timeout,
                 ttl_secs: config.session_ttl.as_secs(),
                 touch_interval_secs: config.touch_interval.as_secs(),
-                create: Script::from_lua(include_str!("create.lua")),
-                touch: Script::from_lua(include_str!("touch.lua")),
-                set_preferences: Script::from_lua(include_str!("set_preferences.lua")),
-                consume: Script::from_lua(concat!(
-                    include_str!("quota_lib.lua"),
-                    include_str!("consume.lua")
-                )),
-                refund: Script::from_lua(concat!(
-                    include_str!("quota_lib.lua"),
-                    include_str!("refund.lua")
-                )),
+                shards: config.shards.max(1),
+                outbox: config.outbox,
+                max_dirty_per_shard: config.max_dirty_per_shard,
+                scripts: Scripts {
+                    create: Script::from_lua(with_session_lib(include_str!("create.lua"))),
+                    touch: Script::from_lua(with_session_lib(include_str!("touch.lua"))),
+                    set_preferences: Script::from_lua(with_session_lib(include_str!(
+                        "set_preferences.lua"
+                    ))),
+                    consume: Script::from_lua(with_quota_lib(include_str!("consume.lua"))),
+                    refund: Script::from_lua(with_quota_lib(include_str!("refund.lua"))),
+                    claim: Script::from_lua(include_str!("claim.lua")),
+                    settle: Script::from_lua(include_str!("settle.lua")),
+                    restore: Script::from_lua(include_str!("restore.lua")),
+                },
                 read_fields: FIELDS
                     .iter()
                     .map(|f| f.to_string())
-                    .chain(config.policies.iter().map(quota_field))
+                    .chain(config.policies.iter().map(quota::field))
                     .collect(),
             }),
         })
     }
 
-    /// Waits (bounded) for the first connection and loads the scripts, so the first requests
-    /// do not pay for `SCRIPT LOAD`. Failing here is not fatal: scripts load on first use.
+    /// Waits (bounded) for the first connection, checks that the data in Redis was written
+    /// with the configured shard count, and loads the scripts so the first requests do not
+    /// pay for `SCRIPT LOAD`. Redis being unreachable is reported but not fatal; a shard
+    /// mismatch is, since every session would look missing.
     pub async fn warm_up(&self, within: Duration) -> Result<(), StoreError> {
         let inner = &self.inner;
         self.bounded_by(within, async {
             inner.pool.wait_for_connect().await?;
-            for script in [
-                &inner.create,
-                &inner.touch,
-                &inner.set_preferences,
-                &inner.consume,
-                &inner.refund,
-            ] {
-                script.load(inner.pool.next_connected()).await?;
+            let client = inner.pool.next_connected();
+            let _: Value = client
+                .set(SHARDS_KEY, inner.shards, None, Some(SetOptions::NX), false)
+                .await?;
+            let found: u32 = client.get(SHARDS_KEY).await?;
+            if found != inner.shards {
+                return Err(StoreError::ShardMismatch {
+                    found,
+                    configured: inner.shards,
+                });
+            }
+            for script in inner.scripts.all() {
+                script.load(client).await?;
             }
             Ok(())
         })
@@ -184,102 +242,40 @@ impl Store {
             .await
     }
 
+    /// The key of a session's hash.
+    pub fn session_key(&self, id: &Uuid) -> String {
+        session_key(id, self.inner.shards)
+    }
+
     /// Creates a session under `id`; `None` if the id is already taken.
     pub async fn create(&self, id: &Uuid) -> Result<Option<i64>, StoreError> {
-        let reply = self
-            .eval(
-                &self.inner.create,
-                vec![key(id)],
-                vec![Value::from(self.inner.ttl_secs as i64)],
-            )
-            .await?;
-        match reply {
+        let (keys, mut args) = self.session_call(id);
+        args.push(Value::from(self.inner.max_dirty_per_shard as i64));
+        match self.eval(&self.inner.scripts.create, keys, args).await? {
             Value::Null => Ok(None),
             Value::Integer(now) => Ok(Some(now)),
-            _ => Err(StoreError::Reply(
-                "create.lua returned neither nil nor an integer",
-            )),
+            Value::String(s) if &*s == "backlog" => Err(StoreError::Backlog),
+            _ => Err(StoreError::Reply("create.lua returned an unexpected value")),
         }
     }
 
     /// Reads a session and records activity on it (script; for requests that write anyway).
     pub async fn touch(&self, id: &Uuid) -> Result<Option<SessionRecord>, StoreError> {
-        let args = vec![
-            Value::from(self.inner.ttl_secs as i64),
-            Value::from(self.inner.touch_interval_secs as i64),
-        ];
-        let reply = self.eval(&self.inner.touch, vec![key(id)], args).await?;
+        let (keys, args) = self.session_call(id);
+        let reply = self.eval(&self.inner.scripts.touch, keys, args).await?;
         record(reply)
     }
 
     /// Reads a session without writing: one plain `HMGET`.
     pub async fn read(&self, id: &Uuid) -> Result<Option<SessionRecord>, StoreError> {
+        let key = self.session_key(id);
         let reply: Value = self
             .bounded(async {
-                Ok(self
-                    .inner
-                    .pool
-                    .next_connected()
-                    .hmget(key(id), self.inner.read_fields.clone())
-                    .await?)
+                let client = self.inner.pool.next_connected();
+                Ok(client.hmget(key, self.inner.read_fields.clone()).await?)
             })
             .await?;
         record(reply)
-    }
-
-    /// Consumes quota (see `consume.lua`); `None` if the session does not exist.
-    pub async fn consume(
-        &self,
-        id: &Uuid,
-        request: &QuotaRequest<'_>,
-    ) -> Result<Option<QuotaAnswer>, StoreError> {
-        self.quota_call(&self.inner.consume, "consume", id, request)
-            .await
-    }
-
-    /// Gives quota back (see `refund.lua`); `None` if the session does not exist.
-    pub async fn refund(
-        &self,
-        id: &Uuid,
-        request: &QuotaRequest<'_>,
-    ) -> Result<Option<QuotaAnswer>, StoreError> {
-        self.quota_call(&self.inner.refund, "refund", id, request)
-            .await
-    }
-
-    async fn quota_call(
-        &self,
-        script: &Script,
-        action: &str,
-        id: &Uuid,
-        request: &QuotaRequest<'_>,
-    ) -> Result<Option<QuotaAnswer>, StoreError> {
-        let policy = request.policy;
-        let session_key = key(id);
-        let mut keys = vec![session_key.clone()];
-        if let Some(idempotency_key) = request.idempotency_key {
-            keys.push(format!(
-                "{session_key}:idem:{action}:{}:{idempotency_key}",
-                policy.operation
-            ));
-        }
-        let (kind, param) = match policy.window {
-            Window::Calendar(unit) => ("calendar", unit.as_str().to_string()),
-            Window::Rolling(length) => ("rolling", length.as_secs().to_string()),
-            Window::Gcra { interval } => ("gcra", interval.as_millis().to_string()),
-        };
-        let args: Vec<Value> = vec![
-            Value::from(self.inner.ttl_secs as i64),
-            Value::from(self.inner.touch_interval_secs as i64),
-            Value::from(quota_field(policy)),
-            Value::from(kind),
-            Value::from(param),
-            Value::from(policy.limit as i64),
-            Value::from(request.cost as i64),
-            Value::from(counter_field(policy)),
-        ];
-        let reply = self.eval(script, keys, args).await?;
-        quota_answer(reply)
     }
 
     /// Whether a read at `now` should also record activity.
@@ -293,20 +289,34 @@ impl Store {
         id: &Uuid,
         preferences: &str,
     ) -> Result<Option<i64>, StoreError> {
-        let args = vec![
-            Value::from(self.inner.ttl_secs as i64),
-            Value::from(preferences),
-        ];
-        let reply = self
-            .eval(&self.inner.set_preferences, vec![key(id)], args)
-            .await?;
-        match reply {
+        let (keys, mut args) = self.session_call(id);
+        args.push(Value::from(preferences));
+        match self
+            .eval(&self.inner.scripts.set_preferences, keys, args)
+            .await?
+        {
             Value::Null => Ok(None),
             Value::Integer(now) => Ok(Some(now)),
             _ => Err(StoreError::Reply(
                 "set_preferences.lua returned neither nil nor an integer",
             )),
         }
+    }
+
+    /// The keys and leading arguments every session script takes (see `session_lib.lua`).
+    fn session_call(&self, id: &Uuid) -> (Vec<String>, Vec<Value>) {
+        let prefix = shard_prefix(shard_of(id, self.inner.shards));
+        let keys = vec![
+            format!("{prefix}{}", id.hyphenated()),
+            format!("{prefix}dirty"),
+        ];
+        let args = vec![
+            Value::from(id.hyphenated().to_string()),
+            Value::from(self.inner.ttl_secs as i64),
+            Value::from(self.inner.touch_interval_secs as i64),
+            Value::from(if self.inner.outbox { "1" } else { "0" }),
+        ];
+        (keys, args)
     }
 
     /// `EVALSHA`, loading the script and retrying once if Redis has forgotten it.
@@ -352,98 +362,17 @@ impl Store {
     }
 }
 
-fn key(id: &Uuid) -> String {
-    let mut buf = [0u8; uuid::fmt::Hyphenated::LENGTH];
-    let id = id.hyphenated().encode_lower(&mut buf);
-    let mut key = String::with_capacity(id.len() + 5);
-    key.push_str("sg:{");
-    key.push_str(id);
-    key.push('}');
-    key
-}
-
-/// The session hash field holding a policy's window state.
-fn quota_field(policy: &Policy) -> String {
-    format!("q:{}", policy.operation)
-}
-
-/// The session hash field of a policy's usage counter, or `""` for none.
-fn counter_field(policy: &Policy) -> &'static str {
-    use crate::quota::Counter;
-    match policy.counter {
-        Some(Counter::ConceptsGenerated) => "g",
-        Some(Counter::ConceptsRefined) => "r",
-        Some(Counter::ConceptsStored) => "s",
-        None => "",
-    }
-}
-
-/// Decodes the `{outcome, limit, remaining, reset_at, retry_after, g, r, s, replayed}` reply
-/// of the quota scripts.
-fn quota_answer(reply: Value) -> Result<Option<QuotaAnswer>, StoreError> {
-    const BAD: StoreError = StoreError::Reply("a quota script returned an unexpected shape");
-    let Value::Array(items) = reply else {
-        return Err(BAD);
-    };
-    if items.len() != 9 {
-        return Err(BAD);
-    }
-    let outcome = match items[0].as_str().as_deref() {
-        Some("missing") => return Ok(None),
-        Some("granted") => QuotaOutcome::Granted,
-        Some("denied") => QuotaOutcome::Denied,
-        Some("refunded") => QuotaOutcome::Refunded,
-        _ => return Err(BAD),
-    };
-    let number = |i: usize| items[i].as_i64().ok_or(BAD);
-    let count = |i: usize| number(i).map(|n| n.max(0) as u64);
-    Ok(Some(QuotaAnswer {
-        outcome,
-        status: QuotaStatus {
-            limit: count(1)?,
-            remaining: count(2)?,
-            reset_at: number(3)?,
-        },
-        retry_after: count(4)?,
-        usage: Usage {
-            concepts_generated: count(5)?,
-            concepts_refined: count(6)?,
-            concepts_stored: count(7)?,
-        },
-        replayed: number(8)? == 1,
-    }))
-}
-
-/// Decodes an `HMGET c a g r s p` reply; all-nil (or a script's `false`) means no session.
+/// Decodes an `HMGET c a g r s p [q:...]` reply; nil `c` (or a script's `false`) means no
+/// session.
 fn record(reply: Value) -> Result<Option<SessionRecord>, StoreError> {
     let fields = match reply {
         Value::Null => return Ok(None),
         Value::Array(fields) if fields.len() >= FIELDS.len() => fields,
         _ => return Err(StoreError::Reply("expected the session fields")),
     };
-    let int = |v: &Value| -> Result<i64, StoreError> {
-        match v {
-            Value::Null => Ok(0),
-            other => other
-                .as_i64()
-                .ok_or(StoreError::Reply("a session field is not an integer")),
-        }
-    };
     if fields[0].is_null() {
         return Ok(None);
     }
-    let counter = |v: &Value| int(v).map(|n| n.max(0) as u64);
-    let text = |v: &Value| -> Result<Option<String>, StoreError> {
-        match v {
-            Value::Null => Ok(None),
-            other => Ok(Some(
-                other
-                    .as_str()
-                    .ok_or(StoreError::Reply("a session field is not text"))?
-                    .into_owned(),
-            )),
-        }
-    };
     Ok(Some(SessionRecord {
         created_at: int(&fields[0])?,
         last_active: int(&fields[1])?,
@@ -460,14 +389,117 @@ fn record(reply: Value) -> Result<Option<SessionRecord>, StoreError> {
     }))
 }
 
+/// Decodes an `HGETALL` of a session into everything the system of record keeps.
+fn snapshot(id: Uuid, fields: Vec<Value>) -> Result<Snapshot, StoreError> {
+    let mut snapshot = Snapshot {
+        id,
+        record: SessionRecord {
+            created_at: 0,
+            last_active: 0,
+            usage: Usage::default(),
+            preferences: None,
+            quota_states: Vec::new(),
+        },
+        quotas: Vec::new(),
+        version: 0,
+    };
+    let mut pairs = fields.into_iter();
+    while let (Some(name), Some(value)) = (pairs.next(), pairs.next()) {
+        let name = name
+            .as_str()
+            .ok_or(StoreError::Reply("a session field name is not text"))?;
+        let record = &mut snapshot.record;
+        match &*name {
+            "c" => record.created_at = int(&value)?,
+            "a" => record.last_active = int(&value)?,
+            "g" => record.usage.concepts_generated = counter(&value)?,
+            "r" => record.usage.concepts_refined = counter(&value)?,
+            "s" => record.usage.concepts_stored = counter(&value)?,
+            "p" => record.preferences = text(&value)?,
+            "v" => snapshot.version = int(&value)?,
+            other => {
+                if let (Some(operation), Some(state)) = (other.strip_prefix("q:"), text(&value)?) {
+                    snapshot.quotas.push((operation.to_string(), state));
+                }
+            }
+        }
+    }
+    Ok(snapshot)
+}
+
+/// The `HSET` arguments that store a snapshot (`restore.lua`).
+fn snapshot_fields(snapshot: &Snapshot) -> Vec<Value> {
+    let record = &snapshot.record;
+    let mut fields: Vec<Value> = vec![
+        "c".into(),
+        record.created_at.into(),
+        "a".into(),
+        record.last_active.into(),
+        "v".into(),
+        snapshot.version.into(),
+    ];
+    for (name, count) in [
+        ("g", record.usage.concepts_generated),
+        ("r", record.usage.concepts_refined),
+        ("s", record.usage.concepts_stored),
+    ] {
+        if count > 0 {
+            fields.extend([Value::from(name), Value::from(count as i64)]);
+        }
+    }
+    if let Some(preferences) = &record.preferences {
+        fields.extend([Value::from("p"), Value::from(preferences.as_str())]);
+    }
+    for (operation, state) in &snapshot.quotas {
+        fields.extend([
+            Value::from(format!("q:{operation}")),
+            Value::from(state.as_str()),
+        ]);
+    }
+    fields
+}
+
+fn int(value: &Value) -> Result<i64, StoreError> {
+    match value {
+        Value::Null => Ok(0),
+        other => other
+            .as_i64()
+            .ok_or(StoreError::Reply("a session field is not an integer")),
+    }
+}
+
+fn counter(value: &Value) -> Result<u64, StoreError> {
+    int(value).map(|n| n.max(0) as u64)
+}
+
+fn text(value: &Value) -> Result<Option<String>, StoreError> {
+    match value {
+        Value::Null => Ok(None),
+        other => Ok(Some(
+            other
+                .as_str()
+                .ok_or(StoreError::Reply("a session field is not text"))?
+                .into_owned(),
+        )),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
-    fn keys_carry_the_session_id_as_hash_tag() {
+    fn keys_share_their_shard_hash_tag() {
         let id = Uuid::parse_str("6F9619FF-8B86-4011-B42D-00CF4FC964FF").expect("uuid");
-        assert_eq!(key(&id), "sg:{6f9619ff-8b86-4011-b42d-00cf4fc964ff}");
+        let shard = id.as_u128() % 64;
+        assert_eq!(
+            session_key(&id, 64),
+            format!("sg:{{{shard}}}:6f9619ff-8b86-4011-b42d-00cf4fc964ff")
+        );
+        assert_eq!(
+            session_key(&id, 1),
+            "sg:{0}:6f9619ff-8b86-4011-b42d-00cf4fc964ff"
+        );
     }
 
     #[test]
@@ -479,12 +511,14 @@ mod tests {
             Value::from("2"),
             Value::Null,
             Value::Null,
+            Value::from("1700000000:3"),
         ]);
         let record = record(reply).expect("valid").expect("present");
         assert_eq!((record.created_at, record.last_active), (100, 160));
         assert_eq!(record.usage.concepts_refined, 2);
         assert_eq!(record.usage.concepts_generated, 0);
         assert!(record.preferences.is_none());
+        assert_eq!(record.quota_states, vec![Some("1700000000:3".to_string())]);
     }
 
     #[test]
@@ -492,5 +526,36 @@ mod tests {
         let reply = Value::Array(vec![Value::Null; 6]);
         assert!(record(reply).expect("valid").is_none());
         assert!(record(Value::Null).expect("valid").is_none());
+    }
+
+    #[test]
+    fn snapshots_round_trip_through_their_fields() {
+        let id = Uuid::new_v4();
+        let fields: Vec<Value> = [
+            "c",
+            "100",
+            "a",
+            "160",
+            "g",
+            "3",
+            "p",
+            "{\"x\":1}",
+            "v",
+            "7",
+            "q:gen",
+            "200:3",
+        ]
+        .into_iter()
+        .map(Value::from)
+        .collect();
+        let snapshot = snapshot(id, fields).expect("valid");
+        assert_eq!(snapshot.version, 7);
+        assert_eq!(snapshot.record.usage.concepts_generated, 3);
+        assert_eq!(
+            snapshot.quotas,
+            vec![("gen".to_string(), "200:3".to_string())]
+        );
+        let again = super::snapshot(id, snapshot_fields(&snapshot)).expect("valid");
+        assert_eq!(again, snapshot);
     }
 }

@@ -1,10 +1,14 @@
--- Shared by consume.lua and refund.lua (prepended at load time): the clock, window
--- arithmetic and the common reply. Kept identical to src/quota.rs, which the tests check.
-
-local function now_ms()
-  local t = redis.call('TIME')
-  return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-end
+-- Prepended (after session_lib.lua) to consume.lua and refund.lua: window arithmetic,
+-- idempotency records and the common reply. The window arithmetic mirrors src/quota.rs;
+-- a test runs both over the same edge instants.
+-- KEYS[3]  optional idempotency record (same hash tag as the session)
+-- ARGV[5]  quota field             ARGV[6]  kind: calendar | rolling | gcra
+-- ARGV[7]  calendar unit | rolling length (s) | gcra interval (ms)
+-- ARGV[8]  limit (bucket size for gcra)   ARGV[9]  cost
+-- ARGV[10] usage counter field (g, r, s) or ''
+local RECORD = KEYS[3]
+local FIELD, KIND, PARAM = ARGV[5], ARGV[6], ARGV[7]
+local LIMIT, COST, COUNTER = tonumber(ARGV[8]), tonumber(ARGV[9]), ARGV[10]
 
 -- Days since 1970-01-01 of a civil date, and back (H. Hinnant's algorithms), so month
 -- windows end at the first instant of the next month, leap years included.
@@ -50,30 +54,37 @@ local function live_window(state, now)
   return window_end, tonumber(used)
 end
 
--- Records activity when last_active is older than the touch interval (see touch.lua).
-local function touch(key, last_active, now, ttl, interval)
-  if now - (tonumber(last_active) or 0) >= interval then
-    redis.call('HSET', key, 'a', now)
-    redis.call('EXPIRE', key, ttl)
-  end
+-- The end of a window that starts now.
+local function fresh_window_end(now)
+  if KIND == 'calendar' then return calendar_end(now, PARAM) end
+  return now + tonumber(PARAM)
 end
 
 -- The idempotency record's earlier answer, as a reply, or nil.
-local function replay(record_key, session)
-  if not record_key then return nil end
-  local prior = redis.call('GET', record_key)
+local function replay()
+  if not RECORD then return nil end
+  local prior = redis.call('GET', RECORD)
   if not prior then return nil end
   local outcome, limit, remaining, reset_at, retry = string.match(prior, '^(%a+) (%d+) (%d+) (%d+) (%d+)$')
-  local usage = redis.call('HMGET', session, 'g', 'r', 's')
+  local usage = redis.call('HMGET', SESSION, 'g', 'r', 's')
   return {outcome, tonumber(limit), tonumber(remaining), tonumber(reset_at), tonumber(retry),
           tonumber(usage[1]) or 0, tonumber(usage[2]) or 0, tonumber(usage[3]) or 0, 1}
 end
 
 -- Builds the reply and, with an idempotency record, keeps it until the window resets.
-local function answer(record_key, now, outcome, limit, remaining, reset_at, retry, usage)
-  if record_key then
+local function answer(now, outcome, remaining, reset_at, retry, usage)
+  if RECORD then
     local keep = math.max(reset_at - now, 60)
-    redis.call('SET', record_key, table.concat({outcome, limit, remaining, reset_at, retry}, ' '), 'EX', keep)
+    redis.call('SET', RECORD, table.concat({outcome, LIMIT, remaining, reset_at, retry}, ' '), 'EX', keep)
   end
-  return {outcome, limit, remaining, reset_at, retry, usage.g, usage.r, usage.s, 0}
+  return {outcome, LIMIT, remaining, reset_at, retry, usage.g, usage.r, usage.s, 0}
 end
+
+-- The session's activity, quota state and usage counters; nil for an unknown session.
+local function load_session()
+  local fields = redis.call('HMGET', SESSION, 'c', 'a', FIELD, 'g', 'r', 's')
+  if not fields[1] then return nil end
+  return fields[2], fields[3], {g = tonumber(fields[4]) or 0, r = tonumber(fields[5]) or 0, s = tonumber(fields[6]) or 0}
+end
+
+local MISSING = {'missing', 0, 0, 0, 0, 0, 0, 0, 0}

@@ -3,7 +3,7 @@
 use fred::prelude::*;
 use serde_json::json;
 
-use crate::support::{set_cookies, split, TestGateway};
+use crate::support::{session_key, set_cookies, split, TestGateway};
 
 const UNKNOWN: &str = "0b0a5f2e-3c1d-4e5f-8a9b-0c1d2e3f4a5b";
 
@@ -53,7 +53,7 @@ async fn create_makes_a_new_session_with_the_contract_fields_and_cookie() {
         !cookie.contains("Secure"),
         "no Secure outside production: {cookie}"
     );
-    assert_eq!(gw.key_count().await, 1);
+    assert_eq!(gw.session_count().await, 1);
 }
 
 #[tokio::test]
@@ -111,7 +111,7 @@ async fn create_returns_the_current_session_from_cookie_or_header() {
         .expect("request");
     let (_, body) = split(response).await;
     assert_eq!(body["session_id"].as_str(), Some(mine.as_str()));
-    assert_eq!(gw.key_count().await, 2);
+    assert_eq!(gw.session_count().await, 2);
 }
 
 #[tokio::test]
@@ -146,7 +146,7 @@ async fn create_falls_back_to_a_known_client_id_and_never_creates_a_client_chose
     assert_eq!(status, 200);
     assert_eq!(body["is_new_session"], true);
     assert_ne!(body["session_id"].as_str(), Some(UNKNOWN));
-    assert_eq!(gw.key_count().await, 2);
+    assert_eq!(gw.session_count().await, 2);
 }
 
 #[tokio::test]
@@ -256,7 +256,11 @@ async fn body_errors_map_to_400_413_415() {
         (413, Some("payload_too_large"))
     );
     assert_eq!(body["status_code"], 413);
-    assert_eq!(gw.key_count().await, 0, "refused requests create nothing");
+    assert_eq!(
+        gw.session_count().await,
+        0,
+        "refused requests create nothing"
+    );
 }
 
 #[tokio::test]
@@ -312,7 +316,7 @@ async fn sync_adopts_keeps_or_creates() {
     assert_eq!(body["is_synced"], false);
     let created = body["session_id"].as_str().expect("id");
     assert!(created != UNKNOWN && created != current && created != client);
-    assert_eq!(gw.key_count().await, 3);
+    assert_eq!(gw.session_count().await, 3);
 }
 
 #[tokio::test]
@@ -346,7 +350,7 @@ async fn sync_validates_its_body() {
         body["field_errors"]["client_session_id"].is_array(),
         "{body}"
     );
-    assert_eq!(gw.key_count().await, 0);
+    assert_eq!(gw.session_count().await, 0);
 }
 
 #[tokio::test]
@@ -404,7 +408,7 @@ async fn info_returns_the_session_or_404() {
 async fn usage_counters_written_in_redis_show_in_info() {
     let gw = TestGateway::start().await;
     let id = gw.new_session().await;
-    let key = format!("sg:{{{id}}}");
+    let key = session_key(&id);
     let _: i64 = gw.redis.hincrby(&key, "g", 5).await.expect("HINCRBY");
     let _: i64 = gw.redis.hincrby(&key, "r", 2).await.expect("HINCRBY");
     let _: i64 = gw.redis.hincrby(&key, "s", 3).await.expect("HINCRBY");

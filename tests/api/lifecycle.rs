@@ -6,7 +6,7 @@ use fred::prelude::*;
 use serde_json::json;
 use sessiongate::store::{Store, StoreConfig};
 
-use crate::support::{eventually, shared_redis, split, TestGateway};
+use crate::support::{eventually, session_key, shared_redis, split, TestGateway};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_creates_with_one_client_id_yield_one_session() {
@@ -21,7 +21,7 @@ async fn concurrent_creates_with_one_client_id_yield_one_session() {
         assert_eq!(body["is_new_session"], false);
     }
     assert_eq!(
-        gw.key_count().await,
+        gw.session_count().await,
         1,
         "no request created a session of its own"
     );
@@ -38,6 +38,9 @@ async fn create_never_overwrites_an_existing_session() {
         session_ttl: Duration::from_secs(60),
         touch_interval: Duration::from_secs(60),
         policies: Vec::new(),
+        shards: sessiongate::store::DEFAULT_SHARDS,
+        outbox: false,
+        max_dirty_per_shard: u64::MAX,
     })
     .expect("store");
     store
@@ -45,7 +48,7 @@ async fn create_never_overwrites_an_existing_session() {
         .await
         .expect("redis up");
     assert!(store.create(&id).await.expect("create").is_some());
-    let key = format!("sg:{{{id}}}");
+    let key = session_key(&id);
     let redis = Builder::from_config(Config::from_url(&shared_redis().url(200)).expect("url"))
         .build()
         .expect("client");
@@ -64,7 +67,7 @@ async fn create_never_overwrites_an_existing_session() {
 async fn sessions_expire_thirty_days_after_activity_and_reads_touch_stale_ones() {
     let gw = TestGateway::start().await;
     let id = gw.new_session().await;
-    let key = format!("sg:{{{id}}}");
+    let key = session_key(&id);
     let ttl: i64 = gw.redis.ttl(&key).await.expect("TTL");
     assert!((2_591_990..=2_592_000).contains(&ttl), "ttl {ttl}");
 
@@ -126,7 +129,7 @@ async fn sessions_expire_thirty_days_after_activity_and_reads_touch_stale_ones()
 async fn expired_sessions_are_gone() {
     let gw = TestGateway::start().await;
     let id = gw.new_session().await;
-    let _: () = gw.redis.del(format!("sg:{{{id}}}")).await.expect("DEL");
+    let _: () = gw.redis.del(session_key(&id)).await.expect("DEL");
     let response = gw
         .http
         .get(gw.url("/api/session/info"))

@@ -7,7 +7,7 @@ use serde_json::json;
 use sessiongate::config::Config;
 use sessiongate::quota::{calendar_end, CalendarUnit, Counter, Policy, Window};
 
-use crate::support::{split, RedisServer, TestGateway};
+use crate::support::{session_key, split, RedisServer, TestGateway};
 
 const TOKEN: &str = "test-service-token-0123456789";
 
@@ -330,7 +330,7 @@ async fn rolling_windows_start_at_first_use_and_lapse() {
     );
 
     // A lapsed window (its end in the past) starts afresh on the next use.
-    let key = format!("sg:{{{id}}}");
+    let key = session_key(&id);
     let _: () = gw
         .redis
         .hset(&key, ("q:concept_refinement", format!("{}:10", before - 1)))

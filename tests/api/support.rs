@@ -249,10 +249,22 @@ impl TestGateway {
         body["session_id"].as_str().expect("session_id").to_string()
     }
 
-    /// The number of keys in this gateway's database.
-    pub async fn key_count(&self) -> u64 {
-        self.redis.dbsize().await.expect("DBSIZE")
+    /// The number of sessions in this gateway's database.
+    pub async fn session_count(&self) -> usize {
+        let pattern = "sg:{*}:????????-????-????-????-????????????";
+        let keys: Vec<String> = self
+            .redis
+            .custom(fred::cmd!("KEYS"), vec![pattern])
+            .await
+            .expect("KEYS");
+        keys.len()
     }
+}
+
+/// The Redis key of a session (default shard count).
+pub fn session_key(id: &impl std::fmt::Display) -> String {
+    let id = uuid::Uuid::parse_str(&id.to_string()).expect("a session id");
+    sessiongate::store::session_key(&id, sessiongate::store::DEFAULT_SHARDS)
 }
 
 /// Status and JSON body of a response (`Null` when the body is not JSON).

@@ -1,0 +1,135 @@
+//! The quota scripts (`consume.lua`, `refund.lua`): arguments out, answers back.
+
+use fred::types::Value;
+use uuid::Uuid;
+
+use super::{Store, StoreError};
+use crate::quota::{Counter, Policy, QuotaStatus, Window};
+use crate::session::Usage;
+
+/// What a quota script answered.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum QuotaOutcome {
+    Granted,
+    Denied,
+    Refunded,
+}
+
+/// A quota script's answer for an existing session.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct QuotaAnswer {
+    pub outcome: QuotaOutcome,
+    pub status: QuotaStatus,
+    /// Seconds until a denied request could succeed; 0 otherwise.
+    pub retry_after: u64,
+    pub usage: Usage,
+    /// The answer is a repeat of an earlier one with the same idempotency key.
+    pub replayed: bool,
+}
+
+/// One call of the quota scripts.
+pub struct QuotaRequest<'a> {
+    pub policy: &'a Policy,
+    pub cost: u64,
+    pub idempotency_key: Option<&'a str>,
+}
+
+/// The session hash field holding a policy's window state.
+pub(super) fn field(policy: &Policy) -> String {
+    format!("q:{}", policy.operation)
+}
+
+impl Store {
+    /// Consumes quota (see `consume.lua`); `None` if the session does not exist.
+    pub async fn consume(
+        &self,
+        id: &Uuid,
+        request: &QuotaRequest<'_>,
+    ) -> Result<Option<QuotaAnswer>, StoreError> {
+        let script = &self.inner.scripts.consume;
+        self.quota_call(script, "consume", id, request).await
+    }
+
+    /// Gives quota back (see `refund.lua`); `None` if the session does not exist.
+    pub async fn refund(
+        &self,
+        id: &Uuid,
+        request: &QuotaRequest<'_>,
+    ) -> Result<Option<QuotaAnswer>, StoreError> {
+        let script = &self.inner.scripts.refund;
+        self.quota_call(script, "refund", id, request).await
+    }
+
+    async fn quota_call(
+        &self,
+        script: &fred::types::scripts::Script,
+        action: &str,
+        id: &Uuid,
+        request: &QuotaRequest<'_>,
+    ) -> Result<Option<QuotaAnswer>, StoreError> {
+        let policy = request.policy;
+        let (mut keys, mut args) = self.session_call(id);
+        if let Some(idempotency_key) = request.idempotency_key {
+            let record = format!(
+                "{}:idem:{action}:{}:{idempotency_key}",
+                keys[0], policy.operation
+            );
+            keys.push(record);
+        }
+        let (kind, param) = match policy.window {
+            Window::Calendar(unit) => ("calendar", unit.as_str().to_string()),
+            Window::Rolling(length) => ("rolling", length.as_secs().to_string()),
+            Window::Gcra { interval } => ("gcra", interval.as_millis().to_string()),
+        };
+        let counter = match policy.counter {
+            Some(Counter::ConceptsGenerated) => "g",
+            Some(Counter::ConceptsRefined) => "r",
+            Some(Counter::ConceptsStored) => "s",
+            None => "",
+        };
+        args.extend([
+            Value::from(field(policy)),
+            Value::from(kind),
+            Value::from(param),
+            Value::from(policy.limit as i64),
+            Value::from(request.cost as i64),
+            Value::from(counter),
+        ]);
+        answer(self.eval(script, keys, args).await?)
+    }
+}
+
+/// Decodes `{outcome, limit, remaining, reset_at, retry_after, g, r, s, replayed}`.
+fn answer(reply: Value) -> Result<Option<QuotaAnswer>, StoreError> {
+    const BAD: StoreError = StoreError::Reply("a quota script returned an unexpected shape");
+    let Value::Array(items) = reply else {
+        return Err(BAD);
+    };
+    if items.len() != 9 {
+        return Err(BAD);
+    }
+    let outcome = match items[0].as_str().as_deref() {
+        Some("missing") => return Ok(None),
+        Some("granted") => QuotaOutcome::Granted,
+        Some("denied") => QuotaOutcome::Denied,
+        Some("refunded") => QuotaOutcome::Refunded,
+        _ => return Err(BAD),
+    };
+    let number = |i: usize| items[i].as_i64().ok_or(BAD);
+    let count = |i: usize| number(i).map(|n| n.max(0) as u64);
+    Ok(Some(QuotaAnswer {
+        outcome,
+        status: QuotaStatus {
+            limit: count(1)?,
+            remaining: count(2)?,
+            reset_at: number(3)?,
+        },
+        retry_after: count(4)?,
+        usage: Usage {
+            concepts_generated: count(5)?,
+            concepts_refined: count(6)?,
+            concepts_stored: count(7)?,
+        },
+        replayed: number(8)? == 1,
+    }))
+}
