@@ -13,6 +13,7 @@ use std::time::Duration;
 use ipnet::IpNet;
 use serde::Deserialize;
 
+use crate::flush::{FlushConfig, SupabaseConfig};
 use crate::quota::{self, Counter, Policy, Window};
 
 /// Where the gateway runs; production turns on `Secure` cookies and JSON logs.
@@ -64,6 +65,11 @@ pub struct Config {
     pub creation_burst: NonZeroU32,
     /// Peers whose `X-Forwarded-For` is believed when finding a client's IP.
     pub trusted_proxies: Vec<IpNet>,
+    /// The system of record; `None` turns write-behind and read-through off.
+    pub supabase: Option<SupabaseConfig>,
+    pub flush: FlushConfig,
+    /// Run the flusher in this process (else only other gateways or `flush` mode do).
+    pub flush_enabled: bool,
 }
 
 const SESSION_TTL: Duration = Duration::from_secs(30 * 24 * 60 * 60);
@@ -97,6 +103,9 @@ impl Default for Config {
             creations_per_minute: NonZeroU32::new(600).unwrap_or(NonZeroU32::MIN),
             creation_burst: NonZeroU32::new(120).unwrap_or(NonZeroU32::MIN),
             trusted_proxies: Vec::new(),
+            supabase: None,
+            flush: FlushConfig::default(),
+            flush_enabled: true,
         }
     }
 }
@@ -150,6 +159,20 @@ struct FileConfig {
     cookie: CookieFile,
     /// Replaces the default policies when present.
     quotas: Option<BTreeMap<String, PolicyFile>>,
+    #[serde(default)]
+    flush: FlushFile,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FlushFile {
+    enabled: Option<bool>,
+    batch_size: Option<usize>,
+    interval_ms: Option<u64>,
+    lease_ms: Option<u64>,
+    max_backlog: Option<u64>,
+    drain_ms: Option<u64>,
+    request_timeout_ms: Option<u64>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -364,6 +387,32 @@ impl Config {
             }
             config.service_token = Some(token.clone());
         }
+        config.supabase = supabase(vars, file.flush.request_timeout_ms)?;
+        let flush = &mut config.flush;
+        if let Some(size) = file.flush.batch_size {
+            if !(1..=10_000).contains(&size) {
+                return Err(ConfigError::new(
+                    "flush.batch_size",
+                    "must be between 1 and 10000",
+                ));
+            }
+            flush.batch_size = size;
+        }
+        if let Some(ms) = file.flush.interval_ms {
+            flush.interval = positive_millis("flush.interval_ms", ms)?;
+        }
+        if let Some(ms) = file.flush.lease_ms {
+            flush.lease = positive_millis("flush.lease_ms", ms)?;
+        }
+        if let Some(max) = file.flush.max_backlog {
+            flush.max_backlog = max.max(1);
+        }
+        if let Some(ms) = file.flush.drain_ms {
+            flush.drain = Duration::from_millis(ms);
+        }
+        if let Some(enabled) = file.flush.enabled {
+            config.flush_enabled = enabled;
+        }
         if let Some(policies) = file.quotas {
             config.policies = policies
                 .into_iter()
@@ -435,6 +484,38 @@ impl Config {
         }
         Ok(config)
     }
+}
+
+/// `SUPABASE_REST_URL` (or `SUPABASE_URL` + `/rest/v1`) and `SUPABASE_SERVICE_ROLE_KEY`.
+fn supabase(
+    vars: &HashMap<String, String>,
+    timeout_ms: Option<u64>,
+) -> Result<Option<SupabaseConfig>, ConfigError> {
+    let (name, rest_url) = match (vars.get("SUPABASE_REST_URL"), vars.get("SUPABASE_URL")) {
+        (Some(rest), _) => ("SUPABASE_REST_URL", rest.trim_end_matches('/').to_string()),
+        (None, Some(base)) => (
+            "SUPABASE_URL",
+            format!("{}/rest/v1", base.trim_end_matches('/')),
+        ),
+        (None, None) => return Ok(None),
+    };
+    if !(rest_url.starts_with("http://") || rest_url.starts_with("https://")) {
+        return Err(ConfigError::new(name, "must be an http:// or https:// URL"));
+    }
+    let key = vars
+        .get("SUPABASE_SERVICE_ROLE_KEY")
+        .filter(|k| !k.is_empty())
+        .ok_or_else(|| {
+            ConfigError::new(
+                "SUPABASE_SERVICE_ROLE_KEY",
+                format!("is required when {name} is set"),
+            )
+        })?;
+    Ok(Some(SupabaseConfig {
+        rest_url,
+        service_role_key: key.clone(),
+        request_timeout: positive_millis("flush.request_timeout_ms", timeout_ms.unwrap_or(10_000))?,
+    }))
 }
 
 fn parse_net(text: &str) -> Result<IpNet, ConfigError> {
@@ -702,6 +783,41 @@ mod tests {
                 .expect("valid");
         assert_eq!(config.trusted_proxies.len(), 2);
         assert!(Config::from_toml("[http]\ntrusted_proxies = [\"nope\"]\n").is_err());
+    }
+
+    #[test]
+    fn supabase_needs_a_url_and_a_key() {
+        let config = Config::from_vars(&HashMap::new()).expect("valid");
+        assert!(config.supabase.is_none());
+        let config = Config::from_vars(&vars(&[
+            ("SUPABASE_URL", "https://example.supabase.co/"),
+            ("SUPABASE_SERVICE_ROLE_KEY", "secret"),
+        ]))
+        .expect("valid");
+        let supabase = config.supabase.expect("configured");
+        assert_eq!(supabase.rest_url, "https://example.supabase.co/rest/v1");
+        let config = Config::from_vars(&vars(&[
+            ("SUPABASE_URL", "https://ignored"),
+            ("SUPABASE_REST_URL", "http://127.0.0.1:3000"),
+            ("SUPABASE_SERVICE_ROLE_KEY", "secret"),
+        ]))
+        .expect("valid");
+        assert_eq!(
+            config.supabase.expect("configured").rest_url,
+            "http://127.0.0.1:3000"
+        );
+        let err =
+            Config::from_vars(&vars(&[("SUPABASE_URL", "https://x.supabase.co")])).unwrap_err();
+        assert!(
+            err.to_string().contains("SUPABASE_SERVICE_ROLE_KEY"),
+            "{err}"
+        );
+        let err = Config::from_vars(&vars(&[
+            ("SUPABASE_REST_URL", "x"),
+            ("SUPABASE_SERVICE_ROLE_KEY", "k"),
+        ]))
+        .unwrap_err();
+        assert!(err.to_string().contains("SUPABASE_REST_URL"), "{err}");
     }
 
     #[test]

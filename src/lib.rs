@@ -5,12 +5,15 @@
 //! - [`session`], [`preferences`] and [`quota`]: the domain rules, free of HTTP and of Redis
 //!   commands;
 //! - [`store`]: the only module that speaks Redis (keys, commands, Lua scripts);
+//! - [`flush`]: write-behind to Supabase and read-through back (the only module that knows
+//!   Supabase);
 //! - [`http`]: listeners, routing, and translation between HTTP and the domain.
 //!
 //! [`start`] wires them together and returns a running [`Gateway`]; the binary adds signal
 //! handling and logging around it.
 
 pub mod config;
+pub mod flush;
 pub mod http;
 pub mod preferences;
 pub mod quota;
@@ -25,6 +28,7 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use crate::config::Config;
+use crate::flush::{Flusher, ReadThrough, Supabase, SupabaseError};
 use crate::http::{admin::Admin, api::Api, ConnectionLimits};
 use crate::quota::Quotas;
 use crate::session::Sessions;
@@ -37,6 +41,8 @@ pub enum StartError {
     Listen(#[from] std::io::Error),
     #[error("cannot set up the redis client: {0}")]
     Redis(#[from] StoreError),
+    #[error("cannot set up the supabase client: {0}")]
+    Supabase(#[from] SupabaseError),
 }
 
 /// A running gateway: both listeners bound and serving.
@@ -44,7 +50,7 @@ pub struct Gateway {
     public_addr: SocketAddr,
     admin_addr: SocketAddr,
     shutdown: watch::Sender<bool>,
-    /// The two listeners and the housekeeping task; all end on shutdown.
+    /// The two listeners, housekeeping and the flusher; all end on shutdown.
     tasks: Vec<JoinHandle<()>>,
     store: Store,
 }
@@ -67,8 +73,11 @@ pub async fn start(config: Config) -> Result<Gateway, StartError> {
         touch_interval: config.touch_interval,
         policies: config.policies.clone(),
         shards: config.redis_shards,
-        outbox: false,
-        max_dirty_per_shard: u64::MAX,
+        outbox: config.supabase.is_some(),
+        max_dirty_per_shard: config
+            .flush
+            .max_backlog
+            .div_ceil(u64::from(config.redis_shards.max(1))),
     })?;
     match store.warm_up(WARM_UP).await {
         Err(error @ StoreError::ShardMismatch { .. }) => return Err(error.into()),
@@ -81,17 +90,29 @@ pub async fn start(config: Config) -> Result<Gateway, StartError> {
         shutdown_grace: config.shutdown_grace,
     };
     let (shutdown, watcher) = watch::channel(false);
+    let supabase = match &config.supabase {
+        Some(supabase) => Some(Supabase::new(supabase)?),
+        None => {
+            tracing::info!("SUPABASE_URL is not set: write-behind and read-through are off");
+            None
+        }
+    };
+    let read_through = supabase
+        .as_ref()
+        .map(|supabase| ReadThrough::new(store.clone(), supabase.clone(), config.session_ttl));
     let sessions = Sessions::new(
         store.clone(),
         config.creations_per_minute,
         config.creation_burst,
+        read_through.clone(),
     );
     if config.service_token.is_none() {
         tracing::info!("SESSIONGATE_SERVICE_TOKEN is not set: the internal quota API is disabled");
     }
     let api = Arc::new(Api {
         sessions: sessions.clone(),
-        quotas: Quotas::new(store.clone(), config.policies.clone()),
+        quotas: Quotas::new(store.clone(), config.policies.clone(), read_through.clone()),
+        read_through,
         cookie: config.cookie.clone(),
         body_limit: config.body_limit,
         trusted_proxies: config.trusted_proxies.clone(),
@@ -100,7 +121,7 @@ pub async fn start(config: Config) -> Result<Gateway, StartError> {
     let admin_state = Arc::new(Admin {
         store: store.clone(),
     });
-    let tasks = vec![
+    let mut tasks = vec![
         tokio::spawn(http::serve(
             public,
             move |request, peer| http::api::handle(api.clone(), request, peer),
@@ -113,8 +134,12 @@ pub async fn start(config: Config) -> Result<Gateway, StartError> {
             limits,
             stopped(watcher.clone()),
         )),
-        tokio::spawn(forget_idle_clients(sessions, stopped(watcher))),
+        tokio::spawn(forget_idle_clients(sessions, stopped(watcher.clone()))),
     ];
+    if let (Some(supabase), true) = (supabase, config.flush_enabled) {
+        let flusher = Flusher::new(store.clone(), supabase, config.flush.clone());
+        tasks.push(tokio::spawn(flusher.run(stopped(watcher))));
+    }
     tracing::info!(%public_addr, %admin_addr, "sessiongate listening");
     Ok(Gateway {
         public_addr,

@@ -21,7 +21,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use chrono::{DateTime, Datelike, NaiveDate, Utc};
 use uuid::Uuid;
 
-use crate::session::{SessionRecord, Usage};
+use crate::flush::ReadThrough;
+use crate::session::{or_read_through, SessionRecord, Usage};
 use crate::store::{QuotaAnswer, QuotaRequest, Store, StoreError};
 
 /// Calendar units a window can be aligned to.
@@ -262,13 +263,15 @@ impl Policy {
 pub struct Quotas {
     store: Store,
     policies: Arc<[Policy]>,
+    read_through: Option<ReadThrough>,
 }
 
 impl Quotas {
-    pub fn new(store: Store, policies: Vec<Policy>) -> Self {
+    pub fn new(store: Store, policies: Vec<Policy>, read_through: Option<ReadThrough>) -> Self {
         Quotas {
             store,
             policies: policies.into(),
+            read_through,
         }
     }
 
@@ -293,7 +296,8 @@ impl Quotas {
             cost,
             idempotency_key,
         };
-        self.store.consume(&id, &request).await
+        let consume = || self.store.consume(&id, &request);
+        or_read_through(self.read_through.as_ref(), &id, consume).await
     }
 
     /// Gives `cost` back, never below zero; `None` for an unknown session.
@@ -309,7 +313,8 @@ impl Quotas {
             cost,
             idempotency_key,
         };
-        self.store.refund(&id, &request).await
+        let refund = || self.store.refund(&id, &request);
+        or_read_through(self.read_through.as_ref(), &id, refund).await
     }
 
     /// A policy's state without consuming (one plain read); `None` for an unknown session.
@@ -318,7 +323,8 @@ impl Quotas {
         id: Uuid,
         policy: &Policy,
     ) -> Result<Option<(QuotaStatus, Usage)>, StoreError> {
-        let Some(record) = self.store.read(&id).await? else {
+        let read = || self.store.read(&id);
+        let Some(record) = or_read_through(self.read_through.as_ref(), &id, read).await? else {
             return Ok(None);
         };
         let status = self

@@ -17,6 +17,7 @@ use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
 use serde::Serialize;
 use uuid::Uuid;
 
+use crate::flush::ReadThrough;
 use crate::store::{Store, StoreError};
 
 /// Why a session operation failed.
@@ -83,6 +84,7 @@ pub fn parse_id(text: &str) -> Option<Uuid> {
 pub struct Sessions {
     store: Store,
     creations: Arc<DefaultKeyedRateLimiter<IpAddr>>,
+    read_through: Option<ReadThrough>,
 }
 
 /// How many fresh ids to try before giving up; a collision of 122 random bits is not
@@ -90,12 +92,19 @@ pub struct Sessions {
 const CREATE_ATTEMPTS: usize = 3;
 
 impl Sessions {
-    /// `per_minute` creations per client IP, with `burst` allowed at once.
-    pub fn new(store: Store, per_minute: NonZeroU32, burst: NonZeroU32) -> Self {
+    /// `per_minute` creations per client IP, with `burst` allowed at once; sessions missing
+    /// from Redis are looked up through `read_through` when given.
+    pub fn new(
+        store: Store,
+        per_minute: NonZeroU32,
+        burst: NonZeroU32,
+        read_through: Option<ReadThrough>,
+    ) -> Self {
         let quota = Quota::per_minute(per_minute).allow_burst(burst);
         Sessions {
             store,
             creations: Arc::new(RateLimiter::keyed(quota)),
+            read_through,
         }
     }
 
@@ -146,7 +155,8 @@ impl Sessions {
     /// background, and only when `last_active` is older than the touch interval, so a busy
     /// session costs Redis one write per interval instead of one per read.
     pub async fn read(&self, id: Uuid) -> Result<Option<Session>, StoreError> {
-        let Some(mut record) = self.store.read(&id).await? else {
+        let read = || self.store.read(&id);
+        let Some(mut record) = or_read_through(self.read_through.as_ref(), &id, read).await? else {
             return Ok(None);
         };
         let now = unix_now();
@@ -174,11 +184,9 @@ impl Sessions {
     }
 
     async fn touch(&self, id: Uuid) -> Result<Option<Session>, StoreError> {
-        Ok(self
-            .store
-            .touch(&id)
-            .await?
-            .map(|record| Session { id, record }))
+        let touch = || self.store.touch(&id);
+        let record = or_read_through(self.read_through.as_ref(), &id, touch).await?;
+        Ok(record.map(|record| Session { id, record }))
     }
 
     async fn create(&self, origin: IpAddr) -> Result<Session, SessionError> {
@@ -201,6 +209,26 @@ impl Sessions {
             tracing::warn!("a freshly drawn session id already existed; drawing another");
         }
         Err(StoreError::Reply("could not draw an unused session id").into())
+    }
+}
+
+/// Runs `operation` on a session; if the session is missing from Redis and a read-through
+/// is configured, restores it from the system of record and runs `operation` once more.
+pub(crate) async fn or_read_through<T, F, Fut>(
+    read_through: Option<&ReadThrough>,
+    id: &Uuid,
+    operation: F,
+) -> Result<Option<T>, StoreError>
+where
+    F: Fn() -> Fut,
+    Fut: std::future::Future<Output = Result<Option<T>, StoreError>>,
+{
+    if let Some(found) = operation().await? {
+        return Ok(Some(found));
+    }
+    match read_through {
+        Some(read_through) if read_through.recover(id).await? => operation().await,
+        _ => Ok(None),
     }
 }
 

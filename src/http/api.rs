@@ -21,6 +21,7 @@ use super::request::{client_ip, client_session_id, current_session, json_body};
 use super::response::{json, json_text, set_session_cookie, timestamp};
 use super::Body;
 use crate::config::CookieConfig;
+use crate::flush::ReadThrough;
 use crate::preferences::{self, PreferencesError};
 use crate::quota::Quotas;
 use crate::session::{Session, SessionRecord, Sessions, Usage};
@@ -29,6 +30,8 @@ use crate::session::{Session, SessionRecord, Sessions, Usage};
 pub struct Api {
     pub sessions: Sessions,
     pub quotas: Quotas,
+    /// Write-through on demand; `None` without Supabase.
+    pub read_through: Option<ReadThrough>,
     pub cookie: CookieConfig,
     pub body_limit: usize,
     pub trusted_proxies: Vec<IpNet>,

@@ -1,6 +1,9 @@
-//! The internal quota API for the application's backends (not browsers), under
-//! `/internal/v1/sessions/{session_id}/quota/{operation}`:
-//! `GET` checks, `POST .../consume` grants or refuses, `POST .../refund` gives back.
+//! The internal API for the application's backends (not browsers), under
+//! `/internal/v1/sessions/{session_id}/`:
+//! - `quota/{operation}`: `GET` checks, `POST .../consume` grants or refuses,
+//!   `POST .../refund` gives back;
+//! - `persist`: `POST` makes the session's current state durable in Supabase before it
+//!   answers (write-through on demand, e.g. before inserting rows that reference it).
 //!
 //! Every route needs `Authorization: Bearer <SESSIONGATE_SERVICE_TOKEN>`, compared in
 //! constant time. Without a configured token the routes do not exist (404), so a
@@ -33,6 +36,12 @@ enum Action {
     Refund,
 }
 
+#[derive(Serialize)]
+struct PersistBody {
+    persisted: bool,
+    version: i64,
+}
+
 /// Entry point for every request under [`PREFIX`].
 pub async fn handle(api: &Api, request: Request<Incoming>) -> Response<Body> {
     let started = std::time::Instant::now();
@@ -63,6 +72,12 @@ async fn route(api: &Api, request: Request<Incoming>) -> Result<Response<Body>, 
         return Err(ApiError::route_not_found());
     };
     let segments: Vec<&str> = rest.split('/').collect();
+    if let [id, "persist"] = segments.as_slice() {
+        if request.method() != Method::POST {
+            return Err(ApiError::method_not_allowed("POST"));
+        }
+        return persist(api, id).await;
+    }
     let (id, operation, action) = match segments.as_slice() {
         [id, "quota", operation] => (*id, *operation, Action::Check),
         [id, "quota", operation, "consume"] => (*id, *operation, Action::Consume),
@@ -122,6 +137,33 @@ async fn route(api: &Api, request: Request<Incoming>) -> Result<Response<Body>, 
     }
     .ok_or_else(ApiError::session_not_found)?;
     Ok(answer_response(policy, &answer))
+}
+
+fn path_id(id: &str) -> Result<uuid::Uuid, ApiError> {
+    parse_id(id).ok_or_else(|| {
+        ApiError::invalid_field("session_id", "must be a UUID (8-4-4-4-12 hex digits)")
+    })
+}
+
+async fn persist(api: &Api, id: &str) -> Result<Response<Body>, ApiError> {
+    let id = path_id(id)?;
+    let Some(read_through) = &api.read_through else {
+        return Err(ApiError::route_not_found());
+    };
+    match read_through.persist(&id).await {
+        Ok(Some(version)) => Ok(json(
+            StatusCode::OK,
+            &PersistBody {
+                persisted: true,
+                version,
+            },
+        )),
+        Ok(None) => Err(ApiError::session_not_found()),
+        Err(error) => {
+            tracing::warn!(%error, "write-through failed");
+            Err(ApiError::unavailable())
+        }
+    }
 }
 
 fn authorized(headers: &HeaderMap, token: &str) -> bool {

@@ -143,11 +143,30 @@ impl Store {
         Ok(backlog)
     }
 
-    /// Loads a session read back from the system of record, unless it exists meanwhile.
-    /// Returns whether it was restored.
-    pub async fn restore(&self, snapshot: &Snapshot) -> Result<bool, StoreError> {
+    /// Everything stored about one session (`HGETALL`); `None` if it does not exist.
+    pub async fn snapshot(&self, id: &Uuid) -> Result<Option<Snapshot>, StoreError> {
+        let key = self.session_key(id);
+        let fields: Value = self
+            .bounded(async { Ok(self.inner.pool.next_connected().hgetall(key).await?) })
+            .await?;
+        match fields {
+            Value::Array(fields) if !fields.is_empty() => Ok(Some(snapshot(*id, fields)?)),
+            Value::Map(map) if !map.is_empty() => {
+                let fields = map
+                    .inner()
+                    .into_iter()
+                    .flat_map(|(k, v)| [Value::from(k), v]);
+                Ok(Some(snapshot(*id, fields.collect())?))
+            }
+            _ => Ok(None),
+        }
+    }
+
+    /// Loads a session read back from the system of record, unless it exists meanwhile,
+    /// expiring after `ttl_secs`. Returns whether it was restored.
+    pub async fn restore(&self, snapshot: &Snapshot, ttl_secs: u64) -> Result<bool, StoreError> {
         let keys = vec![self.session_key(&snapshot.id)];
-        let mut args = vec![Value::from(self.inner.ttl_secs as i64)];
+        let mut args = vec![Value::from(ttl_secs as i64)];
         args.extend(snapshot_fields(snapshot));
         let reply = self.eval(&self.inner.scripts.restore, keys, args).await?;
         Ok(reply.as_i64() == Some(1))

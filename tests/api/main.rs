@@ -1,6 +1,7 @@
 //! Integration tests: the gateway over real HTTP against a real `redis-server`.
 //! One binary, so the services start once and compile once.
 
+mod services;
 mod support;
 
 mod binary;
@@ -8,3 +9,5 @@ mod contract;
 mod failures;
 mod lifecycle;
 mod quotas;
+mod supabase;
+mod writebehind;

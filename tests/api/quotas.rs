@@ -26,7 +26,7 @@ fn policy(operation: &str, limit: u64, window: Window, counter: Option<Counter>)
 }
 
 impl TestGateway {
-    async fn quota(
+    pub(crate) async fn quota(
         &self,
         method: reqwest::Method,
         id: &str,
@@ -46,7 +46,7 @@ impl TestGateway {
         request.send().await.expect("request")
     }
 
-    async fn consume(
+    pub(crate) async fn consume(
         &self,
         id: &str,
         operation: &str,
@@ -64,7 +64,7 @@ impl TestGateway {
         .await
     }
 
-    async fn info(&self, id: &str) -> serde_json::Value {
+    pub(crate) async fn info(&self, id: &str) -> serde_json::Value {
         let response = self
             .http
             .get(self.url("/api/session/info"))

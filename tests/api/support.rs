@@ -37,7 +37,6 @@ impl RedisServer {
             std::process::id(),
             NEXT_DIR.fetch_add(1, Ordering::Relaxed)
         ));
-        std::fs::create_dir_all(&dir).expect("create redis temp dir");
         let mut server = RedisServer {
             port: 0,
             dir,
@@ -59,8 +58,10 @@ impl RedisServer {
 
     /// Starts the server (again) on the same port and waits until the port answers.
     pub fn spawn(&mut self) {
+        // The watchdog removes the folder when it stops the server.
+        std::fs::create_dir_all(&self.dir).expect("create redis temp dir");
         let script = r#"redis-server --bind 127.0.0.1 --port "$1" --dir "$2" --save "" --appendonly no \
-            --databases 256 --enable-debug-command yes --logfile "$2/redis.log" & echo $!; read _; kill -9 $! 2>/dev/null; wait"#;
+            --databases 256 --enable-debug-command yes --logfile "$2/redis.log" & echo $!; read _; kill -9 $! 2>/dev/null; wait; rm -rf "$2""#;
         let mut child = Command::new("sh")
             .args([
                 "-c",
@@ -181,6 +182,7 @@ static NEXT_DB: AtomicU32 = AtomicU32::new(1);
 /// A gateway under test, with an HTTP client and a Redis client on the gateway's database.
 pub struct TestGateway {
     pub gateway: Gateway,
+    pub redis_url: String,
     pub base: String,
     pub http: reqwest::Client,
     pub redis: Client,
@@ -204,6 +206,9 @@ impl TestGateway {
             listen: "127.0.0.1:0".parse().expect("addr"),
             admin_listen: "127.0.0.1:0".parse().expect("addr"),
             redis_url: redis_url.to_string(),
+            // Tests create sessions by the thousand from one address.
+            creations_per_minute: 1_000_000.try_into().expect("nonzero"),
+            creation_burst: 100_000.try_into().expect("nonzero"),
             ..Config::default()
         };
         adjust(&mut config);
@@ -216,6 +221,7 @@ impl TestGateway {
         redis.init().await.expect("test redis client connects");
         TestGateway {
             gateway,
+            redis_url: redis_url.to_string(),
             base,
             http: reqwest::Client::new(),
             redis,

@@ -1,0 +1,142 @@
+//! Rows of `public.sessions`: a session snapshot as JSON and back.
+
+use chrono::DateTime;
+use serde::Serialize;
+use simd_json::prelude::*;
+use simd_json::OwnedValue;
+use uuid::Uuid;
+
+use crate::session::{SessionRecord, Snapshot, Usage};
+
+#[derive(Serialize)]
+struct Row<'a> {
+    id: &'a Uuid,
+    created_at: String,
+    last_active_at: String,
+    concepts_generated: u64,
+    concepts_refined: u64,
+    concepts_stored: u64,
+    preferences: OwnedValue,
+    quota_state: OwnedValue,
+    version: i64,
+}
+
+fn timestamp(unix_seconds: i64) -> String {
+    DateTime::from_timestamp(unix_seconds, 0)
+        .unwrap_or_default()
+        .to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+}
+
+fn row(snapshot: &Snapshot) -> Row<'_> {
+    let record = &snapshot.record;
+    // Preferences were validated as a JSON object when stored; anything else is written
+    // as {} rather than blocking the session's row.
+    let preferences = record
+        .preferences
+        .as_ref()
+        .and_then(|p| simd_json::to_owned_value(&mut p.clone().into_bytes()).ok())
+        .filter(|v| v.is_object())
+        .unwrap_or_else(OwnedValue::object);
+    let mut quota_state = OwnedValue::object();
+    if let Some(object) = quota_state.as_object_mut() {
+        for (operation, state) in &snapshot.quotas {
+            object.insert(operation.clone(), OwnedValue::from(state.as_str()));
+        }
+    }
+    Row {
+        id: &snapshot.id,
+        created_at: timestamp(record.created_at),
+        last_active_at: timestamp(record.last_active),
+        concepts_generated: record.usage.concepts_generated,
+        concepts_refined: record.usage.concepts_refined,
+        concepts_stored: record.usage.concepts_stored,
+        preferences,
+        quota_state,
+        version: snapshot.version,
+    }
+}
+
+/// A JSON array of the rows of `snapshots`.
+pub fn to_json(snapshots: &[&Snapshot]) -> Vec<u8> {
+    let rows: Vec<Row<'_>> = snapshots.iter().map(|s| row(s)).collect();
+    // Strings, numbers and JSON values only: serialising cannot fail.
+    simd_json::serde::to_vec(&rows).unwrap_or_else(|_| b"[]".to_vec())
+}
+
+/// Parses one row as PostgREST returns it; `None` if it is not a usable session row.
+pub fn from_json(mut text: Vec<u8>) -> Option<Snapshot> {
+    let value = simd_json::to_owned_value(&mut text).ok()?;
+    let row = value.as_object()?;
+    let time = |name: &str| -> Option<i64> {
+        let text = row.get(name)?.as_str()?;
+        Some(DateTime::parse_from_rfc3339(text).ok()?.timestamp())
+    };
+    let count = |name: &str| row.get(name).and_then(|v| v.as_u64()).unwrap_or(0);
+    let preferences = row
+        .get("preferences")
+        .filter(|p| p.as_object().is_some_and(|o| !o.is_empty()))
+        .map(|p| p.encode());
+    let quotas = row
+        .get("quota_state")
+        .and_then(|q| q.as_object())
+        .map(|object| {
+            object
+                .iter()
+                .filter_map(|(op, state)| Some((op.to_string(), state.as_str()?.to_string())))
+                .collect()
+        })
+        .unwrap_or_default();
+    Some(Snapshot {
+        id: Uuid::try_parse(row.get("id")?.as_str()?).ok()?,
+        record: SessionRecord {
+            created_at: time("created_at")?,
+            last_active: time("last_active_at")?,
+            usage: Usage {
+                concepts_generated: count("concepts_generated"),
+                concepts_refined: count("concepts_refined"),
+                concepts_stored: count("concepts_stored"),
+            },
+            preferences,
+            quota_states: Vec::new(),
+        },
+        quotas,
+        version: row.get("version")?.as_i64()?,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rows_round_trip() {
+        let snapshot = Snapshot {
+            id: Uuid::new_v4(),
+            record: SessionRecord {
+                created_at: 1_700_000_000,
+                last_active: 1_700_000_060,
+                usage: Usage {
+                    concepts_generated: 3,
+                    concepts_refined: 1,
+                    concepts_stored: 0,
+                },
+                preferences: Some(r#"{"theme":"dark"}"#.to_string()),
+                quota_states: Vec::new(),
+            },
+            quotas: vec![("concept_generation".to_string(), "1701388800:3".to_string())],
+            version: 9,
+        };
+        let json = to_json(&[&snapshot]);
+        let text = String::from_utf8(json.clone()).expect("utf-8");
+        assert!(
+            text.starts_with('[') && text.contains(r#""created_at":"2023-11-14T22:13:20Z""#),
+            "{text}"
+        );
+        // PostgREST answers a single object with +00:00 offsets.
+        let single = text
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .replace("Z\"", "+00:00\"");
+        assert_eq!(from_json(single.into_bytes()), Some(snapshot));
+    }
+}

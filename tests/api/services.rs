@@ -1,0 +1,546 @@
+//! Test services for write-behind: a private PostgreSQL cluster with the Supabase migration
+//! applied, and PostgREST 12 in front of it, each on a free loopback port.
+//!
+//! Both run under a small shell watchdog that stops the server (and removes the cluster's
+//! folder) when the test binary's end of the watchdog's stdin closes, so no server outlives
+//! the tests, even when the binary is killed. `scripts/install-test-services` installs both.
+//!
+//! One cluster serves the whole test binary ([`shared_postgres`]); PostgREST is cheap to
+//! start, so a test that stops it starts its own with [`Postgrest::start`].
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, ChildStdin, Command, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+const MIGRATION: &str = concat!(
+    env!("CARGO_MANIFEST_DIR"),
+    "/deploy/supabase/migrations/0001_sessions.sql"
+);
+const POSTGREST: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/.tools/postgrest/postgrest");
+const STARTUP_LIMIT: Duration = Duration::from_secs(30);
+
+/// A shell running a server in the background. Dropping it closes the shell's stdin, on
+/// which the shell stops the server and cleans up after it; the drop waits for that.
+struct Watchdog {
+    shell: Child,
+    stdin: Option<ChildStdin>,
+    /// The server's pid, as the shell reported it.
+    pid: u32,
+}
+
+impl Watchdog {
+    /// Runs `script` (which must start the server with `&`, `echo $!`, then `read _` and stop
+    /// it) with `shell`, a command running `sh`, and `args` as `$1`, `$2`, ...
+    fn spawn(mut shell: Command, script: &str, args: &[&str]) -> Watchdog {
+        let mut shell = shell
+            .args(["-c", script, "sh"])
+            .args(args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("spawn the watchdog shell");
+        let stdin = shell.stdin.take();
+        let mut line = String::new();
+        BufReader::new(shell.stdout.take().expect("piped stdout"))
+            .read_line(&mut line)
+            .expect("the watchdog prints the server's pid");
+        let pid = line.trim().parse().unwrap_or_else(|_| {
+            panic!("the watchdog exited without starting its server (its stderr says why)")
+        });
+        Watchdog { shell, stdin, pid }
+    }
+
+    /// Whether the server still runs. An exited server stays a zombie until the shell reaps
+    /// it, which the shell does only once told to stop, so look at the process state.
+    fn server_alive(&self) -> bool {
+        std::fs::read_to_string(format!("/proc/{}/stat", self.pid)).is_ok_and(|stat| {
+            stat.rsplit_once(')')
+                .is_some_and(|(_, rest)| !rest.trim_start().starts_with('Z'))
+        })
+    }
+}
+
+impl Drop for Watchdog {
+    fn drop(&mut self) {
+        drop(self.stdin.take());
+        let _ = self.shell.wait();
+    }
+}
+
+/// `sh` as the `postgres` user when we are root, since PostgreSQL refuses to run as root;
+/// as ourselves otherwise.
+fn cluster_owner_shell() -> Command {
+    let root = std::fs::metadata("/proc/self").is_ok_and(|m| m.uid() == 0);
+    if root {
+        let mut command = Command::new("runuser");
+        command.args(["-u", "postgres", "--", "sh"]);
+        command
+    } else {
+        Command::new("sh")
+    }
+}
+
+/// A private PostgreSQL cluster with the migration applied and `authenticator` able to log
+/// in over TCP with a password, as PostgREST does on Supabase.
+pub struct Postgres {
+    port: u16,
+    dir: PathBuf,
+    bin: PathBuf,
+    authenticator_password: String,
+    _server: Watchdog,
+}
+
+static NEXT_DIR: AtomicU32 = AtomicU32::new(0);
+
+impl Postgres {
+    pub fn start() -> Postgres {
+        let bin = postgres_bin_dir();
+        // A free port can be taken between our probe and the server's bind; then the server
+        // exits, and we start over on another port.
+        let mut log = String::new();
+        for _ in 0..5 {
+            match Self::try_start(&bin, free_port()) {
+                Ok(postgres) => {
+                    postgres.apply_migration();
+                    run(postgres.psql_command().args([
+                        "-c",
+                        &format!(
+                            "alter role authenticator with login password '{}'",
+                            postgres.authenticator_password
+                        ),
+                    ]));
+                    return postgres;
+                }
+                Err(exited) => log = exited,
+            }
+        }
+        panic!("postgres exited on every try; its last log:\n{log}");
+    }
+
+    /// The cluster on `port`, or the server's log when it exited instead.
+    fn try_start(bin: &Path, port: u16) -> Result<Postgres, String> {
+        let dir = std::env::temp_dir().join(format!(
+            "sessiongate-supabase-{}-{}",
+            std::process::id(),
+            NEXT_DIR.fetch_add(1, Ordering::Relaxed)
+        ));
+        // The shell owns the folder's whole life, so that it goes even when the test binary
+        // is killed mid-initdb. Then the pid goes to a closed pipe (hence SIGPIPE ignored),
+        // and the stop comes at once: SIGINT (fast shutdown) is lost if it beats postgres's
+        // handler, as sh starts background jobs with SIGINT ignored, so SIGTERM follows
+        // (smart shutdown; there are no clients yet in that case).
+        // Passwords are checked on TCP, where PostgREST connects; the socket in our own
+        // folder, where the harness's psql connects, is trusted.
+        let script = r#"trap '' PIPE
+            mkdir -m 700 "$2" || exit 1
+            "$1/initdb" -D "$2/data" -U postgres --auth-local=trust --auth-host=scram-sha-256 \
+                --no-sync --no-locale -E UTF8 >"$2/initdb.log" 2>&1 \
+                || { cat "$2/initdb.log" >&2; rm -rf "$2"; exit 1; }
+            "$1/postgres" -D "$2/data" -p "$3" -k "$2" -c listen_addresses=127.0.0.1 \
+                -c fsync=off -c synchronous_commit=off -c full_page_writes=off \
+                2>>"$2/postgres.log" &
+            echo $!
+            read _
+            kill -INT $! 2>/dev/null; kill -TERM $! 2>/dev/null; wait
+            rm -rf "$2""#;
+        let server = Watchdog::spawn(
+            cluster_owner_shell(),
+            script,
+            &[
+                &bin.to_string_lossy(),
+                &dir.to_string_lossy(),
+                &port.to_string(),
+            ],
+        );
+        // `ready` in postmaster.pid comes after the TCP bind and the socket in our own
+        // folder, so it is our server that answers on the port.
+        let pid_file = dir.join("data/postmaster.pid");
+        await_startup(&server, "postgres", &dir.join("postgres.log"), || {
+            std::fs::read_to_string(&pid_file)
+                .is_ok_and(|pid| pid.lines().nth(7).is_some_and(|s| s.trim() == "ready"))
+        })?;
+        Ok(Postgres {
+            port,
+            dir,
+            bin: bin.to_path_buf(),
+            authenticator_password: random_hex(),
+            _server: server,
+        })
+    }
+
+    /// Applies `deploy/supabase/migrations/0001_sessions.sql` in one transaction.
+    pub fn apply_migration(&self) {
+        run(self.psql_command().args(["-1", "-f", MIGRATION]));
+    }
+
+    /// Runs one SQL statement as the superuser.
+    pub fn sql(&self, statement: &str) {
+        run(self.psql_command().args(["-c", statement]));
+    }
+
+    fn psql_command(&self) -> Command {
+        let mut command = Command::new(self.bin.join("psql"));
+        command
+            .args(["-X", "-q", "-v", "ON_ERROR_STOP=1", "-h"])
+            .arg(&self.dir)
+            .args([
+                "-p",
+                &self.port.to_string(),
+                "-U",
+                "postgres",
+                "-d",
+                "postgres",
+            ])
+            // Re-applying the migration notices every object it skips; only errors matter.
+            .env("PGOPTIONS", "-c client_min_messages=warning");
+        command
+    }
+
+    /// The connection string PostgREST logs in with.
+    fn authenticator_uri(&self) -> String {
+        format!(
+            "postgres://authenticator:{}@127.0.0.1:{}/postgres",
+            self.authenticator_password, self.port
+        )
+    }
+}
+
+/// The cluster shared by every test of this binary.
+pub fn shared_postgres() -> &'static Postgres {
+    static POSTGRES: OnceLock<Postgres> = OnceLock::new();
+    POSTGRES.get_or_init(Postgres::start)
+}
+
+/// The newest PostgreSQL server that Debian's packages installed.
+fn postgres_bin_dir() -> PathBuf {
+    let versions = std::fs::read_dir("/usr/lib/postgresql")
+        .into_iter()
+        .flatten();
+    versions
+        .filter_map(|entry| {
+            let entry = entry.ok()?;
+            let version: u32 = entry.file_name().to_str()?.parse().ok()?;
+            let bin = entry.path().join("bin");
+            bin.join("initdb").exists().then_some((version, bin))
+        })
+        .max()
+        .map(|(_, bin)| bin)
+        .expect(
+            "PostgreSQL server binaries in /usr/lib/postgresql: run scripts/install-test-services",
+        )
+}
+
+/// PostgREST serving the cluster's `public` schema. It can be stopped and started again on
+/// the same port, to play an outage.
+pub struct Postgrest {
+    port: u16,
+    db_uri: String,
+    jwt_secret: String,
+    logs: PathBuf,
+    server: Option<Watchdog>,
+}
+
+impl Postgrest {
+    pub fn start(db: &Postgres) -> Postgrest {
+        assert!(
+            Path::new(POSTGREST).exists(),
+            "{POSTGREST} is missing: run scripts/install-test-services"
+        );
+        let mut postgrest = Postgrest {
+            port: 0,
+            db_uri: db.authenticator_uri(),
+            jwt_secret: random_hex(),
+            // Removed with the cluster's folder.
+            logs: db.dir.clone(),
+            server: None,
+        };
+        let mut log = String::new();
+        for _ in 0..5 {
+            postgrest.port = free_port();
+            match postgrest.spawn() {
+                Ok(()) => return postgrest,
+                Err(exited) => log = exited,
+            }
+        }
+        panic!("postgrest exited on every try; its last log:\n{log}");
+    }
+
+    /// `http://127.0.0.1:PORT`, the root of the REST API.
+    pub fn url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    /// A JWT that this PostgREST accepts, for the given database role.
+    pub fn token(&self, role: &str) -> String {
+        hs256_jwt(
+            self.jwt_secret.as_bytes(),
+            &serde_json::json!({ "role": role }),
+        )
+    }
+
+    /// `SIGKILL`s PostgREST and waits until its port refuses connections.
+    pub fn stop(&mut self) {
+        drop(self.server.take().expect("postgrest is running"));
+        wait_until(Duration::from_secs(10), "postgrest to stop", || {
+            TcpStream::connect(("127.0.0.1", self.port)).is_err()
+        });
+    }
+
+    /// Starts PostgREST again on the port it had.
+    pub fn restart(&mut self) {
+        assert!(self.server.is_none(), "postgrest is running");
+        if let Err(log) = self.spawn() {
+            panic!("postgrest exited instead of starting again on its port; its log:\n{log}");
+        }
+    }
+
+    /// Starts PostgREST and waits until it serves our table with our secret, or returns its
+    /// log when it exited first (as it does when its port is taken).
+    fn spawn(&mut self) -> Result<(), String> {
+        let mut command = Command::new("sh");
+        command
+            .env("PGRST_DB_URI", &self.db_uri)
+            .env("PGRST_DB_SCHEMAS", "public")
+            .env("PGRST_DB_ANON_ROLE", "anon")
+            // Several instances share the cluster's 100 connections.
+            .env("PGRST_DB_POOL", "4")
+            .env("PGRST_JWT_SECRET", &self.jwt_secret)
+            .env("PGRST_SERVER_HOST", "127.0.0.1")
+            .env("PGRST_SERVER_PORT", self.port.to_string());
+        let script = r#"trap '' PIPE
+            "$1" >>"$2" 2>&1 & echo $!; read _; kill -9 $! 2>/dev/null; wait"#;
+        let log = self.logs.join(format!("postgrest-{}.log", self.port));
+        let server = Watchdog::spawn(command, script, &[POSTGREST, &log.to_string_lossy()]);
+        let probe = format!(
+            "GET /sessions?limit=0 HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer {}\r\n\
+             Connection: close\r\n\r\n",
+            self.token("service_role")
+        );
+        // Only our PostgREST knows our secret, and it answers 503 until its schema cache is
+        // loaded, so a 200 means ours is up and sees the table.
+        await_startup(&server, "postgrest", &log, || {
+            http_status(self.port, &probe) == Some(200)
+        })?;
+        self.server = Some(server);
+        Ok(())
+    }
+}
+
+/// The PostgREST shared by the tests that do not stop it.
+pub fn shared_postgrest() -> &'static Postgrest {
+    static POSTGREST: OnceLock<Postgrest> = OnceLock::new();
+    POSTGREST.get_or_init(|| Postgrest::start(shared_postgres()))
+}
+
+/// The status code of a raw HTTP/1.1 request to the port, if one comes back.
+fn http_status(port: u16, request: &str) -> Option<u16> {
+    let mut stream = TcpStream::connect(("127.0.0.1", port)).ok()?;
+    stream.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    stream.write_all(request.as_bytes()).ok()?;
+    let mut head = [0u8; 12];
+    stream.read_exact(&mut head).ok()?;
+    std::str::from_utf8(head.strip_prefix(b"HTTP/1.1 ")?)
+        .ok()?
+        .parse()
+        .ok()
+}
+
+/// Polls until `ready` holds, or returns the server's log when the server exits; panics
+/// with the log past the deadline.
+fn await_startup(
+    server: &Watchdog,
+    what: &str,
+    log: &Path,
+    mut ready: impl FnMut() -> bool,
+) -> Result<(), String> {
+    let deadline = Instant::now() + STARTUP_LIMIT;
+    let read_log = || std::fs::read_to_string(log).unwrap_or_default();
+    loop {
+        if ready() {
+            return Ok(());
+        }
+        if !server.server_alive() {
+            return Err(read_log());
+        }
+        assert!(
+            Instant::now() < deadline,
+            "timed out waiting for {what} to start; its log:\n{}",
+            read_log()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Polls a condition until it holds or the deadline passes.
+fn wait_until(limit: Duration, what: &str, mut condition: impl FnMut() -> bool) {
+    let deadline = Instant::now() + limit;
+    while !condition() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// Runs a command to completion, panicking with its output when it fails.
+fn run(command: &mut Command) {
+    let output = command
+        .output()
+        .unwrap_or_else(|e| panic!("run {command:?}: {e}"));
+    assert!(
+        output.status.success(),
+        "{command:?} failed: {}\n{}{}",
+        output.status,
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
+
+fn free_port() -> u16 {
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind port 0");
+    listener.local_addr().expect("local addr").port()
+}
+
+/// 64 random hex digits, for the JWT secret and the authenticator's password.
+fn random_hex() -> String {
+    format!(
+        "{}{}",
+        uuid::Uuid::new_v4().simple(),
+        uuid::Uuid::new_v4().simple()
+    )
+}
+
+/// A compact JWS signed with HMAC-SHA256, as PostgREST verifies it. Written out here
+/// because the project depends on no HMAC crate and tests may not add one.
+fn hs256_jwt(secret: &[u8], claims: &serde_json::Value) -> String {
+    let header = base64url(br#"{"alg":"HS256","typ":"JWT"}"#);
+    let signing_input = format!("{header}.{}", base64url(claims.to_string().as_bytes()));
+    let signature = base64url(&hmac_sha256(secret, signing_input.as_bytes()));
+    format!("{signing_input}.{signature}")
+}
+
+/// Base64url without padding (RFC 7515's encoding for JWS parts).
+fn base64url(bytes: &[u8]) -> String {
+    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+    let mut out = String::new();
+    for chunk in bytes.chunks(3) {
+        let bits = chunk
+            .iter()
+            .enumerate()
+            .fold(0u32, |bits, (i, &b)| bits | u32::from(b) << (16 - 8 * i));
+        for i in 0..=chunk.len() {
+            out.push(char::from(ALPHABET[(bits >> (18 - 6 * i)) as usize & 63]));
+        }
+    }
+    out
+}
+
+/// HMAC (RFC 2104) over SHA-256.
+fn hmac_sha256(key: &[u8], message: &[u8]) -> [u8; 32] {
+    let mut block = [0u8; 64];
+    if key.len() > block.len() {
+        block[..32].copy_from_slice(&sha256(key));
+    } else {
+        block[..key.len()].copy_from_slice(key);
+    }
+    let inner: Vec<u8> = block
+        .iter()
+        .map(|b| b ^ 0x36)
+        .chain(message.iter().copied())
+        .collect();
+    let outer: Vec<u8> = block
+        .iter()
+        .map(|b| b ^ 0x5c)
+        .chain(sha256(&inner))
+        .collect();
+    sha256(&outer)
+}
+
+/// SHA-256 (FIPS 180-4).
+fn sha256(data: &[u8]) -> [u8; 32] {
+    const K: [u32; 64] = [
+        0x428a2f98, 0x71374491, 0xb5c0fbcf, 0xe9b5dba5, 0x3956c25b, 0x59f111f1, 0x923f82a4,
+        0xab1c5ed5, 0xd807aa98, 0x12835b01, 0x243185be, 0x550c7dc3, 0x72be5d74, 0x80deb1fe,
+        0x9bdc06a7, 0xc19bf174, 0xe49b69c1, 0xefbe4786, 0x0fc19dc6, 0x240ca1cc, 0x2de92c6f,
+        0x4a7484aa, 0x5cb0a9dc, 0x76f988da, 0x983e5152, 0xa831c66d, 0xb00327c8, 0xbf597fc7,
+        0xc6e00bf3, 0xd5a79147, 0x06ca6351, 0x14292967, 0x27b70a85, 0x2e1b2138, 0x4d2c6dfc,
+        0x53380d13, 0x650a7354, 0x766a0abb, 0x81c2c92e, 0x92722c85, 0xa2bfe8a1, 0xa81a664b,
+        0xc24b8b70, 0xc76c51a3, 0xd192e819, 0xd6990624, 0xf40e3585, 0x106aa070, 0x19a4c116,
+        0x1e376c08, 0x2748774c, 0x34b0bcb5, 0x391c0cb3, 0x4ed8aa4a, 0x5b9cca4f, 0x682e6ff3,
+        0x748f82ee, 0x78a5636f, 0x84c87814, 0x8cc70208, 0x90befffa, 0xa4506ceb, 0xbef9a3f7,
+        0xc67178f2,
+    ];
+    let mut state: [u32; 8] = [
+        0x6a09e667, 0xbb67ae85, 0x3c6ef372, 0xa54ff53a, 0x510e527f, 0x9b05688c, 0x1f83d9ab,
+        0x5be0cd19,
+    ];
+    let mut message = data.to_vec();
+    message.push(0x80);
+    while message.len() % 64 != 56 {
+        message.push(0);
+    }
+    message.extend_from_slice(&(data.len() as u64 * 8).to_be_bytes());
+    for block in message.chunks_exact(64) {
+        let mut w = [0u32; 64];
+        for (word, bytes) in w.iter_mut().zip(block.chunks_exact(4)) {
+            *word = u32::from_be_bytes(bytes.try_into().expect("4 bytes"));
+        }
+        for i in 16..64 {
+            let s0 = w[i - 15].rotate_right(7) ^ w[i - 15].rotate_right(18) ^ (w[i - 15] >> 3);
+            let s1 = w[i - 2].rotate_right(17) ^ w[i - 2].rotate_right(19) ^ (w[i - 2] >> 10);
+            w[i] = w[i - 16]
+                .wrapping_add(s0)
+                .wrapping_add(w[i - 7])
+                .wrapping_add(s1);
+        }
+        let [mut a, mut b, mut c, mut d, mut e, mut f, mut g, mut h] = state;
+        for (k, w) in K.iter().zip(w) {
+            let s1 = e.rotate_right(6) ^ e.rotate_right(11) ^ e.rotate_right(25);
+            let choice = (e & f) ^ (!e & g);
+            let t1 = h
+                .wrapping_add(s1)
+                .wrapping_add(choice)
+                .wrapping_add(*k)
+                .wrapping_add(w);
+            let s0 = a.rotate_right(2) ^ a.rotate_right(13) ^ a.rotate_right(22);
+            let majority = (a & b) ^ (a & c) ^ (b & c);
+            let t2 = s0.wrapping_add(majority);
+            (h, g, f, e, d, c, b, a) = (g, f, e, d.wrapping_add(t1), c, b, a, t1.wrapping_add(t2));
+        }
+        for (word, add) in state.iter_mut().zip([a, b, c, d, e, f, g, h]) {
+            *word = word.wrapping_add(add);
+        }
+    }
+    let mut digest = [0u8; 32];
+    for (bytes, word) in digest.chunks_exact_mut(4).zip(state) {
+        bytes.copy_from_slice(&word.to_be_bytes());
+    }
+    digest
+}
+
+#[test]
+fn hs256_matches_published_vectors() {
+    fn hex(bytes: &[u8]) -> String {
+        bytes.iter().map(|b| format!("{b:02x}")).collect()
+    }
+    // RFC 4231, test cases 2 (short key) and 6 (key longer than a block).
+    assert_eq!(
+        hex(&hmac_sha256(b"Jefe", b"what do ya want for nothing?")),
+        "5bdcc146bf60754e6a042426089575c75a003f089d2739839dec58b964ec3843"
+    );
+    assert_eq!(
+        hex(&hmac_sha256(
+            &[0xaa; 131],
+            b"Test Using Larger Than Block-Size Key - Hash Key First"
+        )),
+        "60e431591ee0b67f0d8a26aacbf5b77f8e0bc6213728c5140546040f0ee37f54"
+    );
+    // RFC 7515, appendix A.1: the example JWS header's encoding.
+    assert_eq!(
+        base64url(b"{\"typ\":\"JWT\",\r\n \"alg\":\"HS256\"}"),
+        "eyJ0eXAiOiJKV1QiLA0KICJhbGciOiJIUzI1NiJ9"
+    );
+}

@@ -1,0 +1,386 @@
+//! Write-behind to a real PostgREST + PostgreSQL: every change reaches the system of record,
+//! through outages, crashes and refused rows; and comes back after Redis loses it.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use fred::prelude::*;
+use serde_json::{json, Value};
+use sessiongate::config::Config;
+use sessiongate::flush::SupabaseConfig;
+use sessiongate::store::{Store, StoreConfig, DEFAULT_SHARDS};
+
+use crate::services::{shared_postgres, shared_postgrest, Postgrest};
+use crate::support::{eventually, session_key, split, TestGateway};
+
+const TOKEN: &str = "test-service-token-0123456789";
+
+/// Gateway settings for write-behind against `postgrest`: quick rounds, short leases.
+fn writing_to(postgrest: &Postgrest) -> impl FnOnce(&mut Config) + '_ {
+    move |config| {
+        config.service_token = Some(TOKEN.to_string());
+        config.supabase = Some(SupabaseConfig {
+            rest_url: postgrest.url(),
+            service_role_key: postgrest.token("service_role"),
+            request_timeout: Duration::from_secs(5),
+        });
+        config.flush.interval = Duration::from_millis(100);
+        config.flush.lease = Duration::from_secs(2);
+    }
+}
+
+/// The stored rows of the given sessions, by id, as PostgREST returns them.
+async fn rows(postgrest: &Postgrest, ids: &[String]) -> HashMap<String, Value> {
+    let http = reqwest::Client::new();
+    let mut found = HashMap::new();
+    for chunk in ids.chunks(200) {
+        let response = http
+            .get(format!("{}/sessions", postgrest.url()))
+            .query(&[("id", format!("in.({})", chunk.join(",")))])
+            .bearer_auth(postgrest.token("service_role"))
+            .send()
+            .await
+            .expect("postgrest answers");
+        let list: Vec<Value> = response.json().await.expect("a JSON array");
+        for row in list {
+            found.insert(row["id"].as_str().expect("id").to_string(), row);
+        }
+    }
+    found
+}
+
+/// Sessions whose row does not yet carry the state Redis holds (version and counters).
+async fn unflushed(gw: &TestGateway, postgrest: &Postgrest, ids: &[String]) -> Vec<String> {
+    let rows = rows(postgrest, ids).await;
+    let mut behind = Vec::new();
+    for id in ids {
+        let fields: HashMap<String, String> =
+            gw.redis.hgetall(session_key(id)).await.expect("HGETALL");
+        let number = |name: &str| {
+            fields
+                .get(name)
+                .map_or(0, |v| v.parse::<i64>().expect("integer"))
+        };
+        let matches = rows.get(id).is_some_and(|row| {
+            row["version"].as_i64() == Some(number("v"))
+                && row["concepts_generated"].as_i64() == Some(number("g"))
+                && row["concepts_refined"].as_i64() == Some(number("r"))
+                && row["last_active_at"].is_string()
+        });
+        if !matches {
+            behind.push(id.clone());
+        }
+    }
+    behind
+}
+
+async fn all_flushed(gw: &TestGateway, postgrest: &Postgrest, ids: &[String], limit: Duration) {
+    eventually(limit, "every session's final state in postgres", || async {
+        unflushed(gw, postgrest, ids).await.is_empty().then_some(())
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ten_thousand_updates_over_a_thousand_sessions_all_reach_postgres() {
+    let postgrest = shared_postgrest();
+    let gw = &TestGateway::start_with(writing_to(postgrest)).await;
+    let ids: Vec<String> =
+        futures_util::future::join_all((0..1000).map(|_| gw.new_session())).await;
+    // Nine more changes per session, interleaved across sessions, 64 at a time.
+    let updates = (0..9).flat_map(|round| ids.iter().map(move |id| (round, id)));
+    let statuses: Vec<u16> = futures_util::stream::StreamExt::collect(
+        futures_util::stream::StreamExt::buffer_unordered(
+            futures_util::stream::iter(updates.map(|(round, id)| async move {
+                let operation = if round % 3 == 2 {
+                    "concept_refinement"
+                } else {
+                    "concept_generation"
+                };
+                gw.consume(id, operation, None).await.0
+            })),
+            64,
+        ),
+    )
+    .await;
+    assert!(statuses.iter().all(|s| *s == 200), "every update granted");
+    all_flushed(gw, postgrest, &ids, Duration::from_secs(120)).await;
+    let rows = rows(postgrest, &ids).await;
+    assert_eq!(rows.len(), 1000);
+    assert!(rows
+        .values()
+        .all(|r| r["concepts_generated"] == 6 && r["concepts_refined"] == 3));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgrest_outage_loses_nothing() {
+    let mut postgrest = Postgrest::start(shared_postgres());
+    let gw = TestGateway::start_with(writing_to(&postgrest)).await;
+    let early: Vec<String> =
+        futures_util::future::join_all((0..20).map(|_| gw.new_session())).await;
+    all_flushed(&gw, &postgrest, &early, Duration::from_secs(30)).await;
+
+    postgrest.stop();
+    let mut ids = early.clone();
+    ids.extend(futures_util::future::join_all((0..200).map(|_| gw.new_session())).await);
+    for id in &early {
+        assert_eq!(
+            gw.consume(id, "concept_generation", None).await.0,
+            200,
+            "serving continues from redis"
+        );
+    }
+    // Still down after several flush rounds: nothing can have been written.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(!unflushed_while_down(&gw, &ids).await.is_empty());
+
+    postgrest.restart();
+    all_flushed(&gw, &postgrest, &ids, Duration::from_secs(60)).await;
+}
+
+/// The outbox still holds sessions (PostgREST is down, so they cannot have been written).
+async fn unflushed_while_down(gw: &TestGateway, ids: &[String]) -> Vec<String> {
+    let mut dirty = Vec::new();
+    for id in ids {
+        let key = session_key(id);
+        let shard = key.split(['{', '}']).nth(1).expect("hash tag").to_string();
+        let score: Option<f64> = gw
+            .redis
+            .zscore(format!("sg:{{{shard}}}:dirty"), id)
+            .await
+            .expect("ZSCORE");
+        let inflight: Option<f64> = gw
+            .redis
+            .zscore(format!("sg:{{{shard}}}:inflight"), id)
+            .await
+            .expect("ZSCORE");
+        if score.is_some() || inflight.is_some() {
+            dirty.push(id.clone());
+        }
+    }
+    dirty
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flusher_dying_between_upsert_and_ack_loses_nothing_and_applies_nothing_twice() {
+    let postgrest = shared_postgrest();
+    let supabase = SupabaseConfig {
+        rest_url: postgrest.url(),
+        service_role_key: postgrest.token("service_role"),
+        request_timeout: Duration::from_secs(5),
+    };
+    // A gateway without a flusher of its own writes the changes...
+    let gw = TestGateway::start_with(|config| {
+        writing_to(postgrest)(config);
+        config.flush_enabled = false;
+    })
+    .await;
+    let id = gw.new_session().await;
+    assert_eq!(gw.consume(&id, "concept_generation", None).await.0, 200);
+
+    // ...and a "flusher" claims the session, upserts it, and dies before settling.
+    let store = Store::connect(&StoreConfig {
+        url: gw.redis_url.clone(),
+        timeout: Duration::from_secs(1),
+        pool_size: 1,
+        session_ttl: Duration::from_secs(3600),
+        touch_interval: Duration::from_secs(60),
+        policies: Vec::new(),
+        shards: DEFAULT_SHARDS,
+        outbox: true,
+        max_dirty_per_shard: u64::MAX,
+    })
+    .expect("store");
+    store
+        .warm_up(Duration::from_secs(5))
+        .await
+        .expect("redis up");
+    let uuid = uuid::Uuid::parse_str(&id).expect("uuid");
+    let shard = session_key(&id)
+        .split(['{', '}'])
+        .nth(1)
+        .expect("tag")
+        .parse()
+        .expect("shard");
+    let claim = store.claim(shard, 10, 500).await.expect("claim");
+    assert_eq!(
+        claim.sessions.iter().map(|s| s.id).collect::<Vec<_>>(),
+        vec![uuid]
+    );
+    let read_through = sessiongate::flush::ReadThrough::new(
+        store.clone(),
+        sessiongate::flush::Supabase::new(&supabase).expect("client"),
+        Duration::from_secs(3600),
+    );
+    read_through.persist(&uuid).await.expect("upsert");
+    let first = rows(postgrest, &[id.clone()]).await[&id].clone();
+    drop(claim);
+
+    // A real flusher takes the entry over once the lease expires and writes it again: the
+    // version guard keeps the stored row as it was.
+    let flushing = TestGateway::start_on(&gw.redis_url, writing_to(postgrest)).await;
+    eventually(
+        Duration::from_secs(20),
+        "the expired claim to be flushed again",
+        || async {
+            let inflight: u64 = flushing
+                .redis
+                .zcard(format!("sg:{{{shard}}}:inflight"))
+                .await
+                .expect("ZCARD");
+            let dirty: u64 = flushing
+                .redis
+                .zcard(format!("sg:{{{shard}}}:dirty"))
+                .await
+                .expect("ZCARD");
+            (inflight == 0 && dirty == 0).then_some(())
+        },
+    )
+    .await;
+    let again = rows(postgrest, &[id.clone()]).await[&id].clone();
+    assert_eq!(
+        again, first,
+        "the replay changed nothing, updated_at included"
+    );
+    assert_eq!(first["concepts_generated"], 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_row_is_dead_lettered_while_the_rest_flush() {
+    let postgrest = shared_postgrest();
+    // A constraint that refuses exactly the rows whose preferences carry this marker.
+    let marker = format!("poison_{}", uuid::Uuid::new_v4().simple());
+    shared_postgres().sql(&format!(
+        "alter table public.sessions add constraint {marker} check (not preferences ? '{marker}')"
+    ));
+    let gw = TestGateway::start_with(writing_to(postgrest)).await;
+    let ids: Vec<String> = futures_util::future::join_all((0..30).map(|_| gw.new_session())).await;
+    let poisoned = ids[7].clone();
+    let response = gw
+        .http
+        .put(gw.url("/api/session/preferences"))
+        .header("x-session-id", &poisoned)
+        .json(&json!({ &marker: true }))
+        .send()
+        .await
+        .expect("request");
+    assert_eq!(response.status().as_u16(), 200);
+
+    let healthy: Vec<String> = ids.iter().filter(|id| **id != poisoned).cloned().collect();
+    all_flushed(&gw, postgrest, &healthy, Duration::from_secs(30)).await;
+    let letter = eventually(
+        Duration::from_secs(30),
+        "the refused row in the dead-letter stream",
+        || async {
+            let entries: Vec<(String, HashMap<String, String>)> = gw
+                .redis
+                .xrange("sg:dead-letter", "-", "+", None)
+                .await
+                .expect("XRANGE");
+            entries
+                .into_iter()
+                .find(|(_, fields)| fields.get("session_id") == Some(&poisoned))
+        },
+    )
+    .await;
+    assert!(letter.1["reason"].contains(&marker), "{:?}", letter.1);
+    assert!(letter.1["row"].contains(&poisoned));
+    // The row keeps the last state the database accepted, without the refused change.
+    if let Some(row) = rows(postgrest, &[poisoned.clone()]).await.get(&poisoned) {
+        assert!(row["preferences"].get(&marker).is_none(), "{row}");
+    }
+    shared_postgres().sql(&format!(
+        "alter table public.sessions drop constraint {marker}"
+    ));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sessions_come_back_from_supabase_with_their_counters_after_redis_loses_them() {
+    let postgrest = shared_postgrest();
+    let gw = TestGateway::start_with(writing_to(postgrest)).await;
+    let id = gw.new_session().await;
+    for _ in 0..3 {
+        assert_eq!(gw.consume(&id, "concept_generation", None).await.0, 200);
+    }
+    let response = gw
+        .http
+        .put(gw.url("/api/session/preferences"))
+        .header("x-session-id", &id)
+        .json(&json!({"theme": "dark"}))
+        .send()
+        .await
+        .expect("request");
+    assert_eq!(response.status().as_u16(), 200);
+    all_flushed(&gw, postgrest, &[id.clone()], Duration::from_secs(30)).await;
+
+    let _: () = gw
+        .redis
+        .custom(fred::cmd!("FLUSHDB"), Vec::<String>::new())
+        .await
+        .expect("FLUSHDB");
+    let response = gw
+        .http
+        .get(gw.url("/api/session/info"))
+        .header("cookie", format!("concept_session={id}"))
+        .send()
+        .await
+        .expect("request");
+    let (status, body) = split(response).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["usage_stats"]["concepts_generated"], 3);
+    assert_eq!(
+        body["rate_limits"]["concept_generation"]["remaining"], 7,
+        "usage never resets by accident"
+    );
+    let response = gw
+        .http
+        .get(gw.url("/api/session/preferences"))
+        .header("x-session-id", &id)
+        .send()
+        .await
+        .expect("request");
+    assert_eq!(split(response).await.1, json!({"theme": "dark"}));
+    // The next change is newer than the stored row, so it is written too.
+    assert_eq!(gw.consume(&id, "concept_generation", None).await.0, 200);
+    all_flushed(&gw, postgrest, &[id.clone()], Duration::from_secs(30)).await;
+    assert_eq!(
+        rows(postgrest, &[id.clone()]).await[&id]["concepts_generated"],
+        4
+    );
+}
+
+#[tokio::test]
+async fn persist_makes_a_session_durable_before_answering() {
+    let postgrest = shared_postgrest();
+    let gw = TestGateway::start_with(|config| {
+        writing_to(postgrest)(config);
+        config.flush_enabled = false;
+    })
+    .await;
+    let id = gw.new_session().await;
+    assert_eq!(gw.consume(&id, "concept_storage", None).await.0, 200);
+    let response = gw
+        .http
+        .post(gw.url(&format!("/internal/v1/sessions/{id}/persist")))
+        .bearer_auth(TOKEN)
+        .send()
+        .await
+        .expect("request");
+    let (status, body) = split(response).await;
+    assert_eq!(status, 200, "{body}");
+    let row = rows(postgrest, &[id.clone()])
+        .await
+        .remove(&id)
+        .expect("the row exists at once");
+    assert_eq!(row["version"], body["version"]);
+    assert_eq!(row["concepts_stored"], 1);
+    let unknown = "0b0a5f2e-3c1d-4e5f-8a9b-0c1d2e3f4a5b";
+    let response = gw
+        .http
+        .post(gw.url(&format!("/internal/v1/sessions/{unknown}/persist")))
+        .bearer_auth(TOKEN)
+        .send()
+        .await
+        .expect("request");
+    assert_eq!(response.status().as_u16(), 404);
+}
