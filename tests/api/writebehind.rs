@@ -213,7 +213,7 @@ async fn a_flusher_dying_between_upsert_and_ack_loses_nothing_and_applies_nothin
         Duration::from_secs(3600),
     );
     read_through.persist(&uuid).await.expect("upsert");
-    let first = rows(postgrest, &[id.clone()]).await[&id].clone();
+    let first = rows(postgrest, std::slice::from_ref(&id)).await[&id].clone();
     drop(claim);
 
     // A real flusher takes the entry over once the lease expires and writes it again: the
@@ -237,7 +237,7 @@ async fn a_flusher_dying_between_upsert_and_ack_loses_nothing_and_applies_nothin
         },
     )
     .await;
-    let again = rows(postgrest, &[id.clone()]).await[&id].clone();
+    let again = rows(postgrest, std::slice::from_ref(&id)).await[&id].clone();
     assert_eq!(
         again, first,
         "the replay changed nothing, updated_at included"
@@ -286,7 +286,10 @@ async fn a_refused_row_is_dead_lettered_while_the_rest_flush() {
     assert!(letter.1["reason"].contains(&marker), "{:?}", letter.1);
     assert!(letter.1["row"].contains(&poisoned));
     // The row keeps the last state the database accepted, without the refused change.
-    if let Some(row) = rows(postgrest, &[poisoned.clone()]).await.get(&poisoned) {
+    if let Some(row) = rows(postgrest, std::slice::from_ref(&poisoned))
+        .await
+        .get(&poisoned)
+    {
         assert!(row["preferences"].get(&marker).is_none(), "{row}");
     }
     shared_postgres().sql(&format!(
@@ -311,7 +314,13 @@ async fn sessions_come_back_from_supabase_with_their_counters_after_redis_loses_
         .await
         .expect("request");
     assert_eq!(response.status().as_u16(), 200);
-    all_flushed(&gw, postgrest, &[id.clone()], Duration::from_secs(30)).await;
+    all_flushed(
+        &gw,
+        postgrest,
+        std::slice::from_ref(&id),
+        Duration::from_secs(30),
+    )
+    .await;
 
     let _: () = gw
         .redis
@@ -342,9 +351,15 @@ async fn sessions_come_back_from_supabase_with_their_counters_after_redis_loses_
     assert_eq!(split(response).await.1, json!({"theme": "dark"}));
     // The next change is newer than the stored row, so it is written too.
     assert_eq!(gw.consume(&id, "concept_generation", None).await.0, 200);
-    all_flushed(&gw, postgrest, &[id.clone()], Duration::from_secs(30)).await;
+    all_flushed(
+        &gw,
+        postgrest,
+        std::slice::from_ref(&id),
+        Duration::from_secs(30),
+    )
+    .await;
     assert_eq!(
-        rows(postgrest, &[id.clone()]).await[&id]["concepts_generated"],
+        rows(postgrest, std::slice::from_ref(&id)).await[&id]["concepts_generated"],
         4
     );
 }
@@ -368,7 +383,7 @@ async fn persist_makes_a_session_durable_before_answering() {
         .expect("request");
     let (status, body) = split(response).await;
     assert_eq!(status, 200, "{body}");
-    let row = rows(postgrest, &[id.clone()])
+    let row = rows(postgrest, std::slice::from_ref(&id))
         .await
         .remove(&id)
         .expect("the row exists at once");
