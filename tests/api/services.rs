@@ -377,7 +377,7 @@ fn await_startup(
 }
 
 /// Polls a condition until it holds or the deadline passes.
-fn wait_until(limit: Duration, what: &str, mut condition: impl FnMut() -> bool) {
+pub fn wait_until(limit: Duration, what: &str, mut condition: impl FnMut() -> bool) {
     let deadline = Instant::now() + limit;
     while !condition() {
         assert!(Instant::now() < deadline, "timed out waiting for {what}");
@@ -399,7 +399,8 @@ fn run(command: &mut Command) {
     );
 }
 
-fn free_port() -> u16 {
+/// A port that was free a moment ago (a caller must check it got it).
+pub fn free_port() -> u16 {
     let listener = TcpListener::bind("127.0.0.1:0").expect("bind port 0");
     listener.local_addr().expect("local addr").port()
 }

@@ -7,7 +7,6 @@
 
 use std::future::Future;
 use std::io::{BufRead, BufReader, Read, Write};
-use std::net::TcpListener;
 use std::path::PathBuf;
 use std::process::{Child, ChildStdin, Command, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -15,6 +14,8 @@ use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use fred::prelude::*;
+
+use crate::services::{free_port, wait_until};
 use sessiongate::config::Config;
 use sessiongate::Gateway;
 
@@ -138,20 +139,6 @@ impl Drop for RedisServer {
             self.kill();
         }
         let _ = std::fs::remove_dir_all(&self.dir);
-    }
-}
-
-fn free_port() -> u16 {
-    let listener = TcpListener::bind("127.0.0.1:0").expect("bind port 0");
-    listener.local_addr().expect("local addr").port()
-}
-
-/// Polls a blocking condition until it holds or the deadline passes.
-fn wait_until(limit: Duration, what: &str, mut condition: impl FnMut() -> bool) {
-    let deadline = Instant::now() + limit;
-    while !condition() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(10));
     }
 }
 
