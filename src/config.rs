@@ -58,6 +58,8 @@ pub struct Config {
     pub cookie: CookieConfig,
     /// Quota policies, one per metered operation.
     pub policies: Vec<Policy>,
+    /// Share of a quota past which grants count as `near_limit` in metrics.
+    pub near_limit: f64,
     /// Bearer token of the internal API; `None` disables the internal routes.
     pub service_token: Option<String>,
     /// Session creations allowed per client IP and minute, and the burst on top.
@@ -99,6 +101,7 @@ impl Default for Config {
                 max_age: SESSION_TTL,
             },
             policies: Policy::defaults(),
+            near_limit: 0.8,
             service_token: None,
             creations_per_minute: NonZeroU32::new(600).unwrap_or(NonZeroU32::MIN),
             creation_burst: NonZeroU32::new(120).unwrap_or(NonZeroU32::MIN),
@@ -159,6 +162,7 @@ struct FileConfig {
     cookie: CookieFile,
     /// Replaces the default policies when present.
     quotas: Option<BTreeMap<String, PolicyFile>>,
+    near_limit_fraction: Option<f64>,
     #[serde(default)]
     flush: FlushFile,
 }
@@ -412,6 +416,12 @@ impl Config {
         }
         if let Some(enabled) = file.flush.enabled {
             config.flush_enabled = enabled;
+        }
+        if let Some(fraction) = file.near_limit_fraction {
+            if !(fraction > 0.0 && fraction <= 1.0) {
+                return Err(ConfigError::new("near_limit_fraction", "must be in (0, 1]"));
+            }
+            config.near_limit = fraction;
         }
         if let Some(policies) = file.quotas {
             config.policies = policies

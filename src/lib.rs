@@ -7,7 +7,8 @@
 //! - [`store`]: the only module that speaks Redis (keys, commands, Lua scripts);
 //! - [`flush`]: write-behind to Supabase and read-through back (the only module that knows
 //!   Supabase);
-//! - [`http`]: listeners, routing, and translation between HTTP and the domain.
+//! - [`http`]: listeners, routing, and translation between HTTP and the domain;
+//! - [`telemetry`]: metric names, descriptions and the Prometheus recorder.
 //!
 //! [`start`] wires them together and returns a running [`Gateway`]; the binary adds signal
 //! handling and logging around it.
@@ -19,6 +20,7 @@ pub mod preferences;
 pub mod quota;
 pub mod session;
 pub mod store;
+pub mod telemetry;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -60,6 +62,7 @@ const WARM_UP: Duration = Duration::from_secs(2);
 
 /// Binds the listeners, connects to Redis and starts serving.
 pub async fn start(config: Config) -> Result<Gateway, StartError> {
+    telemetry::recorder();
     let public = http::bind(config.listen).await?;
     let admin = http::bind(config.admin_listen).await?;
     let public_addr = public.local_addr()?;
@@ -111,7 +114,12 @@ pub async fn start(config: Config) -> Result<Gateway, StartError> {
     }
     let api = Arc::new(Api {
         sessions: sessions.clone(),
-        quotas: Quotas::new(store.clone(), config.policies.clone(), read_through.clone()),
+        quotas: Quotas::new(
+            store.clone(),
+            config.policies.clone(),
+            read_through.clone(),
+            config.near_limit,
+        ),
         read_through,
         cookie: config.cookie.clone(),
         body_limit: config.body_limit,
@@ -120,15 +128,18 @@ pub async fn start(config: Config) -> Result<Gateway, StartError> {
     });
     let admin_state = Arc::new(Admin {
         store: store.clone(),
+        write_behind: config.supabase.is_some(),
     });
     let mut tasks = vec![
         tokio::spawn(http::serve(
+            "public",
             public,
             move |request, peer| http::api::handle(api.clone(), request, peer),
             limits,
             stopped(watcher.clone()),
         )),
         tokio::spawn(http::serve(
+            "admin",
             admin,
             move |request, _peer| http::admin::handle(admin_state.clone(), request),
             limits,

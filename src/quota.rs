@@ -23,7 +23,8 @@ use uuid::Uuid;
 
 use crate::flush::ReadThrough;
 use crate::session::{or_read_through, SessionRecord, Usage};
-use crate::store::{QuotaAnswer, QuotaRequest, Store, StoreError};
+use crate::store::{QuotaAnswer, QuotaOutcome, QuotaRequest, Store, StoreError};
+use crate::telemetry;
 
 /// Calendar units a window can be aligned to.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -264,14 +265,22 @@ pub struct Quotas {
     store: Store,
     policies: Arc<[Policy]>,
     read_through: Option<ReadThrough>,
+    /// Share of a limit past which a grant also counts as `near_limit` in metrics.
+    near_limit: f64,
 }
 
 impl Quotas {
-    pub fn new(store: Store, policies: Vec<Policy>, read_through: Option<ReadThrough>) -> Self {
+    pub fn new(
+        store: Store,
+        policies: Vec<Policy>,
+        read_through: Option<ReadThrough>,
+        near_limit: f64,
+    ) -> Self {
         Quotas {
             store,
             policies: policies.into(),
             read_through,
+            near_limit,
         }
     }
 
@@ -297,7 +306,30 @@ impl Quotas {
             idempotency_key,
         };
         let consume = || self.store.consume(&id, &request);
-        or_read_through(self.read_through.as_ref(), &id, consume).await
+        let answer = or_read_through(self.read_through.as_ref(), &id, consume).await?;
+        if let Some(answer) = &answer {
+            self.record_decision(policy, cost, answer);
+        }
+        Ok(answer)
+    }
+
+    fn record_decision(&self, policy: &Policy, cost: u64, answer: &QuotaAnswer) {
+        let operation = &policy.operation;
+        if answer.replayed {
+            telemetry::quota_replay(operation);
+            return;
+        }
+        if answer.outcome != QuotaOutcome::Granted {
+            telemetry::quota_decision(operation, "denied");
+            return;
+        }
+        telemetry::quota_decision(operation, "granted");
+        telemetry::quota_cost(operation, cost);
+        let limit = answer.status.limit.max(1) as f64;
+        let used = limit - answer.status.remaining as f64;
+        if used / limit >= self.near_limit {
+            telemetry::quota_decision(operation, "near_limit");
+        }
     }
 
     /// Gives `cost` back, never below zero; `None` for an unknown session.
@@ -314,7 +346,13 @@ impl Quotas {
             idempotency_key,
         };
         let refund = || self.store.refund(&id, &request);
-        or_read_through(self.read_through.as_ref(), &id, refund).await
+        let answer = or_read_through(self.read_through.as_ref(), &id, refund).await?;
+        match &answer {
+            Some(answer) if answer.replayed => telemetry::quota_replay(&policy.operation),
+            Some(_) => telemetry::quota_refund(&policy.operation),
+            None => {}
+        }
+        Ok(answer)
     }
 
     /// A policy's state without consuming (one plain read); `None` for an unknown session.

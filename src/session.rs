@@ -19,6 +19,7 @@ use uuid::Uuid;
 
 use crate::flush::ReadThrough;
 use crate::store::{Store, StoreError};
+use crate::telemetry;
 
 /// Why a session operation failed.
 #[derive(Debug, thiserror::Error)]
@@ -141,14 +142,18 @@ impl Sessions {
         origin: IpAddr,
     ) -> Result<(Session, bool), SessionError> {
         if let Some(session) = self.touch(client).await? {
+            telemetry::session_synced("adopted");
             return Ok((session, true));
         }
         if let Some(current) = current.filter(|c| *c != client) {
             if let Some(session) = self.touch(current).await? {
+                telemetry::session_synced("kept");
                 return Ok((session, false));
             }
         }
-        Ok((self.create(origin).await?, false))
+        let session = self.create(origin).await?;
+        telemetry::session_synced("created");
+        Ok((session, false))
     }
 
     /// `GET /api/session/info` and other reads: one plain read. Activity is recorded in the
@@ -159,6 +164,7 @@ impl Sessions {
         let Some(mut record) = or_read_through(self.read_through.as_ref(), &id, read).await? else {
             return Ok(None);
         };
+        telemetry::session_read();
         let now = unix_now();
         if self.store.is_stale(record.last_active, now) {
             let store = self.store.clone();
@@ -191,12 +197,19 @@ impl Sessions {
 
     async fn create(&self, origin: IpAddr) -> Result<Session, SessionError> {
         if let Err(not_until) = self.creations.check_key(&origin) {
+            telemetry::creation_throttled();
             let retry_after = not_until.wait_time_from(DefaultClock::default().now());
             return Err(SessionError::Throttled { retry_after });
         }
         for _ in 0..CREATE_ATTEMPTS {
             let id = Uuid::new_v4();
-            if let Some(now) = self.store.create(&id).await? {
+            let created = self.store.create(&id).await.inspect_err(|error| {
+                if matches!(error, StoreError::Backlog) {
+                    telemetry::flush_refusal();
+                }
+            })?;
+            if let Some(now) = created {
+                telemetry::session_created();
                 let record = SessionRecord {
                     created_at: now,
                     last_active: now,

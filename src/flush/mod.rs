@@ -30,6 +30,7 @@ pub use supabase::{Supabase, SupabaseConfig, SupabaseError};
 
 use crate::session::Snapshot;
 use crate::store::{Claim, Store, StoreError};
+use crate::telemetry;
 
 /// Flusher settings (`[flush]` in the TOML file).
 #[derive(Clone, Debug)]
@@ -162,6 +163,7 @@ impl Flusher {
             retry |= !self.write(claims, &mut stats).await;
         }
         if retry {
+            telemetry::flush_retry();
             self.failures += 1;
             return Err(backoff(self.failures));
         }
@@ -206,8 +208,19 @@ impl Flusher {
         let mut outcomes = HashMap::with_capacity(snapshots.len());
         let mut parts = vec![snapshots];
         while let Some(part) = parts.pop() {
-            let outcome = match self.supabase.upsert(row::to_json(part)).await {
-                Ok(()) => Outcome::Written,
+            let started = Instant::now();
+            let result = self.supabase.upsert(row::to_json(part)).await;
+            let label = match &result {
+                Ok(()) => "ok",
+                Err(SupabaseError::Retryable(_)) => "retry",
+                Err(SupabaseError::Rejected { .. }) => "rejected",
+            };
+            telemetry::flush_batch(label, part.len(), started.elapsed());
+            let outcome = match result {
+                Ok(()) => {
+                    telemetry::flush_rows(part.len());
+                    Outcome::Written
+                }
                 Err(SupabaseError::Retryable(reason)) => {
                     tracing::warn!(%reason, rows = part.len(), "write-behind failed; will retry");
                     Outcome::Retry
@@ -231,7 +244,10 @@ impl Flusher {
         let row = String::from_utf8_lossy(&row::to_json(&[snapshot])).into_owned();
         tracing::error!(session = %short(&snapshot.id), %reason, "row refused by supabase; dead-lettered");
         match self.store.dead_letter(&snapshot.id, &row, reason).await {
-            Ok(()) => Outcome::DeadLettered,
+            Ok(()) => {
+                telemetry::flush_dead_letter();
+                Outcome::DeadLettered
+            }
             Err(error) => {
                 tracing::warn!(%error, "cannot dead-letter a refused row; will retry");
                 Outcome::Retry
@@ -287,22 +303,29 @@ impl ReadThrough {
     pub async fn recover(&self, id: &Uuid) -> Result<bool, StoreError> {
         let row = match self.supabase.fetch(id).await {
             Ok(Some(row)) => row,
-            Ok(None) => return Ok(false),
+            Ok(None) => {
+                telemetry::read_through("missing");
+                return Ok(false);
+            }
             Err(error) => {
+                telemetry::read_through("error");
                 tracing::warn!(%error, session = %short(id), "read-through failed");
                 return Ok(false);
             }
         };
         let Some(snapshot) = row::from_json(row).filter(|s| s.id == *id) else {
+            telemetry::read_through("error");
             tracing::warn!(session = %short(id), "unreadable row in supabase; not restored");
             return Ok(false);
         };
         let age = chrono::Utc::now().timestamp() - snapshot.record.last_active;
         let ttl = self.session_ttl.as_secs() as i64 - age.max(0);
         if ttl <= 0 {
+            telemetry::read_through("missing");
             return Ok(false);
         }
         self.store.restore(&snapshot, ttl as u64).await?;
+        telemetry::read_through("restored");
         tracing::info!(session = %short(id), version = snapshot.version, "session restored from supabase");
         Ok(true)
     }

@@ -1,6 +1,6 @@
-//! The operator endpoints on the admin listener: `/healthz` (the process answers) and
-//! `/readyz` (Redis answers too). Kept off the public listener so probes and, later,
-//! metrics never mix with client traffic.
+//! The operator endpoints on the admin listener: `/healthz` (the process answers),
+//! `/readyz` (Redis answers too) and `/metrics` (Prometheus exposition). Kept off the public
+//! listener so probes and scrapes never mix with client traffic.
 
 use std::sync::Arc;
 
@@ -13,10 +13,36 @@ use super::error::ApiError;
 use super::response::json;
 use super::Body;
 use crate::store::Store;
+use crate::telemetry;
+
+/// Refreshes the gauges that are read rather than counted, then renders every metric.
+async fn metrics(admin: &Admin) -> Response<Body> {
+    telemetry::redis_up(admin.store.is_connected());
+    if admin.write_behind {
+        match admin.store.backlog().await {
+            Ok(backlog) => {
+                let now_ms = chrono::Utc::now().timestamp_millis();
+                let oldest = backlog
+                    .oldest_ms
+                    .map_or(0, |ms| (now_ms - ms).max(0) as u64);
+                telemetry::flush_backlog(backlog.dirty, std::time::Duration::from_millis(oldest));
+            }
+            Err(error) => tracing::debug!(%error, "cannot read the write-behind backlog"),
+        }
+    }
+    let mut response = Response::new(Body::from(telemetry::render()));
+    response.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        http::HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+    );
+    response
+}
 
 /// What the admin handlers share.
 pub struct Admin {
     pub store: Store,
+    /// Report the write-behind backlog (Supabase configured).
+    pub write_behind: bool,
 }
 
 #[derive(Serialize)]
@@ -36,6 +62,7 @@ pub async fn handle(admin: Arc<Admin>, request: Request<Incoming>) -> Response<B
                 ApiError::unavailable().into_response()
             }
         },
+        "/metrics" => metrics(&admin).await,
         _ => ApiError::route_not_found().into_response(),
     }
 }

@@ -83,6 +83,7 @@ impl Route {
 
 /// Entry point for every request on the public listener.
 pub async fn handle(api: Arc<Api>, request: Request<Incoming>, peer: SocketAddr) -> Response<Body> {
+    let _in_flight = super::InFlight::start();
     if request.uri().path().starts_with(super::internal::PREFIX) {
         return super::internal::handle(&api, request).await;
     }
@@ -99,13 +100,8 @@ pub async fn handle(api: Arc<Api>, request: Request<Incoming>, peer: SocketAddr)
         (Some(route), _) => Err(ApiError::method_not_allowed(route.allow())),
     };
     let response = result.unwrap_or_else(ApiError::into_response);
-    tracing::debug!(
-        %method,
-        route = route.map_or("unmatched", Route::template),
-        status = response.status().as_u16(),
-        micros = started.elapsed().as_micros() as u64,
-        "request"
-    );
+    let route = route.map_or("unmatched", Route::template);
+    super::observe(route, &method, started, response.status().as_u16());
     response
 }
 

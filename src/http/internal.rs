@@ -46,16 +46,15 @@ struct PersistBody {
 pub async fn handle(api: &Api, request: Request<Incoming>) -> Response<Body> {
     let started = std::time::Instant::now();
     let method = request.method().clone();
+    let template = if request.uri().path().trim_end_matches('/').ends_with("/persist") {
+        "/internal/v1/sessions/{id}/persist"
+    } else {
+        "/internal/v1/sessions/{id}/quota/{operation}"
+    };
     let response = route(api, request)
         .await
         .unwrap_or_else(ApiError::into_response);
-    tracing::debug!(
-        %method,
-        route = "/internal/v1/sessions/{id}/quota/{operation}",
-        status = response.status().as_u16(),
-        micros = started.elapsed().as_micros() as u64,
-        "request"
-    );
+    super::observe(template, &method, started, response.status().as_u16());
     response
 }
 

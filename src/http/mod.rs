@@ -30,6 +30,8 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
 
+use crate::telemetry;
+
 pub use error::ApiError;
 
 /// Every response body is one buffer, built once.
@@ -42,9 +44,38 @@ pub struct ConnectionLimits {
     pub shutdown_grace: Duration,
 }
 
-/// Serves `handler` on `listener` until `shutdown` resolves, then stops accepting and gives
+/// Logs one line per request (debug) and records its metrics, under the route template.
+pub(crate) fn observe(
+    route: &'static str,
+    method: &http::Method,
+    started: std::time::Instant,
+    status: u16,
+) {
+    let elapsed = started.elapsed();
+    tracing::debug!(%method, route, status, micros = elapsed.as_micros() as u64, "request");
+    telemetry::http_request(route, telemetry::method_label(method), status, elapsed);
+}
+
+/// Counts a request in flight for as long as it lives (dropped on completion or cancel).
+pub(crate) struct InFlight;
+
+impl InFlight {
+    pub(crate) fn start() -> InFlight {
+        telemetry::in_flight(1.0);
+        InFlight
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        telemetry::in_flight(-1.0);
+    }
+}
+
+/// Serves `handler` on `listener` (called `name` in metrics) until `shutdown` resolves, then stops accepting and gives
 /// in-flight requests up to `limits.shutdown_grace` to finish.
 pub async fn serve<H, F>(
+    name: &'static str,
     listener: TcpListener,
     handler: H,
     limits: ConnectionLimits,
@@ -79,10 +110,12 @@ pub async fn serve<H, F>(
             async move { Ok::<_, Infallible>(contain_panics(handler(request, peer)).await) }
         });
         let connection = graceful.watch(http.serve_connection(TokioIo::new(stream), service));
+        telemetry::connection(name, 1.0);
         tokio::spawn(async move {
             if let Err(error) = connection.await {
                 tracing::debug!(%peer, %error, "connection ended with an error");
             }
+            telemetry::connection(name, -1.0);
         });
     }
 

@@ -52,6 +52,7 @@ pub use quota::{QuotaAnswer, QuotaOutcome, QuotaRequest};
 
 use crate::quota::Policy;
 use crate::session::{SessionRecord, Snapshot, Usage};
+use crate::telemetry;
 
 /// Why the store could not answer. Every variant means "try again later" to a client.
 #[derive(Debug, thiserror::Error)]
@@ -107,19 +108,34 @@ struct Inner {
     read_fields: Vec<String>,
 }
 
+/// A Lua script and the operation name its calls are measured under.
+struct Lua {
+    op: &'static str,
+    script: Script,
+}
+
+impl Lua {
+    fn new(op: &'static str, source: String) -> Lua {
+        Lua {
+            op,
+            script: Script::from_lua(source),
+        }
+    }
+}
+
 struct Scripts {
-    create: Script,
-    touch: Script,
-    set_preferences: Script,
-    consume: Script,
-    refund: Script,
-    claim: Script,
-    settle: Script,
-    restore: Script,
+    create: Lua,
+    touch: Lua,
+    set_preferences: Lua,
+    consume: Lua,
+    refund: Lua,
+    claim: Lua,
+    settle: Lua,
+    restore: Lua,
 }
 
 impl Scripts {
-    fn all(&self) -> [&Script; 8] {
+    fn all(&self) -> [&Lua; 8] {
         [
             &self.create,
             &self.touch,
@@ -184,16 +200,17 @@ impl Store {
                 outbox: config.outbox,
                 max_dirty_per_shard: config.max_dirty_per_shard,
                 scripts: Scripts {
-                    create: Script::from_lua(with_session_lib(include_str!("create.lua"))),
-                    touch: Script::from_lua(with_session_lib(include_str!("touch.lua"))),
-                    set_preferences: Script::from_lua(with_session_lib(include_str!(
-                        "set_preferences.lua"
-                    ))),
-                    consume: Script::from_lua(with_quota_lib(include_str!("consume.lua"))),
-                    refund: Script::from_lua(with_quota_lib(include_str!("refund.lua"))),
-                    claim: Script::from_lua(include_str!("claim.lua")),
-                    settle: Script::from_lua(include_str!("settle.lua")),
-                    restore: Script::from_lua(include_str!("restore.lua")),
+                    create: Lua::new("create", with_session_lib(include_str!("create.lua"))),
+                    touch: Lua::new("touch", with_session_lib(include_str!("touch.lua"))),
+                    set_preferences: Lua::new(
+                        "set_preferences",
+                        with_session_lib(include_str!("set_preferences.lua")),
+                    ),
+                    consume: Lua::new("consume", with_quota_lib(include_str!("consume.lua"))),
+                    refund: Lua::new("refund", with_quota_lib(include_str!("refund.lua"))),
+                    claim: Lua::new("claim", include_str!("claim.lua").to_string()),
+                    settle: Lua::new("settle", include_str!("settle.lua").to_string()),
+                    restore: Lua::new("restore", include_str!("restore.lua").to_string()),
                 },
                 read_fields: FIELDS
                     .iter()
@@ -223,8 +240,8 @@ impl Store {
                     configured: inner.shards,
                 });
             }
-            for script in inner.scripts.all() {
-                script.load(client).await?;
+            for lua in inner.scripts.all() {
+                lua.script.load(client).await?;
             }
             Ok(())
         })
@@ -238,8 +255,10 @@ impl Store {
 
     /// `PING`, for readiness.
     pub async fn ping(&self) -> Result<(), StoreError> {
-        self.bounded(async { Ok(self.inner.pool.next_connected().ping::<()>(None).await?) })
-            .await
+        self.bounded("ping", async {
+            Ok(self.inner.pool.next_connected().ping::<()>(None).await?)
+        })
+        .await
     }
 
     /// The key of a session's hash.
@@ -270,7 +289,7 @@ impl Store {
     pub async fn read(&self, id: &Uuid) -> Result<Option<SessionRecord>, StoreError> {
         let key = self.session_key(id);
         let reply: Value = self
-            .bounded(async {
+            .bounded("read", async {
                 let client = self.inner.pool.next_connected();
                 Ok(client.hmget(key, self.inner.read_fields.clone()).await?)
             })
@@ -319,21 +338,28 @@ impl Store {
         (keys, args)
     }
 
+    /// Whether a connection to Redis is up (for `/readyz` and `sessiongate_redis_up`).
+    pub fn is_connected(&self) -> bool {
+        self.inner.pool.next_connected().is_connected()
+    }
+
     /// `EVALSHA`, loading the script and retrying once if Redis has forgotten it.
     async fn eval(
         &self,
-        script: &Script,
+        lua: &Lua,
         keys: Vec<String>,
         args: Vec<Value>,
     ) -> Result<Value, StoreError> {
-        self.bounded(async {
+        let script = &lua.script;
+        self.bounded(lua.op, async {
             let client = self.inner.pool.next_connected();
             match client
                 .evalsha(script.sha1().clone(), keys.clone(), args.clone())
                 .await
             {
                 Err(error) if error.details().starts_with("NOSCRIPT") => {
-                    tracing::info!(sha = %script.sha1(), "script missing in redis, reloading");
+                    tracing::info!(op = lua.op, "script missing in redis, reloading");
+                    telemetry::script_reloaded();
                     script.load(client).await?;
                     Ok(client.evalsha(script.sha1().clone(), keys, args).await?)
                 }
@@ -343,11 +369,22 @@ impl Store {
         .await
     }
 
+    /// Runs one Redis call within the configured timeout, measuring it as `op`.
     async fn bounded<T>(
         &self,
+        op: &'static str,
         work: impl std::future::Future<Output = Result<T, StoreError>>,
     ) -> Result<T, StoreError> {
-        self.bounded_by(self.inner.timeout, work).await
+        let started = std::time::Instant::now();
+        let result = self.bounded_by(self.inner.timeout, work).await;
+        telemetry::redis_call(op, started.elapsed());
+        match &result {
+            Err(StoreError::Timeout(_)) => telemetry::redis_error("timeout"),
+            Err(StoreError::Redis(_)) => telemetry::redis_error("redis"),
+            Err(StoreError::Reply(_)) => telemetry::redis_error("reply"),
+            _ => {}
+        }
+        result
     }
 
     async fn bounded_by<T>(

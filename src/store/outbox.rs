@@ -103,7 +103,7 @@ impl Store {
             ("row", row.to_string()),
             ("reason", reason.to_string()),
         ];
-        self.bounded(async {
+        self.bounded("dead_letter", async {
             let client = self.inner.pool.next_connected();
             let trim = ("MAXLEN", "~", DEAD_LETTER_MAX);
             let _: Value = client.xadd(DEAD_LETTER, false, trim, "*", fields).await?;
@@ -114,8 +114,10 @@ impl Store {
 
     /// The number of dead-lettered rows kept.
     pub async fn dead_letters(&self) -> Result<u64, StoreError> {
-        self.bounded(async { Ok(self.inner.pool.next_connected().xlen(DEAD_LETTER).await?) })
-            .await
+        self.bounded("dead_letter", async {
+            Ok(self.inner.pool.next_connected().xlen(DEAD_LETTER).await?)
+        })
+        .await
     }
 
     /// The backlog over all shards (two small reads per shard, pipelined per shard).
@@ -124,7 +126,7 @@ impl Store {
         for shard in 0..self.inner.shards {
             let prefix = shard_prefix(shard);
             let (dirty, inflight, oldest): (u64, u64, Vec<(String, f64)>) = self
-                .bounded(async {
+                .bounded("backlog", async {
                     let pipeline = self.inner.pool.next_connected().pipeline();
                     let _: () = pipeline.zcard(format!("{prefix}dirty")).await?;
                     let _: () = pipeline.zcard(format!("{prefix}inflight")).await?;
@@ -147,7 +149,9 @@ impl Store {
     pub async fn snapshot(&self, id: &Uuid) -> Result<Option<Snapshot>, StoreError> {
         let key = self.session_key(id);
         let fields: Value = self
-            .bounded(async { Ok(self.inner.pool.next_connected().hgetall(key).await?) })
+            .bounded("snapshot", async {
+                Ok(self.inner.pool.next_connected().hgetall(key).await?)
+            })
             .await?;
         match fields {
             Value::Array(fields) if !fields.is_empty() => Ok(Some(snapshot(*id, fields)?)),

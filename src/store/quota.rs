@@ -62,7 +62,7 @@ impl Store {
 
     async fn quota_call(
         &self,
-        script: &fred::types::scripts::Script,
+        script: &super::Lua,
         action: &str,
         id: &Uuid,
         request: &QuotaRequest<'_>,

@@ -8,6 +8,7 @@ mod binary;
 mod contract;
 mod failures;
 mod lifecycle;
+mod observability;
 mod quotas;
 mod supabase;
 mod writebehind;

@@ -1,0 +1,278 @@
+//! Telemetry: the Prometheus recorder, every metric's name and description, and the
+//! logging set-up. Other modules record through the small functions here, so a metric's
+//! name, labels and meaning live in one place; this module never decides anything.
+//!
+//! Conventions: base units (`_seconds`, `_bytes`), counters end in `_total`, and label
+//! values are bounded (route templates, operation names from the configuration, fixed
+//! enums): never a raw path or a session id.
+
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use metrics::{
+    counter, describe_counter, describe_gauge, describe_histogram, gauge, histogram, Unit,
+};
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+
+/// Latency buckets from 100 µs to 10 s: sub-millisecond Redis calls and slow outliers alike.
+const LATENCY_BUCKETS: [f64; 16] = [
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+    5.0, 10.0,
+];
+const BATCH_BUCKETS: [f64; 10] = [
+    1.0, 5.0, 10.0, 25.0, 50.0, 100.0, 250.0, 500.0, 1000.0, 5000.0,
+];
+
+/// The process-wide recorder. The first call installs it (and describes every metric);
+/// later calls, e.g. from several gateways in one test process, share it.
+pub fn recorder() -> Option<&'static PrometheusHandle> {
+    static HANDLE: OnceLock<Option<PrometheusHandle>> = OnceLock::new();
+    HANDLE
+        .get_or_init(|| {
+            let installed = PrometheusBuilder::new()
+                .set_buckets(&LATENCY_BUCKETS)
+                .and_then(|b| b.set_buckets_for_metric(Matcher::Full(FLUSH_BATCH_ROWS.into()), &BATCH_BUCKETS))
+                .and_then(|b| b.install_recorder());
+            match installed {
+                Ok(handle) => {
+                    describe();
+                    Some(handle)
+                }
+                Err(error) => {
+                    tracing::warn!(%error, "cannot install the metrics recorder; /metrics is empty");
+                    None
+                }
+            }
+        })
+        .as_ref()
+}
+
+/// The exposition text for `/metrics`.
+pub fn render() -> String {
+    let Some(handle) = recorder() else {
+        return String::new();
+    };
+    handle.run_upkeep();
+    PROCESS
+        .get_or_init(metrics_process::Collector::default)
+        .collect();
+    handle.render()
+}
+
+static PROCESS: OnceLock<metrics_process::Collector> = OnceLock::new();
+
+pub const HTTP_REQUESTS: &str = "sessiongate_http_requests_total";
+pub const HTTP_DURATION: &str = "sessiongate_http_request_duration_seconds";
+pub const HTTP_IN_FLIGHT: &str = "sessiongate_http_requests_in_flight";
+pub const HTTP_CONNECTIONS: &str = "sessiongate_http_connections_open";
+pub const REDIS_DURATION: &str = "sessiongate_redis_command_duration_seconds";
+pub const REDIS_ERRORS: &str = "sessiongate_redis_errors_total";
+pub const REDIS_RELOADS: &str = "sessiongate_redis_script_reloads_total";
+pub const REDIS_UP: &str = "sessiongate_redis_up";
+pub const SESSIONS_CREATED: &str = "sessiongate_sessions_created_total";
+pub const SESSIONS_SYNCED: &str = "sessiongate_sessions_synced_total";
+pub const SESSIONS_READ: &str = "sessiongate_sessions_read_total";
+pub const CREATIONS_THROTTLED: &str = "sessiongate_session_creations_throttled_total";
+pub const QUOTA_DECISIONS: &str = "sessiongate_quota_decisions_total";
+pub const QUOTA_COST: &str = "sessiongate_quota_consumed_cost_total";
+pub const QUOTA_REFUNDS: &str = "sessiongate_quota_refunds_total";
+pub const QUOTA_REPLAYS: &str = "sessiongate_quota_idempotent_replays_total";
+pub const FLUSH_BACKLOG: &str = "sessiongate_flush_backlog_sessions";
+pub const FLUSH_OLDEST_AGE: &str = "sessiongate_flush_oldest_age_seconds";
+pub const FLUSH_ROWS: &str = "sessiongate_flush_rows_total";
+pub const FLUSH_BATCHES: &str = "sessiongate_flush_batches_total";
+pub const FLUSH_BATCH_ROWS: &str = "sessiongate_flush_batch_rows";
+pub const FLUSH_DURATION: &str = "sessiongate_flush_duration_seconds";
+pub const FLUSH_RETRIES: &str = "sessiongate_flush_retries_total";
+pub const FLUSH_DEAD_LETTERS: &str = "sessiongate_flush_dead_letters_total";
+pub const FLUSH_REFUSALS: &str = "sessiongate_flush_backpressure_refusals_total";
+pub const READ_THROUGH: &str = "sessiongate_read_through_total";
+pub const BUILD_INFO: &str = "sessiongate_build_info";
+
+fn describe() {
+    describe_counter!(
+        HTTP_REQUESTS,
+        "HTTP requests answered, by route template, method and status."
+    );
+    describe_histogram!(
+        HTTP_DURATION,
+        Unit::Seconds,
+        "Time from request head to response, by route template and method."
+    );
+    describe_gauge!(HTTP_IN_FLIGHT, "Public API requests being handled now.");
+    describe_gauge!(HTTP_CONNECTIONS, "Open client connections, by listener.");
+    describe_histogram!(
+        REDIS_DURATION,
+        Unit::Seconds,
+        "Redis round trip time, by operation (script or command)."
+    );
+    describe_counter!(REDIS_ERRORS, "Redis calls that failed, by kind: timeout, redis (connection or server error), reply (unexpected answer).");
+    describe_counter!(
+        REDIS_RELOADS,
+        "Lua scripts loaded again after Redis answered NOSCRIPT."
+    );
+    describe_gauge!(REDIS_UP, "1 when a connection to Redis is up, else 0.");
+    describe_counter!(SESSIONS_CREATED, "Sessions created.");
+    describe_counter!(
+        SESSIONS_SYNCED,
+        "Sync requests, by result: adopted the client's id, kept the current session, created one."
+    );
+    describe_counter!(SESSIONS_READ, "Session reads (info and preferences).");
+    describe_counter!(
+        CREATIONS_THROTTLED,
+        "Session creations refused by the per-IP throttle."
+    );
+    describe_counter!(QUOTA_DECISIONS, "Quota consume decisions, by operation and decision; near_limit counts grants past the near-limit fraction.");
+    describe_counter!(QUOTA_COST, "Quota cost granted, by operation.");
+    describe_counter!(QUOTA_REFUNDS, "Quota refunds, by operation.");
+    describe_counter!(
+        QUOTA_REPLAYS,
+        "Quota calls answered from an idempotency record, by operation."
+    );
+    describe_gauge!(
+        FLUSH_BACKLOG,
+        "Sessions changed but not yet written to Supabase (all shards, claimed included)."
+    );
+    describe_gauge!(
+        FLUSH_OLDEST_AGE,
+        Unit::Seconds,
+        "Age of the oldest change not yet written to Supabase."
+    );
+    describe_counter!(FLUSH_ROWS, "Rows written to Supabase.");
+    describe_counter!(FLUSH_BATCHES, "Upsert requests to Supabase, by result: ok, retry (put back), rejected (split to isolate refused rows).");
+    describe_histogram!(FLUSH_BATCH_ROWS, "Rows per upsert request.");
+    describe_histogram!(
+        FLUSH_DURATION,
+        Unit::Seconds,
+        "Time of one upsert request to Supabase."
+    );
+    describe_counter!(
+        FLUSH_RETRIES,
+        "Flush rounds that ended in a retryable failure and backed off."
+    );
+    describe_counter!(
+        FLUSH_DEAD_LETTERS,
+        "Rows refused by Supabase and parked in the dead-letter stream."
+    );
+    describe_counter!(
+        FLUSH_REFUSALS,
+        "Session creations refused because the write-behind backlog is full."
+    );
+    describe_counter!(
+        READ_THROUGH,
+        "Sessions looked up in Supabase after a Redis miss, by result."
+    );
+    describe_gauge!(BUILD_INFO, "Build of the running gateway (always 1).");
+    gauge!(BUILD_INFO, "version" => env!("CARGO_PKG_VERSION"), "git_sha" => env!("SESSIONGATE_GIT_SHA")).set(1.0);
+    PROCESS
+        .get_or_init(metrics_process::Collector::default)
+        .describe();
+}
+
+/// Methods beyond the usual ones collapse into `OTHER` to keep label values bounded.
+pub fn method_label(method: &http::Method) -> &'static str {
+    match *method {
+        http::Method::GET => "GET",
+        http::Method::POST => "POST",
+        http::Method::PUT => "PUT",
+        http::Method::DELETE => "DELETE",
+        http::Method::HEAD => "HEAD",
+        http::Method::OPTIONS => "OPTIONS",
+        http::Method::PATCH => "PATCH",
+        _ => "OTHER",
+    }
+}
+
+pub fn http_request(route: &'static str, method: &'static str, status: u16, elapsed: Duration) {
+    counter!(HTTP_REQUESTS, "route" => route, "method" => method, "status" => status.to_string())
+        .increment(1);
+    histogram!(HTTP_DURATION, "route" => route, "method" => method).record(elapsed.as_secs_f64());
+}
+
+pub fn in_flight(delta: f64) {
+    gauge!(HTTP_IN_FLIGHT).increment(delta);
+}
+
+pub fn connection(listener: &'static str, delta: f64) {
+    gauge!(HTTP_CONNECTIONS, "listener" => listener).increment(delta);
+}
+
+pub fn redis_call(op: &'static str, elapsed: Duration) {
+    histogram!(REDIS_DURATION, "op" => op).record(elapsed.as_secs_f64());
+}
+
+pub fn redis_error(kind: &'static str) {
+    counter!(REDIS_ERRORS, "kind" => kind).increment(1);
+}
+
+pub fn script_reloaded() {
+    counter!(REDIS_RELOADS).increment(1);
+}
+
+pub fn redis_up(up: bool) {
+    gauge!(REDIS_UP).set(if up { 1.0 } else { 0.0 });
+}
+
+pub fn session_created() {
+    counter!(SESSIONS_CREATED).increment(1);
+}
+
+pub fn session_synced(result: &'static str) {
+    counter!(SESSIONS_SYNCED, "result" => result).increment(1);
+}
+
+pub fn session_read() {
+    counter!(SESSIONS_READ).increment(1);
+}
+
+pub fn creation_throttled() {
+    counter!(CREATIONS_THROTTLED).increment(1);
+}
+
+pub fn quota_decision(operation: &str, decision: &'static str) {
+    counter!(QUOTA_DECISIONS, "operation" => operation.to_string(), "decision" => decision)
+        .increment(1);
+}
+
+pub fn quota_cost(operation: &str, cost: u64) {
+    counter!(QUOTA_COST, "operation" => operation.to_string()).increment(cost);
+}
+
+pub fn quota_refund(operation: &str) {
+    counter!(QUOTA_REFUNDS, "operation" => operation.to_string()).increment(1);
+}
+
+pub fn quota_replay(operation: &str) {
+    counter!(QUOTA_REPLAYS, "operation" => operation.to_string()).increment(1);
+}
+
+pub fn flush_backlog(sessions: u64, oldest_age: Duration) {
+    gauge!(FLUSH_BACKLOG).set(sessions as f64);
+    gauge!(FLUSH_OLDEST_AGE).set(oldest_age.as_secs_f64());
+}
+
+pub fn flush_batch(result: &'static str, rows: usize, elapsed: Duration) {
+    counter!(FLUSH_BATCHES, "result" => result).increment(1);
+    histogram!(FLUSH_BATCH_ROWS).record(rows as f64);
+    histogram!(FLUSH_DURATION).record(elapsed.as_secs_f64());
+}
+
+pub fn flush_rows(rows: usize) {
+    counter!(FLUSH_ROWS).increment(rows as u64);
+}
+
+pub fn flush_retry() {
+    counter!(FLUSH_RETRIES).increment(1);
+}
+
+pub fn flush_dead_letter() {
+    counter!(FLUSH_DEAD_LETTERS).increment(1);
+}
+
+pub fn flush_refusal() {
+    counter!(FLUSH_REFUSALS).increment(1);
+}
+
+pub fn read_through(result: &'static str) {
+    counter!(READ_THROUGH, "result" => result).increment(1);
+}
