@@ -163,6 +163,16 @@ fn describe() {
         "Sessions looked up in Supabase after a Redis miss, by result."
     );
     describe_gauge!(BUILD_INFO, "Build of the running gateway (always 1).");
+    // Counters of rare events start at 0, so `increase()` sees their first occurrence.
+    for rare in [
+        CREATIONS_THROTTLED,
+        REDIS_RELOADS,
+        FLUSH_RETRIES,
+        FLUSH_DEAD_LETTERS,
+        FLUSH_REFUSALS,
+    ] {
+        counter!(rare).absolute(0);
+    }
     gauge!(BUILD_INFO, "version" => env!("CARGO_PKG_VERSION"), "git_sha" => env!("SESSIONGATE_GIT_SHA")).set(1.0);
     PROCESS
         .get_or_init(metrics_process::Collector::default)

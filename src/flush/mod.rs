@@ -51,7 +51,7 @@ impl Default for FlushConfig {
     fn default() -> Self {
         FlushConfig {
             batch_size: 500,
-            interval: Duration::from_secs(1),
+            interval: Duration::from_millis(500),
             lease: Duration::from_secs(30),
             max_backlog: 1_000_000,
             drain: Duration::from_secs(10),

@@ -46,7 +46,12 @@ struct PersistBody {
 pub async fn handle(api: &Api, request: Request<Incoming>) -> Response<Body> {
     let started = std::time::Instant::now();
     let method = request.method().clone();
-    let template = if request.uri().path().trim_end_matches('/').ends_with("/persist") {
+    let template = if request
+        .uri()
+        .path()
+        .trim_end_matches('/')
+        .ends_with("/persist")
+    {
         "/internal/v1/sessions/{id}/persist"
     } else {
         "/internal/v1/sessions/{id}/quota/{operation}"

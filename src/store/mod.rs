@@ -269,7 +269,9 @@ impl Store {
     /// Creates a session under `id`; `None` if the id is already taken.
     pub async fn create(&self, id: &Uuid) -> Result<Option<i64>, StoreError> {
         let (keys, mut args) = self.session_call(id);
-        args.push(Value::from(self.inner.max_dirty_per_shard as i64));
+        args.push(Value::from(
+            i64::try_from(self.inner.max_dirty_per_shard).unwrap_or(i64::MAX),
+        ));
         match self.eval(&self.inner.scripts.create, keys, args).await? {
             Value::Null => Ok(None),
             Value::Integer(now) => Ok(Some(now)),

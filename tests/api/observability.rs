@@ -159,26 +159,11 @@ async fn traffic_shows_in_the_exposition_and_promtool_accepts_it() {
 /// Metric names in a PromQL text: `sessiongate_*` and `process_*` identifiers, without the
 /// histogram suffixes that the exposition adds.
 fn metric_names(text: &str) -> BTreeSet<String> {
-    let mut names = BTreeSet::new();
-    let bytes = text.as_bytes();
-    let mut i = 0;
-    while i < bytes.len() {
-        let starts = text[i..].starts_with("sessiongate_") || text[i..].starts_with("process_");
-        let boundary = i == 0
-            || !(bytes[i - 1].is_ascii_alphanumeric()
-                || bytes[i - 1] == b'_'
-                || bytes[i - 1] == b':');
-        if starts && boundary {
-            let end = text[i..]
-                .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
-                .map_or(text.len(), |n| i + n);
-            names.insert(text[i..end].to_string());
-            i = end;
-        } else {
-            i += 1;
-        }
-    }
-    names
+    // Recording rule names contain ':' and stay whole tokens, so they never match.
+    text.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_' || c == ':'))
+        .filter(|token| token.starts_with("sessiongate_") || token.starts_with("process_"))
+        .map(str::to_string)
+        .collect()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -300,4 +285,71 @@ async fn status_codes_land_in_their_labels() {
     )
     .await;
     assert!(sample(&scrape, "sessiongate_http_requests_total{route=\"/api/session/info\",method=\"DELETE\",status=\"405\"}") >= 1.0);
+}
+
+/// A real Prometheus scrapes a live gateway: the target is up, the samples arrive, and
+/// every recording and alerting rule evaluates without error.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn prometheus_scrapes_the_gateway_and_evaluates_the_rules() {
+    let gw = TestGateway::start().await;
+    gw.new_session().await;
+    let rules =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/prometheus/rules.yml");
+    let prometheus = crate::services::Prometheus::start(gw.gateway.admin_addr(), &rules);
+    let api = |path: &str| {
+        let url = format!("{}{path}", prometheus.url());
+        let http = gw.http.clone();
+        async move {
+            let response = http.get(url).send().await.ok()?;
+            response.json::<serde_json::Value>().await.ok()
+        }
+    };
+    crate::support::eventually(
+        std::time::Duration::from_secs(60),
+        "the target to be up",
+        || async {
+            let targets = api("/api/v1/targets").await?;
+            let health = targets["data"]["activeTargets"][0]["health"]
+                .as_str()?
+                .to_string();
+            (health == "up").then_some(())
+        },
+    )
+    .await;
+    crate::support::eventually(
+        std::time::Duration::from_secs(60),
+        "a scraped sample",
+        || async {
+            let result = api("/api/v1/query?query=sessiongate_sessions_created_total").await?;
+            (!result["data"]["result"].as_array()?.is_empty()).then_some(())
+        },
+    )
+    .await;
+    let rules = crate::support::eventually(
+        std::time::Duration::from_secs(60),
+        "every rule evaluated",
+        || async {
+            let rules = api("/api/v1/rules").await?;
+            let all: Vec<serde_json::Value> = rules["data"]["groups"]
+                .as_array()?
+                .iter()
+                .flat_map(|group| group["rules"].as_array().cloned().unwrap_or_default())
+                .collect();
+            let evaluated = all.iter().all(|rule| {
+                rule["lastEvaluation"]
+                    .as_str()
+                    .is_some_and(|t| !t.starts_with("0001"))
+            });
+            (!all.is_empty() && evaluated).then_some(all)
+        },
+    )
+    .await;
+    for rule in &rules {
+        assert_eq!(rule["health"], "ok", "{rule}");
+    }
+    let alerts = rules
+        .iter()
+        .filter(|rule| rule["type"] == "alerting")
+        .count();
+    assert!(alerts >= 8, "{alerts} alerting rules");
 }

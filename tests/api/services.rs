@@ -26,7 +26,7 @@ const STARTUP_LIMIT: Duration = Duration::from_secs(30);
 
 /// A shell running a server in the background. Dropping it closes the shell's stdin, on
 /// which the shell stops the server and cleans up after it; the drop waits for that.
-struct Watchdog {
+pub(crate) struct Watchdog {
     shell: Child,
     stdin: Option<ChildStdin>,
     /// The server's pid, as the shell reported it.
@@ -36,7 +36,7 @@ struct Watchdog {
 impl Watchdog {
     /// Runs `script` (which must start the server with `&`, `echo $!`, then `read _` and stop
     /// it) with `shell`, a command running `sh`, and `args` as `$1`, `$2`, ...
-    fn spawn(mut shell: Command, script: &str, args: &[&str]) -> Watchdog {
+    pub(crate) fn spawn(mut shell: Command, script: &str, args: &[&str]) -> Watchdog {
         let mut shell = shell
             .args(["-c", script, "sh"])
             .args(args)
@@ -328,6 +328,64 @@ impl Postgrest {
         })?;
         self.server = Some(server);
         Ok(())
+    }
+}
+
+/// A Prometheus server scraping one target every second and evaluating the given rules,
+/// the end-to-end check of the exposition and of the alerting rules.
+pub struct Prometheus {
+    port: u16,
+    dir: PathBuf,
+    _server: Watchdog,
+}
+
+impl Prometheus {
+    pub fn start(target: std::net::SocketAddr, rules: &Path) -> Prometheus {
+        let dir = std::env::temp_dir().join(format!("sessiongate-prometheus-{}", random_hex()));
+        std::fs::create_dir_all(&dir).expect("prometheus folder");
+        let config = format!(
+            "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\n\
+             rule_files:\n  - {}\n\
+             scrape_configs:\n  - job_name: sessiongate\n    static_configs:\n      - targets: ['{target}']\n",
+            rules.display()
+        );
+        std::fs::write(dir.join("prometheus.yml"), config).expect("prometheus config");
+        let mut log = String::new();
+        for _ in 0..5 {
+            let port = free_port();
+            let script = r#"prometheus --config.file="$1/prometheus.yml" --storage.tsdb.path="$1/data" \
+                --web.listen-address="127.0.0.1:$2" >"$1/prometheus.log" 2>&1 & echo $!; read _; kill $! 2>/dev/null; wait"#;
+            let server = Watchdog::spawn(
+                Command::new("sh"),
+                script,
+                &[&dir.to_string_lossy(), &port.to_string()],
+            );
+            let probe = "GET /-/ready HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n";
+            match await_startup(&server, "prometheus", &dir.join("prometheus.log"), || {
+                http_status(port, probe) == Some(200)
+            }) {
+                Ok(()) => {
+                    return Prometheus {
+                        port,
+                        dir,
+                        _server: server,
+                    }
+                }
+                Err(exited) => log = exited,
+            }
+        }
+        panic!("prometheus exited on every try; its last log:\n{log}");
+    }
+
+    /// `http://127.0.0.1:PORT`, the root of Prometheus's HTTP API.
+    pub fn url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+}
+
+impl Drop for Prometheus {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
 
