@@ -226,8 +226,7 @@ impl Flusher {
                     Outcome::Retry
                 }
                 Err(SupabaseError::Rejected { status, body }) if part.len() == 1 => {
-                    let reason = format!("{status}: {body}");
-                    self.dead_letter(part[0], &reason).await
+                    self.dead_letter(part[0], status, &body).await
                 }
                 Err(SupabaseError::Rejected { .. }) => {
                     let (left, right) = part.split_at(part.len() / 2);
@@ -240,10 +239,13 @@ impl Flusher {
         outcomes
     }
 
-    async fn dead_letter(&self, snapshot: &Snapshot, reason: &str) -> Outcome {
+    /// Parks a refused row with the database's answer. The log line names only the status:
+    /// the answer may quote the row, session id included, which belongs in Redis, not logs.
+    async fn dead_letter(&self, snapshot: &Snapshot, status: u16, body: &str) -> Outcome {
         let row = String::from_utf8_lossy(&row::to_json(&[snapshot])).into_owned();
-        tracing::error!(session = %short(&snapshot.id), %reason, "row refused by supabase; dead-lettered");
-        match self.store.dead_letter(&snapshot.id, &row, reason).await {
+        tracing::error!(session = %short(&snapshot.id), status, "row refused by supabase; dead-lettered");
+        let reason = format!("{status}: {body}");
+        match self.store.dead_letter(&snapshot.id, &row, &reason).await {
             Ok(()) => {
                 telemetry::flush_dead_letter();
                 Outcome::DeadLettered

@@ -1,0 +1,35 @@
+"""Opens N keep-alive connections to the gateway, sends one request on each, and reports
+the gateway's resident memory before and while they are all open (load-tests/bench)."""
+import socket
+import sys
+
+
+def rss_kib(pid):
+    with open(f"/proc/{pid}/status") as status:
+        for line in status:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    raise SystemExit("no VmRSS for the gateway")
+
+
+def main():
+    host, port, pid, count, session = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4]), sys.argv[5]
+    before = rss_kib(pid)
+    request = (f"GET /api/session/info HTTP/1.1\r\nHost: {host}\r\nX-Session-Id: {session}\r\n\r\n").encode()
+    sockets = []
+    for _ in range(count):
+        s = socket.create_connection((host, port))
+        s.sendall(request)
+        sockets.append(s)
+    answered = 0
+    for s in sockets:
+        s.settimeout(30)
+        if s.recv(4096).startswith(b"HTTP/1.1 200"):
+            answered += 1
+    during = rss_kib(pid)
+    for s in sockets:
+        s.close()
+    print(f"{count} {answered} {before} {during}")
+
+
+main()

@@ -1,0 +1,50 @@
+"""Parses the wrk runs of load-tests/bench and prints the table and the summary line."""
+import json
+import re
+import sys
+
+UNITS = {"us": 1e-3, "ms": 1.0, "s": 1e3}
+
+
+def parse(path):
+    text = open(path).read()
+    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", text).group(1))
+    requests = int(re.search(r"(\d+) requests in", text).group(1))
+    pct = {}
+    for p, value, unit in re.findall(r"^\s+(50|99)%\s+([\d.]+)(us|ms|s)\s*$", text, re.M):
+        pct[p] = float(value) * UNITS[unit]
+    errors = re.search(r"Non-2xx or 3xx responses: (\d+)", text)
+    return {"rps": rps, "requests": requests, "p50": pct.get("50"), "p99": pct.get("99"),
+            "non2xx": int(errors.group(1)) if errors else 0}
+
+
+def main():
+    results = json.load(open(sys.argv[1]))
+    runs = {name: parse(path) for name, path in results["runs"].items()}
+    hello, hget, evalsha = runs["hello"]["rps"], runs["hgetall"]["rps"], runs["evalsha"]["rps"]
+    ceiling = {"hello": None, "hgetall": None, "evalsha": None,
+               "info": ("hgetall", hget), "create": ("evalsha", evalsha), "consume": ("evalsha", evalsha)}
+    print(f"{'run':<10}{'req/s':>10}{'p50 ms':>9}{'p99 ms':>9}{'non-2xx':>9}{'/hello':>8}{'/ceiling':>16}{'rt/req':>8}{'cmds/req':>10}")
+    ratios = {}
+    for name, run in runs.items():
+        line = f"{name:<10}{run['rps']:>10.0f}{run['p50']:>9.2f}{run['p99']:>9.2f}{run['non2xx']:>9}{run['rps'] / hello:>8.2f}"
+        if ceiling[name]:
+            base, value = ceiling[name]
+            ratios[name] = run["rps"] / value
+            line += f"{ratios[name]:>9.2f} {base:<6}"
+            stats = results["redis"][name]
+            line += f"{stats['round_trips'] / run['requests']:>8.2f}{stats['commands'] / run['requests']:>10.2f}"
+        print(line)
+    memory = results["memory"]
+    conns = results["connections"]
+    print(f"redis memory per session: {memory['per_session']:.0f} B average over {memory['sessions']} sessions; "
+          f"{memory['sample_with_quotas']} B for one with three quota windows (MEMORY USAGE)")
+    print(f"gateway RSS: {conns['before_kib'] / 1024:.1f} MiB idle, {conns['during_kib'] / 1024:.1f} MiB with "
+          f"{conns['answered']}/{conns['count']} keep-alive connections open")
+    rt = {name: results["redis"][name]["round_trips"] / runs[name]["requests"] for name in ("info", "create", "consume")}
+    print(f"summary: info/HGETALL {ratios['info']:.2f} (>=0.90), create/EVALSHA {ratios['create']:.2f} (>=0.90), "
+          f"consume/EVALSHA {ratios['consume']:.2f} (>=0.90), round trips/req {rt['info']:.2f}/{rt['create']:.2f}/{rt['consume']:.2f}, "
+          f"{memory['sample_with_quotas']} B/session with quotas (<=300), RSS {conns['during_kib'] / 1024:.0f} MiB at {conns['count']} conns (<=64)")
+
+
+main()
