@@ -240,7 +240,8 @@ where
         return Ok(Some(found));
     }
     match read_through {
-        Some(read_through) if read_through.recover(id).await? => operation().await,
+        // Boxed: the HTTP round trip to Supabase is a large future, and rare.
+        Some(read_through) if Box::pin(read_through.recover(id)).await? => operation().await,
         _ => Ok(None),
     }
 }

@@ -154,7 +154,7 @@ async fn persist(api: &Api, id: &str) -> Result<Response<Body>, ApiError> {
     let Some(read_through) = &api.read_through else {
         return Err(ApiError::route_not_found());
     };
-    match read_through.persist(&id).await {
+    match Box::pin(read_through.persist(&id)).await {
         Ok(Some(version)) => Ok(json(
             StatusCode::OK,
             &PersistBody {

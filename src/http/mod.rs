@@ -106,8 +106,10 @@ pub async fn serve<H, F>(
         let _ = stream.set_nodelay(true);
         let handler = handler.clone();
         let service = service_fn(move |request| {
-            let handler = handler.clone();
-            async move { Ok::<_, Infallible>(contain_panics(handler(request, peer)).await) }
+            // Boxed: hyper keeps room for one request future in every connection, idle or
+            // not, so an inline future (tens of KiB) would cost that much per connection.
+            let handling = Box::pin(contain_panics(handler(request, peer)));
+            async move { Ok::<_, Infallible>(handling.await) }
         });
         let connection = graceful.watch(http.serve_connection(TokioIo::new(stream), service));
         telemetry::connection(name, 1.0);
