@@ -6,11 +6,14 @@
 //! values are bounded (route templates, operation names from the configuration, fixed
 //! enums): never a raw path or a session id.
 
-use std::sync::OnceLock;
+use std::collections::HashMap;
+use std::hash::Hash;
+use std::sync::{OnceLock, RwLock};
 use std::time::Duration;
 
 use metrics::{
-    counter, describe_counter, describe_gauge, describe_histogram, gauge, histogram, Unit,
+    counter, describe_counter, describe_gauge, describe_histogram, gauge, histogram, Counter,
+    Gauge, Histogram, Unit,
 };
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 
@@ -193,14 +196,59 @@ pub fn method_label(method: &http::Method) -> &'static str {
     }
 }
 
+/// Metric handles by label values. The registry would build and hash a labelled key (and
+/// allocate the label strings) on every call; on the request path a read-locked map of
+/// ready handles is cheaper. Label values here are bounded, so the maps stay small.
+struct Handles<K, H> {
+    map: OnceLock<RwLock<HashMap<K, H>>>,
+}
+
+impl<K: Eq + Hash, H> Handles<K, H> {
+    const fn new() -> Self {
+        Handles {
+            map: OnceLock::new(),
+        }
+    }
+
+    fn with(&self, key: K, make: impl FnOnce() -> H, use_handle: impl FnOnce(&H)) {
+        let map = self.map.get_or_init(Default::default);
+        if let Ok(handles) = map.read() {
+            if let Some(handle) = handles.get(&key) {
+                return use_handle(handle);
+            }
+        }
+        let handle = make();
+        use_handle(&handle);
+        if let Ok(mut handles) = map.write() {
+            handles.insert(key, handle);
+        }
+    }
+}
+
+static HTTP: Handles<(&str, &str, u16), (Counter, Histogram)> = Handles::new();
+static REDIS: Handles<&str, Histogram> = Handles::new();
+
 pub fn http_request(route: &'static str, method: &'static str, status: u16, elapsed: Duration) {
-    counter!(HTTP_REQUESTS, "route" => route, "method" => method, "status" => status.to_string())
-        .increment(1);
-    histogram!(HTTP_DURATION, "route" => route, "method" => method).record(elapsed.as_secs_f64());
+    HTTP.with(
+        (route, method, status),
+        || {
+            (
+                counter!(HTTP_REQUESTS, "route" => route, "method" => method, "status" => status.to_string()),
+                histogram!(HTTP_DURATION, "route" => route, "method" => method),
+            )
+        },
+        |(requests, duration)| {
+            requests.increment(1);
+            duration.record(elapsed.as_secs_f64());
+        },
+    );
 }
 
 pub fn in_flight(delta: f64) {
-    gauge!(HTTP_IN_FLIGHT).increment(delta);
+    static IN_FLIGHT: OnceLock<Gauge> = OnceLock::new();
+    IN_FLIGHT
+        .get_or_init(|| gauge!(HTTP_IN_FLIGHT))
+        .increment(delta);
 }
 
 pub fn connection(listener: &'static str, delta: f64) {
@@ -208,7 +256,11 @@ pub fn connection(listener: &'static str, delta: f64) {
 }
 
 pub fn redis_call(op: &'static str, elapsed: Duration) {
-    histogram!(REDIS_DURATION, "op" => op).record(elapsed.as_secs_f64());
+    REDIS.with(
+        op,
+        || histogram!(REDIS_DURATION, "op" => op),
+        |duration| duration.record(elapsed.as_secs_f64()),
+    );
 }
 
 pub fn redis_error(kind: &'static str) {
