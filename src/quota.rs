@@ -292,29 +292,22 @@ impl Quotas {
         &self.policies
     }
 
-    /// Grants or refuses `cost` atomically; `None` for an unknown session.
+    /// Grants or refuses the request's cost atomically; `None` for an unknown session.
     pub async fn consume(
         &self,
         id: Uuid,
-        policy: &Policy,
-        cost: u64,
-        idempotency_key: Option<&str>,
+        request: &QuotaRequest<'_>,
     ) -> Result<Option<QuotaAnswer>, StoreError> {
-        let request = QuotaRequest {
-            policy,
-            cost,
-            idempotency_key,
-        };
-        let consume = || self.store.consume(&id, &request);
+        let consume = || self.store.consume(&id, request);
         let answer = or_read_through(self.read_through.as_ref(), &id, consume).await?;
         if let Some(answer) = &answer {
-            self.record_decision(policy, cost, answer);
+            self.record_decision(request, answer);
         }
         Ok(answer)
     }
 
-    fn record_decision(&self, policy: &Policy, cost: u64, answer: &QuotaAnswer) {
-        let operation = &policy.operation;
+    fn record_decision(&self, request: &QuotaRequest<'_>, answer: &QuotaAnswer) {
+        let operation = &request.policy.operation;
         if answer.replayed {
             telemetry::quota_replay(operation);
             return;
@@ -324,7 +317,7 @@ impl Quotas {
             return;
         }
         telemetry::quota_decision(operation, "granted");
-        telemetry::quota_cost(operation, cost);
+        telemetry::quota_cost(operation, request.cost);
         let limit = answer.status.limit.max(1) as f64;
         let used = limit - answer.status.remaining as f64;
         if used / limit >= self.near_limit {
@@ -332,24 +325,18 @@ impl Quotas {
         }
     }
 
-    /// Gives `cost` back, never below zero; `None` for an unknown session.
+    /// Gives the request's cost back, never below zero; `None` for an unknown session.
     pub async fn refund(
         &self,
         id: Uuid,
-        policy: &Policy,
-        cost: u64,
-        idempotency_key: Option<&str>,
+        request: &QuotaRequest<'_>,
     ) -> Result<Option<QuotaAnswer>, StoreError> {
-        let request = QuotaRequest {
-            policy,
-            cost,
-            idempotency_key,
-        };
-        let refund = || self.store.refund(&id, &request);
+        let refund = || self.store.refund(&id, request);
         let answer = or_read_through(self.read_through.as_ref(), &id, refund).await?;
+        let operation = &request.policy.operation;
         match &answer {
-            Some(answer) if answer.replayed => telemetry::quota_replay(&policy.operation),
-            Some(_) => telemetry::quota_refund(&policy.operation),
+            Some(answer) if answer.replayed => telemetry::quota_replay(operation),
+            Some(_) => telemetry::quota_refund(operation),
             None => {}
         }
         Ok(answer)

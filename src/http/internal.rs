@@ -23,7 +23,7 @@ use super::response::{json, timestamp};
 use super::Body;
 use crate::quota::{Policy, QuotaStatus};
 use crate::session::{parse_id, Usage};
-use crate::store::{QuotaAnswer, QuotaOutcome};
+use crate::store::{QuotaAnswer, QuotaOutcome, QuotaRequest};
 
 pub const PREFIX: &str = "/internal/";
 
@@ -127,17 +127,14 @@ async fn route(api: &Api, request: Request<Incoming>) -> Result<Response<Body>, 
     let (parts, body) = request.into_parts();
     let body = json_body(&parts.headers, body, api.body_limit).await?;
     let (cost, idempotency_key) = quota_body(body.as_ref(), policy)?;
+    let request = QuotaRequest {
+        policy,
+        cost,
+        idempotency_key: idempotency_key.as_deref(),
+    };
     let answer = match action {
-        Action::Consume => {
-            api.quotas
-                .consume(id, policy, cost, idempotency_key.as_deref())
-                .await?
-        }
-        _ => {
-            api.quotas
-                .refund(id, policy, cost, idempotency_key.as_deref())
-                .await?
-        }
+        Action::Consume => api.quotas.consume(id, &request).await?,
+        _ => api.quotas.refund(id, &request).await?,
     }
     .ok_or_else(ApiError::session_not_found)?;
     Ok(answer_response(policy, &answer))
