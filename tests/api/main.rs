@@ -5,6 +5,7 @@ mod services;
 mod support;
 
 mod binary;
+mod cluster;
 mod contract;
 mod failures;
 mod lifecycle;

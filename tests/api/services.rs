@@ -389,6 +389,94 @@ impl Drop for Prometheus {
     }
 }
 
+/// A Redis Cluster on loopback: three masters and three replicas (`redis-cli --cluster
+/// create`), each node under its own watchdog.
+pub struct RedisCluster {
+    pub ports: Vec<u16>,
+    dir: PathBuf,
+    _nodes: Vec<Watchdog>,
+}
+
+impl RedisCluster {
+    pub fn start() -> RedisCluster {
+        let dir = std::env::temp_dir().join(format!("sessiongate-cluster-{}", random_hex()));
+        std::fs::create_dir_all(&dir).expect("cluster folder");
+        let ports: Vec<u16> = (0..6).map(|_| free_port()).collect();
+        let script = r#"redis-server --bind 127.0.0.1 --port "$1" --dir "$2" --save "" --appendonly no \
+            --cluster-enabled yes --cluster-config-file "nodes-$1.conf" --cluster-node-timeout 2000 \
+            --logfile "$2/redis-$1.log" & echo $!; read _; kill -9 $! 2>/dev/null; wait"#;
+        let nodes: Vec<Watchdog> = ports
+            .iter()
+            .map(|port| {
+                Watchdog::spawn(
+                    Command::new("sh"),
+                    script,
+                    &[&port.to_string(), &dir.to_string_lossy()],
+                )
+            })
+            .collect();
+        for port in &ports {
+            wait_until(STARTUP_LIMIT, "a cluster node to listen", || {
+                TcpStream::connect(("127.0.0.1", *port)).is_ok()
+            });
+        }
+        let addresses: Vec<String> = ports.iter().map(|p| format!("127.0.0.1:{p}")).collect();
+        run(Command::new("redis-cli")
+            .args(["--cluster", "create"])
+            .args(&addresses)
+            .args(["--cluster-replicas", "1", "--cluster-yes"]));
+        let cluster = RedisCluster {
+            ports,
+            dir,
+            _nodes: nodes,
+        };
+        for port in &cluster.ports {
+            wait_until(STARTUP_LIMIT, "the cluster to agree on its slots", || {
+                cluster
+                    .cli(*port, &["cluster", "info"])
+                    .contains("cluster_state:ok")
+            });
+        }
+        cluster
+    }
+
+    /// `redis-cluster://` URL naming every node.
+    pub fn url(&self) -> String {
+        let others: Vec<String> = self.ports[1..]
+            .iter()
+            .map(|p| format!("node=127.0.0.1:{p}"))
+            .collect();
+        format!(
+            "redis-cluster://127.0.0.1:{}?{}",
+            self.ports[0],
+            others.join("&")
+        )
+    }
+
+    /// Runs `redis-cli -p PORT ARGS...` and returns its output.
+    pub fn cli(&self, port: u16, args: &[&str]) -> String {
+        let output = Command::new("redis-cli")
+            .args(["-p", &port.to_string()])
+            .args(args)
+            .output()
+            .expect("redis-cli");
+        String::from_utf8_lossy(&output.stdout).into_owned()
+    }
+}
+
+impl Drop for RedisCluster {
+    fn drop(&mut self) {
+        self._nodes.clear();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// The cluster shared by the cluster tests that leave its topology alone.
+pub fn shared_cluster() -> &'static RedisCluster {
+    static CLUSTER: OnceLock<RedisCluster> = OnceLock::new();
+    CLUSTER.get_or_init(RedisCluster::start)
+}
+
 /// The PostgREST shared by the tests that do not stop it.
 pub fn shared_postgrest() -> &'static Postgrest {
     static POSTGREST: OnceLock<Postgrest> = OnceLock::new();

@@ -1,0 +1,249 @@
+//! The same gateway on a real Redis Cluster (three masters, three replicas): sessions,
+//! quota exactness and write-behind run unchanged, and a master failing over under traffic
+//! costs a short window of 503s and no counter Redis acknowledged.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use serde_json::json;
+use sessiongate::config::Config;
+use sessiongate::flush::SupabaseConfig;
+use sessiongate::quota::{Counter, Policy, Window};
+
+use crate::services::{shared_cluster, shared_postgrest, RedisCluster};
+use crate::support::{eventually, split, TestGateway};
+
+const TOKEN: &str = "test-service-token-0123456789";
+
+fn with_token(config: &mut Config) {
+    config.service_token = Some(TOKEN.to_string());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sessions_and_exact_quotas_on_a_cluster() {
+    let url = shared_cluster().url();
+    let one = TestGateway::start_on(&url, with_token).await;
+    let two = TestGateway::start_on(&url, with_token).await;
+
+    let id = one.new_session().await;
+    let (status, body) = two
+        .post_json("/api/session/sync", json!({"client_session_id": id}))
+        .await;
+    assert_eq!((status, &body["is_synced"]), (200, &json!(true)), "{body}");
+    let response = two
+        .http
+        .put(two.url("/api/session/preferences"))
+        .header("x-session-id", &id)
+        .json(&json!({"theme": "dark"}))
+        .send()
+        .await
+        .expect("request");
+    assert_eq!(response.status().as_u16(), 200);
+
+    let gateways = [&one, &two];
+    let requests = (0..500).map(|i| gateways[i % 2].consume(&id, "concept_generation", None));
+    let answers = futures_util::future::join_all(requests).await;
+    let granted = answers.iter().filter(|(status, _)| *status == 200).count();
+    let denied = answers.iter().filter(|(status, _)| *status == 429).count();
+    assert_eq!(
+        (granted, denied),
+        (10, 490),
+        "exactly the limit, on a cluster too"
+    );
+    let info = one.info(&id).await;
+    assert_eq!(info["usage_stats"]["concepts_generated"], 10);
+    assert_eq!(info["rate_limits"]["concept_generation"]["remaining"], 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn write_behind_on_a_cluster_with_two_gateways() {
+    let postgrest = shared_postgrest();
+    let writing = |config: &mut Config| {
+        with_token(config);
+        config.supabase = Some(SupabaseConfig {
+            rest_url: postgrest.url(),
+            service_role_key: postgrest.token("service_role"),
+            request_timeout: Duration::from_secs(5),
+        });
+        config.flush.interval = Duration::from_millis(100);
+    };
+    let url = shared_cluster().url();
+    let one = TestGateway::start_on(&url, writing).await;
+    let two = TestGateway::start_on(&url, writing).await;
+    let ids: Vec<String> =
+        futures_util::future::join_all((0..200).map(|_| one.new_session())).await;
+    for id in &ids {
+        assert_eq!(two.consume(id, "concept_generation", None).await.0, 200);
+    }
+    let http = reqwest::Client::new();
+    eventually(
+        Duration::from_secs(60),
+        "every session's state in postgres",
+        || async {
+            let mut flushed = 0;
+            for chunk in ids.chunks(100) {
+                let rows: Vec<serde_json::Value> = http
+                    .get(format!("{}/sessions", postgrest.url()))
+                    .query(&[("id", format!("in.({})", chunk.join(",")))])
+                    .bearer_auth(postgrest.token("service_role"))
+                    .send()
+                    .await
+                    .ok()?
+                    .json()
+                    .await
+                    .ok()?;
+                flushed += rows
+                    .iter()
+                    .filter(|row| row["concepts_generated"] == 1)
+                    .count();
+            }
+            (flushed == ids.len()).then_some(())
+        },
+    )
+    .await;
+}
+
+/// The master that owns `key`'s slot and one of its replicas.
+fn master_and_replica(cluster: &RedisCluster, key: &str) -> (u16, u16) {
+    let port = cluster.ports[0];
+    let slot: u16 = cluster
+        .cli(port, &["cluster", "keyslot", key])
+        .trim()
+        .parse()
+        .expect("slot");
+    let nodes = cluster.cli(port, &["cluster", "nodes"]);
+    let mut master = None;
+    for line in nodes.lines() {
+        let fields: Vec<&str> = line.split_whitespace().collect();
+        let owns = fields[8..].iter().any(|range| {
+            let (from, to) = range.split_once('-').unwrap_or((range, range));
+            matches!((from.parse::<u16>(), to.parse::<u16>()), (Ok(from), Ok(to)) if from <= slot && slot <= to)
+        });
+        if fields[2].contains("master") && owns {
+            master = Some((fields[0].to_string(), fields[1]));
+        }
+    }
+    let (master_id, master_addr) = master.expect("a master owns the slot");
+    let replica_addr = nodes
+        .lines()
+        .map(|line| line.split_whitespace().collect::<Vec<_>>())
+        .find(|fields| fields[2].contains("slave") && fields[3] == master_id)
+        .map(|fields| fields[1].to_string())
+        .expect("the master has a replica");
+    let port_of = |addr: &str| -> u16 {
+        addr.split('@')
+            .next()
+            .and_then(|a| a.rsplit(':').next())
+            .and_then(|p| p.parse().ok())
+            .expect("port")
+    };
+    (port_of(master_addr), port_of(&replica_addr))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_master_failing_over_under_traffic_costs_a_short_503_window_and_no_counter() {
+    let cluster = RedisCluster::start();
+    let gw = Arc::new(
+        TestGateway::start_on(&cluster.url(), |config| {
+            with_token(config);
+            config.policies = vec![Policy {
+                operation: "work".to_string(),
+                limit: 1_000_000,
+                window: Window::Calendar(sessiongate::quota::CalendarUnit::Month),
+                default_cost: 1,
+                counter: Some(Counter::ConceptsGenerated),
+            }];
+        })
+        .await,
+    );
+    let id = gw.new_session().await;
+    let (master, replica) = master_and_replica(&cluster, &crate::support::session_key(&id));
+
+    // Steady traffic: consumes on the session whose master fails over.
+    let granted = Arc::new(AtomicU64::new(0));
+    let unavailable = Arc::new(std::sync::Mutex::new(Vec::<Instant>::new()));
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let traffic: Vec<_> = (0..4)
+        .map(|_| {
+            let (gw, id, granted, unavailable, stop) = (
+                gw.clone(),
+                id.clone(),
+                granted.clone(),
+                unavailable.clone(),
+                stop.clone(),
+            );
+            tokio::spawn(async move {
+                while !stop.load(Ordering::Relaxed) {
+                    match gw.consume(&id, "work", None).await.0 {
+                        200 => {
+                            granted.fetch_add(1, Ordering::Relaxed);
+                        }
+                        503 => unavailable.lock().expect("lock").push(Instant::now()),
+                        other => panic!("unexpected status {other}"),
+                    }
+                }
+            })
+        })
+        .collect();
+    eventually(Duration::from_secs(10), "traffic to flow", || async {
+        (granted.load(Ordering::Relaxed) > 100).then_some(())
+    })
+    .await;
+
+    let failover_started = Instant::now();
+    assert!(cluster
+        .cli(replica, &["cluster", "failover"])
+        .contains("OK"));
+    eventually(
+        Duration::from_secs(30),
+        "the replica to take over",
+        || async {
+            cluster
+                .cli(replica, &["role"])
+                .starts_with("master")
+                .then_some(())
+        },
+    )
+    .await;
+    let before = granted.load(Ordering::Relaxed);
+    eventually(
+        Duration::from_secs(30),
+        "grants to flow again through the new master",
+        || async { (granted.load(Ordering::Relaxed) > before + 100).then_some(()) },
+    )
+    .await;
+    stop.store(true, Ordering::Relaxed);
+    for task in traffic {
+        task.await.expect("traffic task");
+    }
+
+    let unavailable = unavailable.lock().expect("lock").clone();
+    let window = match (unavailable.first(), unavailable.last()) {
+        (Some(first), Some(last)) => *last - *first,
+        _ => Duration::ZERO,
+    };
+    eprintln!(
+        "failover: {} grants, {} answers 503 over a window of {window:?}; new master on {replica} (was {master}), {:?} after the command",
+        granted.load(Ordering::Relaxed),
+        unavailable.len(),
+        failover_started.elapsed()
+    );
+    assert!(
+        window < Duration::from_secs(10),
+        "503 only during the failover: {window:?}"
+    );
+    let info = gw.info(&id).await;
+    assert_eq!(
+        info["usage_stats"]["concepts_generated"].as_u64(),
+        Some(granted.load(Ordering::Relaxed)),
+        "every grant Redis acknowledged is still counted"
+    );
+    let response = gw
+        .http
+        .get(gw.admin_url("/readyz"))
+        .send()
+        .await
+        .expect("request");
+    assert_eq!(split(response).await.0, 200);
+}
