@@ -9,10 +9,13 @@
 # the sessiongate crate; the runtime stage is Debian slim with CA certificates (reqwest uses
 # rustls but reads the system roots for https:// Supabase) and nothing else.
 #
-# The build needs only crates.io. `.git` is not sent to the builder (.dockerignore), so
-# build.rs records the commit as "unknown" in sessiongate_build_info.
+# The build needs only crates.io. `.git` is not sent to the builder (.dockerignore), so the
+# commit for sessiongate_build_info comes in as a build argument:
+#   docker build --build-arg SESSIONGATE_GIT_SHA=$(git rev-parse --short=12 HEAD) .
 
 FROM rust:1-bookworm AS builder
+ARG SESSIONGATE_GIT_SHA=unknown
+ENV SESSIONGATE_GIT_SHA=${SESSIONGATE_GIT_SHA}
 WORKDIR /src
 COPY . .
 # target/ lives in a cache mount that is not part of the image, so the binary is copied out

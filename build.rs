@@ -1,8 +1,14 @@
-//! Records the git commit the gateway is built from, for `sessiongate_build_info`.
+//! Records the git commit the gateway is built from, for `sessiongate_build_info`: the
+//! `SESSIONGATE_GIT_SHA` build environment (container builds have no `.git`), else git.
 
 use std::process::Command;
 
 fn main() {
+    println!("cargo:rerun-if-env-changed=SESSIONGATE_GIT_SHA");
+    if let Ok(sha) = std::env::var("SESSIONGATE_GIT_SHA") {
+        println!("cargo:rustc-env=SESSIONGATE_GIT_SHA={sha}");
+        return;
+    }
     let sha = Command::new("git")
         .args(["rev-parse", "--short=12", "HEAD"])
         .output()

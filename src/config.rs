@@ -142,6 +142,15 @@ const KNOWN_VARIABLES: &[&str] = &[
     "SESSIONGATE_SERVICE_TOKEN",
 ];
 
+/// Kubernetes injects `<SERVICE>_PORT...` and `<SERVICE>_SERVICE_HOST/PORT...` for every
+/// Service in the namespace; a Service named `sessiongate` produces these. They are not
+/// settings, so they are not typos either.
+fn is_service_link(name: &str) -> bool {
+    name.starts_with("SESSIONGATE_PORT")
+        || name.starts_with("SESSIONGATE_SERVICE_HOST")
+        || name.starts_with("SESSIONGATE_SERVICE_PORT")
+}
+
 /// Shortest service token accepted: a guessable token would open the internal API.
 const MIN_TOKEN_LEN: usize = 16;
 
@@ -243,6 +252,7 @@ impl Config {
         if let Some(unknown) = vars
             .keys()
             .filter(|k| k.starts_with("SESSIONGATE_") && !KNOWN_VARIABLES.contains(&k.as_str()))
+            .filter(|k| !is_service_link(k))
             .min()
         {
             return Err(ConfigError::new(unknown.as_str(), "unknown setting"));
@@ -680,6 +690,14 @@ mod tests {
         assert_eq!(
             err.to_string(),
             "invalid configuration: SESSIONGATE_LISTEN: \"nowhere\" is not an address of the form ip:port"
+        );
+        let links = vars(&[
+            ("SESSIONGATE_PORT", "tcp://10.0.0.1:8080"),
+            ("SESSIONGATE_SERVICE_HOST", "10.0.0.1"),
+        ]);
+        assert!(
+            Config::from_vars(&links).is_ok(),
+            "Kubernetes service links are not settings"
         );
         let err = Config::from_vars(&vars(&[("SESSIONGATE_LSITEN", "x")])).unwrap_err();
         assert_eq!(
