@@ -34,9 +34,11 @@ start_redis() {
     for _ in $(seq 100); do rcli ping >/dev/null 2>&1 && break; sleep 0.05; done
 }
 
-# Starts the release gateway on Redis with the default quotas plus `bench` (which never runs
-# out) and a creation throttle no load test reaches; sets GATEWAY_PID, BASE and ADMIN.
+# Starts the release gateway on Redis (the private one, or the URL given) with the default
+# quotas plus `bench` (which never runs out) and a creation throttle no load test reaches;
+# sets GATEWAY_PID, BASE and ADMIN.
 start_gateway() {
+    local redis_url=${1:-redis://127.0.0.1:$REDIS_PORT}
     cat >"$work/gateway.toml" <<TOML
 [session]
 creations_per_minute = 1000000000
@@ -66,7 +68,7 @@ TOML
     port=$(free_port)
     admin_port=$(free_port)
     SESSIONGATE_LISTEN=127.0.0.1:$port SESSIONGATE_ADMIN_LISTEN=127.0.0.1:$admin_port \
-        REDIS_URL=redis://127.0.0.1:$REDIS_PORT SESSIONGATE_SERVICE_TOKEN=$TOKEN \
+        REDIS_URL=$redis_url SESSIONGATE_SERVICE_TOKEN=$TOKEN \
         SESSIONGATE_CONFIG=$work/gateway.toml RUST_LOG=warn target/release/sessiongate &
     GATEWAY_PID=$!
     pids+=("$GATEWAY_PID")

@@ -401,7 +401,10 @@ impl RedisCluster {
     pub fn start() -> RedisCluster {
         let dir = std::env::temp_dir().join(format!("sessiongate-cluster-{}", random_hex()));
         std::fs::create_dir_all(&dir).expect("cluster folder");
-        let ports: Vec<u16> = (0..6).map(|_| free_port()).collect();
+        // A node's cluster bus listens on its port + 10000, which must be a port too.
+        let ports: Vec<u16> = (0..6)
+            .map(|_| std::iter::repeat_with(free_port).find(|p| *p <= 55_535).unwrap_or(7000))
+            .collect();
         let script = r#"redis-server --bind 127.0.0.1 --port "$1" --dir "$2" --save "" --appendonly no \
             --cluster-enabled yes --cluster-config-file "nodes-$1.conf" --cluster-node-timeout 2000 \
             --logfile "$2/redis-$1.log" & echo $!; read _; kill -9 $! 2>/dev/null; wait"#;
