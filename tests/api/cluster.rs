@@ -247,3 +247,25 @@ async fn a_master_failing_over_under_traffic_costs_a_short_503_window_and_no_cou
         .expect("request");
     assert_eq!(split(response).await.0, 200);
 }
+
+/// A Sentinel URL: the gateway asks Sentinel for the master and runs the same scripts there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sessions_and_quotas_through_sentinel() {
+    let master = crate::support::RedisServer::start();
+    let sentinel = crate::services::Sentinel::start(master.port);
+    let url = format!(
+        "redis-sentinel://127.0.0.1:{}/0?sentinelServiceName=sessiongate",
+        sentinel.port
+    );
+    let gw = TestGateway::start_on(&url, with_token).await;
+    let id = gw.new_session().await;
+    for remaining in [9, 8] {
+        let (status, body) = gw.consume(&id, "concept_generation", None).await;
+        assert_eq!(
+            (status, body["remaining"].as_u64()),
+            (200, Some(remaining)),
+            "{body}"
+        );
+    }
+    assert_eq!(gw.info(&id).await["usage_stats"]["concepts_generated"], 2);
+}

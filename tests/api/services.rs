@@ -403,7 +403,11 @@ impl RedisCluster {
         std::fs::create_dir_all(&dir).expect("cluster folder");
         // A node's cluster bus listens on its port + 10000, which must be a port too.
         let ports: Vec<u16> = (0..6)
-            .map(|_| std::iter::repeat_with(free_port).find(|p| *p <= 55_535).unwrap_or(7000))
+            .map(|_| {
+                std::iter::repeat_with(free_port)
+                    .find(|p| *p <= 55_535)
+                    .unwrap_or(7000)
+            })
             .collect();
         let script = r#"redis-server --bind 127.0.0.1 --port "$1" --dir "$2" --save "" --appendonly no \
             --cluster-enabled yes --cluster-config-file "nodes-$1.conf" --cluster-node-timeout 2000 \
@@ -470,6 +474,54 @@ impl RedisCluster {
 impl Drop for RedisCluster {
     fn drop(&mut self) {
         self._nodes.clear();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// A Redis Sentinel watching one master under the name `sessiongate`.
+pub struct Sentinel {
+    pub port: u16,
+    dir: PathBuf,
+    _server: Watchdog,
+}
+
+impl Sentinel {
+    pub fn start(master_port: u16) -> Sentinel {
+        let dir = std::env::temp_dir().join(format!("sessiongate-sentinel-{}", random_hex()));
+        std::fs::create_dir_all(&dir).expect("sentinel folder");
+        let port = free_port();
+        // Sentinel rewrites its configuration file, so it gets one of its own.
+        let config = format!(
+            "port {port}\nbind 127.0.0.1\ndir {}\nsentinel monitor sessiongate 127.0.0.1 {master_port} 1\n",
+            dir.display()
+        );
+        std::fs::write(dir.join("sentinel.conf"), config).expect("sentinel config");
+        let script = r#"redis-server "$1/sentinel.conf" --sentinel --logfile "$1/sentinel.log" & echo $!; read _; kill -9 $! 2>/dev/null; wait"#;
+        let server = Watchdog::spawn(Command::new("sh"), script, &[&dir.to_string_lossy()]);
+        wait_until(STARTUP_LIMIT, "sentinel to know its master", || {
+            let output = Command::new("redis-cli")
+                .args([
+                    "-p",
+                    &port.to_string(),
+                    "sentinel",
+                    "get-master-addr-by-name",
+                    "sessiongate",
+                ])
+                .output();
+            output.is_ok_and(|o| {
+                String::from_utf8_lossy(&o.stdout).contains(&master_port.to_string())
+            })
+        });
+        Sentinel {
+            port,
+            dir,
+            _server: server,
+        }
+    }
+}
+
+impl Drop for Sentinel {
+    fn drop(&mut self) {
         let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
