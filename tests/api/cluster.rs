@@ -104,41 +104,34 @@ async fn write_behind_on_a_cluster_with_two_gateways() {
     .await;
 }
 
-/// The master that owns `key`'s slot and one of its replicas.
-fn master_and_replica(cluster: &RedisCluster, key: &str) -> (u16, u16) {
+/// The port of the master that owns `key`'s slot.
+fn master_of(cluster: &RedisCluster, key: &str) -> u16 {
     let port = cluster.ports[0];
     let slot: u16 = cluster
         .cli(port, &["cluster", "keyslot", key])
         .trim()
         .parse()
         .expect("slot");
-    let nodes = cluster.cli(port, &["cluster", "nodes"]);
-    let mut master = None;
-    for line in nodes.lines() {
-        let fields: Vec<&str> = line.split_whitespace().collect();
-        let owns = fields[8..].iter().any(|range| {
-            let (from, to) = range.split_once('-').unwrap_or((range, range));
-            matches!((from.parse::<u16>(), to.parse::<u16>()), (Ok(from), Ok(to)) if from <= slot && slot <= to)
-        });
-        if fields[2].contains("master") && owns {
-            master = Some((fields[0].to_string(), fields[1]));
-        }
-    }
-    let (master_id, master_addr) = master.expect("a master owns the slot");
-    let replica_addr = nodes
-        .lines()
-        .map(|line| line.split_whitespace().collect::<Vec<_>>())
-        .find(|fields| fields[2].contains("slave") && fields[3] == master_id)
-        .map(|fields| fields[1].to_string())
-        .expect("the master has a replica");
-    let port_of = |addr: &str| -> u16 {
-        addr.split('@')
-            .next()
-            .and_then(|a| a.rsplit(':').next())
-            .and_then(|p| p.parse().ok())
-            .expect("port")
-    };
-    (port_of(master_addr), port_of(&replica_addr))
+    // CLUSTER SLOTS: start, end, then the master's address and the replicas'.
+    let slots = cluster.cli(port, &["cluster", "slots"]);
+    let lines: Vec<&str> = slots.lines().map(str::trim).collect();
+    lines
+        .windows(4)
+        .find_map(|w| {
+            let (start, end) = (w[0].parse::<u16>().ok()?, w[1].parse::<u16>().ok()?);
+            (start <= slot && slot <= end && w[2] == "127.0.0.1").then(|| w[3].parse().ok())?
+        })
+        .expect("a master owns the slot")
+}
+
+/// The port of a replica in sync with the master on `master`, from the master's ROLE.
+fn replica_of(cluster: &RedisCluster, master: u16) -> Option<u16> {
+    // ROLE on a master: "master", its offset, then per replica: ip, port, offset.
+    let role = cluster.cli(master, &["role"]);
+    let lines: Vec<&str> = role.lines().map(str::trim).collect();
+    (lines.first() == Some(&"master"))
+        .then(|| lines.get(3)?.parse().ok())
+        .flatten()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -158,7 +151,13 @@ async fn a_master_failing_over_under_traffic_costs_a_short_503_window_and_no_cou
         .await,
     );
     let id = gw.new_session().await;
-    let (master, replica) = master_and_replica(&cluster, &crate::support::session_key(&id));
+    let master = master_of(&cluster, &crate::support::session_key(&id));
+    let replica = eventually(
+        Duration::from_secs(30),
+        "the master to report its replica",
+        || async { replica_of(&cluster, master) },
+    )
+    .await;
 
     // Steady traffic: consumes on the session whose master fails over.
     let granted = Arc::new(AtomicU64::new(0));
