@@ -14,7 +14,7 @@ use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use sessiongate::flush::{FlushConfig, Flusher, Supabase, SupabaseConfig};
-use sessiongate::store::{Store, StoreConfig, DEFAULT_SHARDS};
+use sessiongate::store::Store;
 use uuid::Uuid;
 
 fn setting(name: &str, default: u64) -> u64 {
@@ -30,22 +30,7 @@ async fn main() {
     let seconds = setting("FLUSH_BENCH_SECONDS", 10);
     let redis = support::RedisServer::start();
     let postgrest = services::shared_postgrest();
-    let store = Store::connect(&StoreConfig {
-        url: redis.url(0),
-        timeout: Duration::from_secs(2),
-        pool_size: 4,
-        session_ttl: Duration::from_secs(86_400),
-        touch_interval: Duration::from_secs(60),
-        policies: Vec::new(),
-        shards: DEFAULT_SHARDS,
-        outbox: true,
-        max_dirty_per_shard: u64::MAX,
-    })
-    .expect("store");
-    store
-        .warm_up(Duration::from_secs(10))
-        .await
-        .expect("redis up");
+    let store = support::store_on(&redis.url(0), true).await;
     let supabase = Supabase::new(&SupabaseConfig {
         rest_url: postgrest.url(),
         service_role_key: postgrest.token("service_role"),

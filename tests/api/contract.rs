@@ -394,13 +394,7 @@ async fn info_returns_the_session_or_404() {
         );
     }
 
-    let response = gw
-        .http
-        .get(gw.url("/api/session/info"))
-        .header("x-session-id", UNKNOWN)
-        .send()
-        .await
-        .expect("request");
+    let response = gw.get_as("/api/session/info", UNKNOWN).await;
     assert_eq!(response.status().as_u16(), 404);
 }
 
@@ -412,13 +406,7 @@ async fn usage_counters_written_in_redis_show_in_info() {
     let _: i64 = gw.redis.hincrby(&key, "g", 5).await.expect("HINCRBY");
     let _: i64 = gw.redis.hincrby(&key, "r", 2).await.expect("HINCRBY");
     let _: i64 = gw.redis.hincrby(&key, "s", 3).await.expect("HINCRBY");
-    let response = gw
-        .http
-        .get(gw.url("/api/session/info"))
-        .header("x-session-id", &id)
-        .send()
-        .await
-        .expect("request");
+    let response = gw.get_as("/api/session/info", &id).await;
     let (_, body) = split(response).await;
     assert_eq!(
         body["usage_stats"],

@@ -4,7 +4,6 @@ use std::time::Duration;
 
 use fred::prelude::*;
 use serde_json::json;
-use sessiongate::store::{Store, StoreConfig};
 
 use crate::support::{eventually, session_key, shared_redis, split, TestGateway};
 
@@ -31,22 +30,7 @@ async fn concurrent_creates_with_one_client_id_yield_one_session() {
 async fn create_never_overwrites_an_existing_session() {
     let gw = TestGateway::start().await;
     let id = uuid::Uuid::new_v4();
-    let store = Store::connect(&StoreConfig {
-        url: shared_redis().url(200),
-        timeout: Duration::from_secs(1),
-        pool_size: 1,
-        session_ttl: Duration::from_secs(60),
-        touch_interval: Duration::from_secs(60),
-        policies: Vec::new(),
-        shards: sessiongate::store::DEFAULT_SHARDS,
-        outbox: false,
-        max_dirty_per_shard: u64::MAX,
-    })
-    .expect("store");
-    store
-        .warm_up(Duration::from_secs(5))
-        .await
-        .expect("redis up");
+    let store = crate::support::store_on(&shared_redis().url(200), false).await;
     assert!(store.create(&id).await.expect("create").is_some());
     let key = session_key(&id);
     let redis = Builder::from_config(Config::from_url(&shared_redis().url(200)).expect("url"))

@@ -19,13 +19,7 @@ async fn scrape_after_traffic() -> String {
     })
     .await;
     let id = gw.new_session().await;
-    let response = gw
-        .http
-        .get(gw.url("/api/session/info"))
-        .header("x-session-id", &id)
-        .send()
-        .await
-        .expect("request");
+    let response = gw.get_as("/api/session/info", &id).await;
     assert_eq!(response.status().as_u16(), 200);
     gw.post_json("/api/session/sync", json!({"client_session_id": id}))
         .await;

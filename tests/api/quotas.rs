@@ -65,13 +65,7 @@ impl TestGateway {
     }
 
     pub(crate) async fn info(&self, id: &str) -> serde_json::Value {
-        let response = self
-            .http
-            .get(self.url("/api/session/info"))
-            .header("x-session-id", id)
-            .send()
-            .await
-            .expect("request");
+        let response = self.get_as("/api/session/info", id).await;
         let (status, body) = split(response).await;
         assert_eq!(status, 200, "{body}");
         body

@@ -235,6 +235,16 @@ impl TestGateway {
         split(response).await
     }
 
+    /// `GET path` as the session `id` (`X-Session-Id`).
+    pub async fn get_as(&self, path: &str, id: &str) -> reqwest::Response {
+        self.http
+            .get(self.url(path))
+            .header("x-session-id", id)
+            .send()
+            .await
+            .expect("request")
+    }
+
     /// Creates a session and returns its id.
     pub async fn new_session(&self) -> String {
         let (status, body) = self.post_json("/api/session/", serde_json::json!({})).await;
@@ -252,6 +262,28 @@ impl TestGateway {
             .expect("KEYS");
         keys.len()
     }
+}
+
+/// A store of the library itself on `url` (for tests and benchmarks that drive it directly),
+/// connected and with its scripts loaded.
+pub async fn store_on(url: &str, outbox: bool) -> sessiongate::store::Store {
+    let store = sessiongate::store::Store::connect(&sessiongate::store::StoreConfig {
+        url: url.to_string(),
+        timeout: Duration::from_secs(2),
+        pool_size: 4,
+        session_ttl: Duration::from_secs(86_400),
+        touch_interval: Duration::from_secs(60),
+        policies: Vec::new(),
+        shards: sessiongate::store::DEFAULT_SHARDS,
+        outbox,
+        max_dirty_per_shard: u64::MAX,
+    })
+    .expect("store");
+    store
+        .warm_up(Duration::from_secs(10))
+        .await
+        .expect("redis up");
+    store
 }
 
 /// The Redis key of a session (default shard count).

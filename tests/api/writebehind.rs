@@ -8,7 +8,6 @@ use fred::prelude::*;
 use serde_json::{json, Value};
 use sessiongate::config::Config;
 use sessiongate::flush::SupabaseConfig;
-use sessiongate::store::{Store, StoreConfig, DEFAULT_SHARDS};
 
 use crate::services::{shared_postgres, shared_postgrest, Postgrest};
 use crate::support::{eventually, session_key, split, TestGateway};
@@ -179,22 +178,7 @@ async fn a_flusher_dying_between_upsert_and_ack_loses_nothing_and_applies_nothin
     assert_eq!(gw.consume(&id, "concept_generation", None).await.0, 200);
 
     // ...and a "flusher" claims the session, upserts it, and dies before settling.
-    let store = Store::connect(&StoreConfig {
-        url: gw.redis_url.clone(),
-        timeout: Duration::from_secs(1),
-        pool_size: 1,
-        session_ttl: Duration::from_secs(3600),
-        touch_interval: Duration::from_secs(60),
-        policies: Vec::new(),
-        shards: DEFAULT_SHARDS,
-        outbox: true,
-        max_dirty_per_shard: u64::MAX,
-    })
-    .expect("store");
-    store
-        .warm_up(Duration::from_secs(5))
-        .await
-        .expect("redis up");
+    let store = crate::support::store_on(&gw.redis_url, true).await;
     let uuid = uuid::Uuid::parse_str(&id).expect("uuid");
     let shard = session_key(&id)
         .split(['{', '}'])
@@ -341,13 +325,7 @@ async fn sessions_come_back_from_supabase_with_their_counters_after_redis_loses_
         body["rate_limits"]["concept_generation"]["remaining"], 7,
         "usage never resets by accident"
     );
-    let response = gw
-        .http
-        .get(gw.url("/api/session/preferences"))
-        .header("x-session-id", &id)
-        .send()
-        .await
-        .expect("request");
+    let response = gw.get_as("/api/session/preferences", &id).await;
     assert_eq!(split(response).await.1, json!({"theme": "dark"}));
     // The next change is newer than the stored row, so it is written too.
     assert_eq!(gw.consume(&id, "concept_generation", None).await.0, 200);
