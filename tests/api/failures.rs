@@ -10,7 +10,10 @@ use crate::support::{eventually, split, RedisServer, TestGateway};
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redis_down_answers_503_then_recovers() {
     let mut redis = RedisServer::start();
-    let gw = TestGateway::start_on(&redis.url(0), |_| {}).await;
+    let gw = TestGateway::start_on(&redis.url(0), |c| {
+        c.redis_timeout = Duration::from_millis(250)
+    })
+    .await;
     gw.new_session().await;
 
     redis.kill();

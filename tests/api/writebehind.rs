@@ -84,8 +84,13 @@ async fn all_flushed(gw: &TestGateway, postgrest: &Postgrest, ids: &[String], li
 async fn ten_thousand_updates_over_a_thousand_sessions_all_reach_postgres() {
     let postgrest = shared_postgrest();
     let gw = &TestGateway::start_with(writing_to(postgrest)).await;
-    let ids: Vec<String> =
-        futures_util::future::join_all((0..1000).map(|_| gw.new_session())).await;
+    let ids: Vec<String> = futures_util::stream::StreamExt::collect(
+        futures_util::stream::StreamExt::buffer_unordered(
+            futures_util::stream::iter((0..1000).map(|_| gw.new_session())),
+            64,
+        ),
+    )
+    .await;
     // Nine more changes per session, interleaved across sessions, 64 at a time.
     let updates = (0..9).flat_map(|round| ids.iter().map(move |id| (round, id)));
     let statuses: Vec<u16> = futures_util::stream::StreamExt::collect(
