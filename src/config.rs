@@ -23,6 +23,15 @@ pub enum Environment {
     Production,
 }
 
+/// How log lines are written.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LogFormat {
+    /// One JSON object per line, for log pipelines (the default in production).
+    Json,
+    /// Readable lines (the default elsewhere).
+    Text,
+}
+
 /// Cookie attributes of the session cookie (contract: "each may be overridden").
 #[derive(Clone, Debug)]
 pub struct CookieConfig {
@@ -41,6 +50,7 @@ pub struct Config {
     pub listen: SocketAddr,
     pub admin_listen: SocketAddr,
     pub environment: Environment,
+    pub log_format: LogFormat,
     pub redis_url: String,
     /// Upper bound on one Redis round trip; past it the request answers 503.
     pub redis_timeout: Duration,
@@ -82,6 +92,7 @@ impl Default for Config {
             listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
             admin_listen: SocketAddr::from(([127, 0, 0, 1], 9090)),
             environment: Environment::Development,
+            log_format: LogFormat::Text,
             redis_url: "redis://127.0.0.1:6379".to_string(),
             redis_timeout: Duration::from_millis(250),
             redis_pool_size: 4,
@@ -308,6 +319,18 @@ impl Config {
                 }
             };
         }
+        config.log_format = match vars.get("SESSIONGATE_LOG_FORMAT").map(String::as_str) {
+            Some("json") => LogFormat::Json,
+            Some("text") => LogFormat::Text,
+            Some(other) => {
+                return Err(ConfigError::new(
+                    "SESSIONGATE_LOG_FORMAT",
+                    format!("{other:?} is not one of json, text"),
+                ))
+            }
+            None if config.environment == Environment::Production => LogFormat::Json,
+            None => LogFormat::Text,
+        };
         if let Some((name, value)) = pick("REDIS_URL", file.redis.url, "redis.url") {
             let known_scheme = [
                 "redis://",
@@ -682,6 +705,7 @@ mod tests {
     fn production_turns_secure_cookies_on() {
         let config = Config::from_vars(&vars(&[("SESSIONGATE_ENV", "production")])).expect("valid");
         assert!(config.cookie.secure);
+        assert_eq!(config.log_format, LogFormat::Json);
     }
 
     #[test]
@@ -710,6 +734,8 @@ mod tests {
                 .starts_with("invalid configuration: REDIS_URL:"),
             "{err}"
         );
+        let err = Config::from_vars(&vars(&[("SESSIONGATE_LOG_FORMAT", "xml")])).unwrap_err();
+        assert!(err.to_string().contains("SESSIONGATE_LOG_FORMAT"), "{err}");
         let err = Config::from_vars(&vars(&[("SESSIONGATE_REDIS_TIMEOUT_MS", "0")])).unwrap_err();
         assert!(err.to_string().contains("greater than zero"), "{err}");
     }

@@ -2,7 +2,7 @@
 
 use std::process::ExitCode;
 
-use sessiongate::config::{Config, Environment};
+use sessiongate::config::{Config, LogFormat};
 use tracing_subscriber::EnvFilter;
 
 fn main() -> ExitCode {
@@ -44,14 +44,9 @@ fn main() -> ExitCode {
 /// JSON lines in production (for log pipelines), readable text elsewhere; the level comes
 /// from `RUST_LOG` (default `info`).
 fn init_logging(config: &Config) {
-    let json = match std::env::var("SESSIONGATE_LOG_FORMAT").as_deref() {
-        Ok("json") => true,
-        Ok(_) => false,
-        Err(_) => config.environment == Environment::Production,
-    };
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
     let builder = tracing_subscriber::fmt().with_env_filter(filter);
-    if json {
+    if config.log_format == LogFormat::Json {
         builder.json().flatten_event(true).init();
     } else {
         builder.init();

@@ -382,3 +382,57 @@ async fn persist_makes_a_session_durable_before_answering() {
         .expect("request");
     assert_eq!(response.status().as_u16(), 404);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_backlog_refuses_new_sessions_but_keeps_serving_existing_ones() {
+    let postgrest = shared_postgrest();
+    // No flusher here and a backlog of one session per shard: the outbox fills at once.
+    let gw = TestGateway::start_with(|config| {
+        writing_to(postgrest)(config);
+        config.flush_enabled = false;
+        config.flush.max_backlog = u64::from(sessiongate::store::DEFAULT_SHARDS);
+    })
+    .await;
+    let mut created = Vec::new();
+    let refused = loop {
+        let response = gw
+            .http
+            .post(gw.url("/api/session/"))
+            .send()
+            .await
+            .expect("request");
+        let retry_after = response.headers().get("retry-after").cloned();
+        let (status, body) = split(response).await;
+        match status {
+            200 => created.push(body["session_id"].as_str().expect("id").to_string()),
+            503 => break (body, retry_after),
+            other => panic!("unexpected {other}: {body}"),
+        }
+        assert!(
+            created.len() <= 64,
+            "a shard's outbox must fill within 65 sessions"
+        );
+    };
+    assert_eq!(refused.0["error_code"], "service_unavailable");
+    assert!(refused.1.is_some(), "Retry-After on a backlog refusal");
+    // Changes to existing sessions are always accepted.
+    assert_eq!(
+        gw.consume(&created[0], "concept_generation", None).await.0,
+        200
+    );
+    let scrape = gw
+        .http
+        .get(gw.admin_url("/metrics"))
+        .send()
+        .await
+        .expect("scrape")
+        .text()
+        .await
+        .expect("body");
+    let refusals = scrape
+        .lines()
+        .find_map(|line| line.strip_prefix("sessiongate_flush_backpressure_refusals_total "))
+        .and_then(|value| value.parse::<f64>().ok())
+        .expect("the refusal counter");
+    assert!(refusals >= 1.0);
+}
