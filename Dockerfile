@@ -11,11 +11,11 @@
 #
 # The build needs only crates.io. `.git` is not sent to the builder (.dockerignore), so the
 # commit for sessiongate_build_info comes in as a build argument:
-#   docker build --build-arg SESSIONGATE_GIT_SHA=$(git rev-parse --short=12 HEAD) .
+#   docker build --build-arg GIT_SHA=$(git rev-parse --short=12 HEAD) .
 
 FROM rust:1-bookworm AS builder
-ARG SESSIONGATE_GIT_SHA=unknown
-ENV SESSIONGATE_GIT_SHA=${SESSIONGATE_GIT_SHA}
+ARG GIT_SHA=unknown
+ENV GIT_SHA=${GIT_SHA}
 WORKDIR /src
 COPY . .
 # target/ lives in a cache mount that is not part of the image, so the binary is copied out

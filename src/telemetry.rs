@@ -176,7 +176,8 @@ fn describe() {
     ] {
         counter!(rare).absolute(0);
     }
-    gauge!(BUILD_INFO, "version" => env!("CARGO_PKG_VERSION"), "git_sha" => env!("SESSIONGATE_GIT_SHA")).set(1.0);
+    gauge!(BUILD_INFO, "version" => env!("CARGO_PKG_VERSION"), "git_sha" => env!("BUILD_GIT_SHA"))
+        .set(1.0);
     PROCESS
         .get_or_init(metrics_process::Collector::default)
         .describe();

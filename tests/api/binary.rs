@@ -31,7 +31,9 @@ fn invalid_configuration_stops_start_up_with_one_line() {
 
 #[tokio::test]
 async fn sigterm_shuts_down_cleanly() {
-    let mut child = gateway()
+    // The inherited environment is kept on purpose: it is what `cargo run` gives the binary
+    // too (build-script variables included), and the gateway must start in it.
+    let mut child = Command::new(env!("CARGO_BIN_EXE_sessiongate"))
         .env("SESSIONGATE_LISTEN", "127.0.0.1:0")
         .env("SESSIONGATE_ADMIN_LISTEN", "127.0.0.1:0")
         .env("SESSIONGATE_LOG_FORMAT", "json")
