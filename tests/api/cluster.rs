@@ -7,18 +7,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use serde_json::json;
-use sessiongate::config::Config;
-use sessiongate::flush::SupabaseConfig;
 use sessiongate::quota::{Counter, Policy, Window};
 
 use crate::services::{shared_cluster, shared_postgrest, RedisCluster};
-use crate::support::{eventually, split, TestGateway};
-
-const TOKEN: &str = "test-service-token-0123456789";
-
-fn with_token(config: &mut Config) {
-    config.service_token = Some(TOKEN.to_string());
-}
+use crate::support::{eventually, split, with_token, writing_to, TestGateway};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sessions_and_exact_quotas_on_a_cluster() {
@@ -59,15 +51,7 @@ async fn sessions_and_exact_quotas_on_a_cluster() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn write_behind_on_a_cluster_with_two_gateways() {
     let postgrest = shared_postgrest();
-    let writing = |config: &mut Config| {
-        with_token(config);
-        config.supabase = Some(SupabaseConfig {
-            rest_url: postgrest.url(),
-            service_role_key: postgrest.token("service_role"),
-            request_timeout: Duration::from_secs(5),
-        });
-        config.flush.interval = Duration::from_millis(100);
-    };
+    let writing = writing_to(postgrest);
     let url = shared_cluster().url();
     let one = TestGateway::start_on(&url, writing).await;
     let two = TestGateway::start_on(&url, writing).await;

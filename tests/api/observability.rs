@@ -6,18 +6,12 @@ use std::io::Write;
 use std::process::{Command, Stdio};
 
 use serde_json::json;
-use sessiongate::config::Config;
 
-use crate::support::{split, TestGateway};
-
-const TOKEN: &str = "test-service-token-0123456789";
+use crate::support::{split, with_token, TestGateway};
 
 /// Drives every kind of traffic the metrics describe and returns the scrape.
 async fn scrape_after_traffic() -> String {
-    let gw = TestGateway::start_with(|config: &mut Config| {
-        config.service_token = Some(TOKEN.to_string());
-    })
-    .await;
+    let gw = TestGateway::start_with(with_token).await;
     let id = gw.new_session().await;
     let response = gw.get_as("/api/session/info", &id).await;
     assert_eq!(response.status().as_u16(), 200);

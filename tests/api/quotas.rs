@@ -4,16 +4,9 @@ use std::time::Duration;
 
 use fred::prelude::*;
 use serde_json::json;
-use sessiongate::config::Config;
 use sessiongate::quota::{calendar_end, CalendarUnit, Counter, Policy, Window};
 
-use crate::support::{session_key, split, RedisServer, TestGateway};
-
-const TOKEN: &str = "test-service-token-0123456789";
-
-fn with_token(config: &mut Config) {
-    config.service_token = Some(TOKEN.to_string());
-}
+use crate::support::{session_key, split, with_token, RedisServer, TestGateway, TOKEN};
 
 fn policy(operation: &str, limit: u64, window: Window, counter: Option<Counter>) -> Policy {
     Policy {

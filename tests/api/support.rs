@@ -289,6 +289,36 @@ pub async fn store_on(url: &str, outbox: bool) -> sessiongate::store::Store {
     store
 }
 
+/// The service token of every test gateway that opens the internal API.
+pub const TOKEN: &str = "test-service-token-0123456789";
+
+/// Opens the internal API with [`TOKEN`].
+pub fn with_token(config: &mut Config) {
+    config.service_token = Some(TOKEN.to_string());
+}
+
+/// The Supabase settings of a gateway writing behind to `postgrest`.
+pub fn supabase_config(
+    postgrest: &crate::services::Postgrest,
+) -> sessiongate::flush::SupabaseConfig {
+    sessiongate::flush::SupabaseConfig {
+        rest_url: postgrest.url(),
+        service_role_key: postgrest.token("service_role"),
+        request_timeout: Duration::from_secs(5),
+    }
+}
+
+/// Gateway settings for write-behind against `postgrest`: the internal API, quick rounds,
+/// short leases.
+pub fn writing_to(postgrest: &crate::services::Postgrest) -> impl Fn(&mut Config) + Copy + '_ {
+    move |config| {
+        with_token(config);
+        config.supabase = Some(supabase_config(postgrest));
+        config.flush.interval = Duration::from_millis(100);
+        config.flush.lease = Duration::from_secs(2);
+    }
+}
+
 /// The Redis key of a session (default shard count).
 pub fn session_key(id: &impl std::fmt::Display) -> String {
     let id = uuid::Uuid::parse_str(&id.to_string()).expect("a session id");

@@ -6,27 +6,11 @@ use std::time::Duration;
 
 use fred::prelude::*;
 use serde_json::{json, Value};
-use sessiongate::config::Config;
-use sessiongate::flush::SupabaseConfig;
 
 use crate::services::{shared_postgres, shared_postgrest, Postgrest};
-use crate::support::{eventually, session_key, split, TestGateway};
-
-const TOKEN: &str = "test-service-token-0123456789";
-
-/// Gateway settings for write-behind against `postgrest`: quick rounds, short leases.
-fn writing_to(postgrest: &Postgrest) -> impl FnOnce(&mut Config) + '_ {
-    move |config| {
-        config.service_token = Some(TOKEN.to_string());
-        config.supabase = Some(SupabaseConfig {
-            rest_url: postgrest.url(),
-            service_role_key: postgrest.token("service_role"),
-            request_timeout: Duration::from_secs(5),
-        });
-        config.flush.interval = Duration::from_millis(100);
-        config.flush.lease = Duration::from_secs(2);
-    }
-}
+use crate::support::{
+    eventually, session_key, split, supabase_config, writing_to, TestGateway, TOKEN,
+};
 
 /// The stored rows of the given sessions, by id, as PostgREST returns them.
 async fn rows(postgrest: &Postgrest, ids: &[String]) -> HashMap<String, Value> {
@@ -168,11 +152,7 @@ async fn unflushed_while_down(gw: &TestGateway, ids: &[String]) -> Vec<String> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_flusher_dying_between_upsert_and_ack_loses_nothing_and_applies_nothing_twice() {
     let postgrest = shared_postgrest();
-    let supabase = SupabaseConfig {
-        rest_url: postgrest.url(),
-        service_role_key: postgrest.token("service_role"),
-        request_timeout: Duration::from_secs(5),
-    };
+    let supabase = supabase_config(postgrest);
     // A gateway without a flusher of its own writes the changes...
     let gw = TestGateway::start_with(|config| {
         writing_to(postgrest)(config);
