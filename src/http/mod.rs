@@ -10,7 +10,7 @@ pub mod admin;
 pub mod api;
 mod error;
 mod internal;
-mod request;
+pub mod request;
 mod response;
 
 use std::convert::Infallible;

@@ -3,7 +3,7 @@
 
 use std::net::IpAddr;
 
-use bytes::BytesMut;
+use bytes::{Bytes, BytesMut};
 use http::{header, HeaderMap};
 use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
@@ -98,6 +98,11 @@ pub async fn json_body(
         }
         Err(_) => return Err(ApiError::invalid_body("The request body could not be read")),
     };
+    parse_json(collected)
+}
+
+/// Parses a received body: `Ok(None)` when it is only whitespace.
+pub fn parse_json(collected: Bytes) -> Result<Option<OwnedValue>, ApiError> {
     if collected.iter().all(u8::is_ascii_whitespace) {
         return Ok(None);
     }
@@ -115,7 +120,7 @@ fn too_large(limit: usize) -> ApiError {
 }
 
 /// `application/json`, or any `application/<something>+json`, with optional parameters.
-fn is_json(content_type: &[u8]) -> bool {
+pub fn is_json(content_type: &[u8]) -> bool {
     let essence = content_type
         .split(|&b| b == b';')
         .next()
