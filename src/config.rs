@@ -15,6 +15,7 @@ use serde::Deserialize;
 
 use crate::flush::{FlushConfig, SupabaseConfig};
 use crate::quota::{self, Counter, Policy, Window};
+use crate::routes::{RouteFile, RouteTable};
 
 /// Where the gateway runs; production turns on `Secure` cookies and JSON logs.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -49,6 +50,9 @@ pub struct CookieConfig {
 pub struct Config {
     pub listen: SocketAddr,
     pub admin_listen: SocketAddr,
+    /// A listener of its own for `/internal/`, kept off the public network; `None` serves
+    /// the internal API on the public listener.
+    pub internal_listen: Option<SocketAddr>,
     pub environment: Environment,
     pub log_format: LogFormat,
     pub redis_url: String,
@@ -82,6 +86,18 @@ pub struct Config {
     pub flush: FlushConfig,
     /// Run the flusher in this process (else only other gateways or `flush` mode do).
     pub flush_enabled: bool,
+    /// Gateway mode: upstreams the public listener forwards to (see `routes`).
+    pub routes: RouteTable,
+    /// `None`: no CORS headers at all (browsers then refuse cross-origin reads).
+    pub cors: Option<CorsConfig>,
+}
+
+/// Cross-origin access for browser apps served from other origins.
+#[derive(Clone, Debug)]
+pub struct CorsConfig {
+    /// Exact origins (`https://app.example.com`) allowed to call the API with credentials.
+    pub allowed_origins: Vec<String>,
+    pub max_age: Duration,
 }
 
 const SESSION_TTL: Duration = Duration::from_secs(30 * 24 * 60 * 60);
@@ -91,6 +107,7 @@ impl Default for Config {
         Config {
             listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
             admin_listen: SocketAddr::from(([127, 0, 0, 1], 9090)),
+            internal_listen: None,
             environment: Environment::Development,
             log_format: LogFormat::Text,
             redis_url: "redis://127.0.0.1:6379".to_string(),
@@ -120,6 +137,8 @@ impl Default for Config {
             supabase: None,
             flush: FlushConfig::default(),
             flush_enabled: true,
+            routes: RouteTable::default(),
+            cors: None,
         }
     }
 }
@@ -145,6 +164,7 @@ impl ConfigError {
 const KNOWN_VARIABLES: &[&str] = &[
     "SESSIONGATE_LISTEN",
     "SESSIONGATE_ADMIN_LISTEN",
+    "SESSIONGATE_INTERNAL_LISTEN",
     "SESSIONGATE_ENV",
     "SESSIONGATE_CONFIG",
     "SESSIONGATE_REDIS_TIMEOUT_MS",
@@ -171,6 +191,7 @@ const MIN_TOKEN_LEN: usize = 16;
 struct FileConfig {
     listen: Option<String>,
     admin_listen: Option<String>,
+    internal_listen: Option<String>,
     env: Option<String>,
     #[serde(default)]
     redis: RedisFile,
@@ -185,6 +206,16 @@ struct FileConfig {
     near_limit_fraction: Option<f64>,
     #[serde(default)]
     flush: FlushFile,
+    #[serde(default)]
+    routes: Vec<RouteFile>,
+    cors: Option<CorsFile>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CorsFile {
+    allowed_origins: Vec<String>,
+    max_age_secs: Option<u64>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -306,6 +337,13 @@ impl Config {
             "admin_listen",
         ) {
             config.admin_listen = parse_addr(&name, &value)?;
+        }
+        if let Some((name, value)) = pick(
+            "SESSIONGATE_INTERNAL_LISTEN",
+            file.internal_listen,
+            "internal_listen",
+        ) {
+            config.internal_listen = Some(parse_addr(&name, &value)?);
         }
         if let Some((name, value)) = pick("SESSIONGATE_ENV", file.env, "env") {
             config.environment = match value.as_str() {
@@ -462,6 +500,14 @@ impl Config {
                 .map(|(operation, policy)| parse_policy(operation, policy))
                 .collect::<Result<_, _>>()?;
         }
+        let policies = &config.policies;
+        config.routes = RouteTable::parse(file.routes, |operation| {
+            policies.iter().any(|p| p.operation == operation)
+        })
+        .map_err(|(setting, reason)| ConfigError::new(setting, reason))?;
+        if let Some(cors) = file.cors {
+            config.cors = Some(parse_cors(cors)?);
+        }
 
         let cookie = &mut config.cookie;
         cookie.secure = config.environment == Environment::Production;
@@ -559,6 +605,29 @@ fn supabase(
         service_role_key: key.clone(),
         request_timeout: positive_millis("flush.request_timeout_ms", timeout_ms.unwrap_or(10_000))?,
     }))
+}
+
+fn parse_cors(file: CorsFile) -> Result<CorsConfig, ConfigError> {
+    for origin in &file.allowed_origins {
+        let uri: Option<http::Uri> = origin.parse().ok();
+        let exact = !origin.ends_with('/')
+            && uri.as_ref().is_some_and(|uri| {
+                matches!(uri.scheme_str(), Some("http" | "https"))
+                    && uri.authority().is_some()
+                    && uri.path() == "/"
+                    && uri.query().is_none()
+            });
+        if !exact {
+            return Err(ConfigError::new(
+                "cors.allowed_origins",
+                format!("{origin:?} is not an origin like https://app.example.com (no path, no wildcard)"),
+            ));
+        }
+    }
+    Ok(CorsConfig {
+        allowed_origins: file.allowed_origins,
+        max_age: Duration::from_secs(file.max_age_secs.unwrap_or(600)),
+    })
 }
 
 fn parse_net(text: &str) -> Result<IpNet, ConfigError> {

@@ -7,6 +7,7 @@
 //! - [`store`]: the only module that speaks Redis (keys, commands, Lua scripts);
 //! - [`flush`]: write-behind to Supabase and read-through back (the only module that knows
 //!   Supabase);
+//! - [`routes`]: the gateway-mode route table (path + method → upstream + quota);
 //! - [`http`]: listeners, routing, and translation between HTTP and the domain;
 //! - [`telemetry`]: metric names, descriptions and the Prometheus recorder.
 //!
@@ -18,6 +19,7 @@ pub mod flush;
 pub mod http;
 pub mod preferences;
 pub mod quota;
+pub mod routes;
 pub mod session;
 pub mod store;
 pub mod telemetry;
@@ -26,12 +28,13 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use crate::config::Config;
 use crate::flush::{Flusher, ReadThrough, Supabase, SupabaseError};
-use crate::http::{admin::Admin, api::Api, ConnectionLimits};
+use crate::http::{admin::Admin, api::Api, proxy::Upstreams, ConnectionLimits};
 use crate::quota::Quotas;
 use crate::session::Sessions;
 use crate::store::{Store, StoreConfig, StoreError};
@@ -51,6 +54,7 @@ pub enum StartError {
 pub struct Gateway {
     public_addr: SocketAddr,
     admin_addr: SocketAddr,
+    internal_addr: Option<SocketAddr>,
     shutdown: watch::Sender<bool>,
     /// The two listeners, housekeeping and the flusher; all end on shutdown.
     tasks: Vec<JoinHandle<()>>,
@@ -67,6 +71,11 @@ pub async fn start(config: Config) -> Result<Gateway, StartError> {
     let admin = http::bind(config.admin_listen).await?;
     let public_addr = public.local_addr()?;
     let admin_addr = admin.local_addr()?;
+    let internal = match config.internal_listen {
+        Some(addr) => Some(http::bind(addr).await?),
+        None => None,
+    };
+    let internal_addr = internal.as_ref().map(TcpListener::local_addr).transpose()?;
 
     let store = Store::connect(&StoreConfig {
         url: config.redis_url.clone(),
@@ -122,15 +131,30 @@ pub async fn start(config: Config) -> Result<Gateway, StartError> {
         ),
         read_through,
         cookie: config.cookie.clone(),
+        cors: config.cors.clone(),
         body_limit: config.body_limit,
         trusted_proxies: config.trusted_proxies.clone(),
         service_token: config.service_token.clone(),
+        internal_here: internal.is_none(),
+        routes: config.routes.clone(),
+        upstreams: Upstreams::default(),
     });
     let admin_state = Arc::new(Admin {
         store: store.clone(),
         write_behind: config.supabase.is_some(),
     });
-    let mut tasks = vec![
+    let mut tasks = Vec::new();
+    if let Some(internal) = internal {
+        let api = api.clone();
+        tasks.push(tokio::spawn(http::serve(
+            "internal",
+            internal,
+            move |request, _peer| http::internal::handle_listener(api.clone(), request),
+            limits,
+            stopped(watcher.clone()),
+        )));
+    }
+    tasks.extend([
         tokio::spawn(http::serve(
             "public",
             public,
@@ -146,15 +170,16 @@ pub async fn start(config: Config) -> Result<Gateway, StartError> {
             stopped(watcher.clone()),
         )),
         tokio::spawn(forget_idle_clients(sessions, stopped(watcher.clone()))),
-    ];
+    ]);
     if let (Some(supabase), true) = (supabase, config.flush_enabled) {
         let flusher = Flusher::new(store.clone(), supabase, config.flush.clone());
         tasks.push(tokio::spawn(flusher.run(stopped(watcher))));
     }
-    tracing::info!(%public_addr, %admin_addr, "sessiongate listening");
+    tracing::info!(%public_addr, %admin_addr, ?internal_addr, "sessiongate listening");
     Ok(Gateway {
         public_addr,
         admin_addr,
+        internal_addr,
         shutdown,
         tasks,
         store,
@@ -182,6 +207,11 @@ impl Gateway {
     /// The bound public address (useful when configured with port 0).
     pub fn public_addr(&self) -> SocketAddr {
         self.public_addr
+    }
+
+    /// The bound internal-API address, when `internal_listen` is set.
+    pub fn internal_addr(&self) -> Option<SocketAddr> {
+        self.internal_addr
     }
 
     /// The bound admin address.

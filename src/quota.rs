@@ -11,6 +11,12 @@
 //! `{limit, remaining, reset_at}` that reads show, and offers the quota operations through
 //! [`Quotas`]. It reaches Redis only through [`Store`] and knows nothing of HTTP.
 //!
+//! Gateway mode splits a consume in two so that usage only moves for work that was done:
+//! [`Quotas::reserve`] takes the cost from the window (atomically, so concurrent requests
+//! never overshoot), then [`Quotas::commit`] moves the usage counter, or [`Quotas::release`]
+//! gives the cost back. A reservation whose gateway dies in between stays taken: the
+//! window errs on the side of the limit, and the usage counter on the side of the work done.
+//!
 //! Stored states (one hash field per policy on the session): `"<end>:<used>"` for calendar
 //! and rolling windows (end in Unix seconds), `"<tat>"` for GCRA (theoretical arrival time,
 //! Unix milliseconds).
@@ -340,6 +346,44 @@ impl Quotas {
             None => {}
         }
         Ok(answer)
+    }
+
+    /// Takes `cost` from the policy's window without counting usage (gateway mode); the
+    /// answer is a grant or a refusal, `None` for an unknown session.
+    pub async fn reserve(
+        &self,
+        id: Uuid,
+        policy: &Policy,
+        cost: u64,
+    ) -> Result<Option<QuotaAnswer>, StoreError> {
+        let request = QuotaRequest {
+            policy,
+            cost,
+            idempotency_key: None,
+            counts_usage: false,
+        };
+        self.consume(id, &request).await
+    }
+
+    /// Counts a reserved cost as usage: the upstream did the work.
+    pub async fn commit(&self, id: Uuid, policy: &Policy, cost: u64) -> Result<(), StoreError> {
+        if !self.store.commit(&id, policy, cost).await? {
+            tracing::warn!(%id, operation = %policy.operation, "session gone before its reservation was committed");
+        }
+        Ok(())
+    }
+
+    /// Gives a reserved cost back: the upstream failed.
+    pub async fn release(&self, id: Uuid, policy: &Policy, cost: u64) -> Result<(), StoreError> {
+        let request = QuotaRequest {
+            policy,
+            cost,
+            idempotency_key: None,
+            counts_usage: false,
+        };
+        self.store.refund(&id, &request).await?;
+        telemetry::quota_refund(&policy.operation);
+        Ok(())
     }
 
     /// A policy's state without consuming (one plain read); `None` for an unknown session.

@@ -90,6 +90,7 @@ pub const FLUSH_RETRIES: &str = "sessiongate_flush_retries_total";
 pub const FLUSH_DEAD_LETTERS: &str = "sessiongate_flush_dead_letters_total";
 pub const FLUSH_REFUSALS: &str = "sessiongate_flush_backpressure_refusals_total";
 pub const READ_THROUGH: &str = "sessiongate_read_through_total";
+pub const PROXY_REQUESTS: &str = "sessiongate_proxy_requests_total";
 pub const BUILD_INFO: &str = "sessiongate_build_info";
 
 fn describe() {
@@ -165,6 +166,7 @@ fn describe() {
         READ_THROUGH,
         "Sessions looked up in Supabase after a Redis miss, by result."
     );
+    describe_counter!(PROXY_REQUESTS, "Gateway-mode requests, by route pattern and outcome: committed, refunded, denied, rejected (no session), forwarded (unmetered), upstream_error, upstream_timeout.");
     describe_gauge!(BUILD_INFO, "Build of the running gateway (always 1).");
     // Counters of rare events start at 0, so `increase()` sees their first occurrence.
     for rare in [
@@ -338,4 +340,9 @@ pub fn flush_refusal() {
 
 pub fn read_through(result: &'static str) {
     counter!(READ_THROUGH, "result" => result).increment(1);
+}
+
+/// `route` is a configured pattern: bounded by the configuration.
+pub fn proxy_request(route: &str, outcome: &'static str) {
+    counter!(PROXY_REQUESTS, "route" => route.to_string(), "outcome" => outcome).increment(1);
 }

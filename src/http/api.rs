@@ -16,14 +16,17 @@ use serde::ser::SerializeMap;
 use serde::{Serialize, Serializer};
 use uuid::Uuid;
 
+use super::cors;
 use super::error::ApiError;
+use super::proxy::{self, Upstreams};
 use super::request::{client_ip, client_session_id, current_session, json_body};
 use super::response::{json, json_text, set_session_cookie, timestamp};
 use super::Body;
-use crate::config::CookieConfig;
+use crate::config::{CookieConfig, CorsConfig};
 use crate::flush::ReadThrough;
 use crate::preferences::{self, PreferencesError};
 use crate::quota::Quotas;
+use crate::routes::{Lookup, RouteTable};
 use crate::session::{Session, SessionRecord, Sessions, Usage};
 
 /// What the public and internal handlers share.
@@ -33,10 +36,17 @@ pub struct Api {
     /// Write-through on demand; `None` without Supabase.
     pub read_through: Option<ReadThrough>,
     pub cookie: CookieConfig,
+    /// `None`: no CORS headers.
+    pub cors: Option<CorsConfig>,
     pub body_limit: usize,
     pub trusted_proxies: Vec<IpNet>,
     /// `None` disables the internal API.
     pub service_token: Option<String>,
+    /// Whether `/internal/` is served here (else on its own listener, or not at all).
+    pub internal_here: bool,
+    /// Gateway mode: what the public listener forwards, and the client it forwards with.
+    pub routes: RouteTable,
+    pub upstreams: Upstreams,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -84,22 +94,39 @@ impl Route {
 /// Entry point for every request on the public listener.
 pub async fn handle(api: Arc<Api>, request: Request<Incoming>, peer: SocketAddr) -> Response<Body> {
     let _in_flight = super::InFlight::start();
-    if request.uri().path().starts_with(super::internal::PREFIX) {
+    if api.internal_here && request.uri().path().starts_with(super::internal::PREFIX) {
         return super::internal::handle(&api, request).await;
     }
     let started = Instant::now();
     let method = request.method().clone();
     let route = Route::parse(request.uri().path());
+    let origin = api
+        .cors
+        .as_ref()
+        .and_then(|cors| cors::allowed_origin(cors, request.headers()).cloned());
     let result = match (route, &method) {
-        (None, _) => Err(ApiError::route_not_found()),
+        (None, _) => match api.routes.find(&method, request.uri().path()) {
+            Lookup::Found(route) => return proxy::forward(&api, route, request, peer).await,
+            Lookup::MethodNotAllowed(allow) => Err(ApiError::method_not_allowed(allow)),
+            Lookup::NotFound => Err(ApiError::route_not_found()),
+        },
         (Some(Route::Session), &Method::POST) => create_or_get(&api, request, peer).await,
         (Some(Route::Sync), &Method::POST) => sync(&api, request, peer).await,
         (Some(Route::Info), &Method::GET) => info(&api, request).await,
         (Some(Route::Preferences), &Method::GET) => get_preferences(&api, request).await,
         (Some(Route::Preferences), &Method::PUT) => put_preferences(&api, request).await,
+        (Some(route), &Method::OPTIONS) if cors::is_preflight(&method, request.headers()) => {
+            match &api.cors {
+                Some(config) => Ok(cors::preflight(config, origin.as_ref(), route.allow())),
+                None => Err(ApiError::method_not_allowed(route.allow())),
+            }
+        }
         (Some(route), _) => Err(ApiError::method_not_allowed(route.allow())),
     };
-    let response = result.unwrap_or_else(ApiError::into_response);
+    let mut response = result.unwrap_or_else(ApiError::into_response);
+    if api.cors.is_some() {
+        cors::decorate(&mut response, origin.as_ref());
+    }
     let route = route.map_or("unmatched", Route::template);
     super::observe(route, &method, started, response.status().as_u16());
     response

@@ -24,7 +24,7 @@ struct Parts {
     code: &'static str,
     detail: Cow<'static, str>,
     field_errors: Option<BTreeMap<&'static str, Vec<Cow<'static, str>>>>,
-    allow: Option<&'static str>,
+    allow: Option<Cow<'static, str>>,
     retry_after: Option<u64>,
     known_operations: Option<Vec<String>>,
 }
@@ -89,7 +89,8 @@ impl ApiError {
         )
     }
 
-    pub fn method_not_allowed(allow: &'static str) -> Self {
+    pub fn method_not_allowed(allow: impl Into<Cow<'static, str>>) -> Self {
+        let allow = allow.into();
         let mut error = ApiError::new(
             StatusCode::METHOD_NOT_ALLOWED,
             "method_not_allowed",
@@ -151,12 +152,34 @@ impl ApiError {
         error
     }
 
+    /// 502: a gateway-mode upstream could not be reached or broke off.
+    pub fn bad_gateway() -> Self {
+        ApiError::new(
+            StatusCode::BAD_GATEWAY,
+            "bad_gateway",
+            "The upstream service could not be reached",
+        )
+    }
+
+    /// 504: a gateway-mode upstream did not answer within the route's timeout.
+    pub fn gateway_timeout() -> Self {
+        ApiError::new(
+            StatusCode::GATEWAY_TIMEOUT,
+            "gateway_timeout",
+            "The upstream service did not answer in time",
+        )
+    }
+
     pub fn internal() -> Self {
         ApiError::new(
             StatusCode::INTERNAL_SERVER_ERROR,
             "internal_error",
             "Internal error",
         )
+    }
+
+    pub fn status(&self) -> StatusCode {
+        self.0.status
     }
 
     pub fn into_response(self) -> Response<Body> {
@@ -177,8 +200,9 @@ impl ApiError {
         if let Some(secs) = error.retry_after {
             headers.insert(header::RETRY_AFTER, HeaderValue::from(secs));
         }
-        if let Some(allow) = error.allow {
-            headers.insert(header::ALLOW, HeaderValue::from_static(allow));
+        // Method names come from hyper or the validated route table: always valid.
+        if let Some(Ok(allow)) = error.allow.map(|a| HeaderValue::from_str(&a)) {
+            headers.insert(header::ALLOW, allow);
         }
         response
     }

@@ -3,7 +3,12 @@
 //! - `quota/{operation}`: `GET` checks, `POST .../consume` grants or refuses,
 //!   `POST .../refund` gives back;
 //! - `persist`: `POST` makes the session's current state durable in Supabase before it
-//!   answers (write-through on demand, e.g. before inserting rows that reference it).
+//!   answers (write-through on demand, e.g. before inserting rows that reference it);
+//!
+//! and `/internal/v1/authorize`, the forward-auth endpoint for a proxy in front of the
+//! application (nginx `auth_request`, Traefik `forwardAuth`, Envoy `ext_authz`): the
+//! session comes from the forwarded cookie or `X-Session-Id`, the operation from the
+//! proxy's configuration, and a grant is counted at once (a proxy has no commit hook).
 //!
 //! Every route needs `Authorization: Bearer <SESSIONGATE_SERVICE_TOKEN>`, compared in
 //! constant time. Without a configured token the routes do not exist (404), so a
@@ -18,14 +23,14 @@ use subtle::ConstantTimeEq;
 
 use super::api::Api;
 use super::error::ApiError;
-use super::request::json_body;
+use super::request::{current_session, json_body, SESSION_HEADER};
 use super::response::{json, timestamp};
 use super::Body;
 use crate::quota::{Policy, QuotaStatus};
 use crate::session::{parse_id, Usage};
 use crate::store::{QuotaAnswer, QuotaOutcome, QuotaRequest};
 
-pub const PREFIX: &str = "/internal/";
+pub(super) const PREFIX: &str = "/internal/";
 
 const MAX_IDEMPOTENCY_KEY: usize = 128;
 
@@ -42,16 +47,27 @@ struct PersistBody {
     version: i64,
 }
 
+/// Entry point of the internal listener (`internal_listen`): the internal API and nothing
+/// else.
+pub async fn handle_listener(
+    api: std::sync::Arc<Api>,
+    request: Request<Incoming>,
+) -> Response<Body> {
+    let _in_flight = super::InFlight::start();
+    if request.uri().path().starts_with(PREFIX) {
+        return handle(&api, request).await;
+    }
+    ApiError::route_not_found().into_response()
+}
+
 /// Entry point for every request under [`PREFIX`].
 pub async fn handle(api: &Api, request: Request<Incoming>) -> Response<Body> {
     let started = std::time::Instant::now();
     let method = request.method().clone();
-    let template = if request
-        .uri()
-        .path()
-        .trim_end_matches('/')
-        .ends_with("/persist")
-    {
+    let path = request.uri().path();
+    let template = if is_authorize(path) {
+        "/internal/v1/authorize"
+    } else if path.trim_end_matches('/').ends_with("/persist") {
         "/internal/v1/sessions/{id}/persist"
     } else {
         "/internal/v1/sessions/{id}/quota/{operation}"
@@ -71,6 +87,9 @@ async fn route(api: &Api, request: Request<Incoming>) -> Result<Response<Body>, 
         return Err(ApiError::unauthorized());
     }
     let path = request.uri().path();
+    if is_authorize(path) {
+        return authorize(api, &request).await;
+    }
     let path = path.strip_suffix('/').unwrap_or(path);
     let Some(rest) = path.strip_prefix("/internal/v1/sessions/") else {
         return Err(ApiError::route_not_found());
@@ -98,15 +117,7 @@ async fn route(api: &Api, request: Request<Incoming>) -> Result<Response<Body>, 
     let id = parse_id(id).ok_or_else(|| {
         ApiError::invalid_field("session_id", "must be a UUID (8-4-4-4-12 hex digits)")
     })?;
-    let policy = api.quotas.policy(operation).ok_or_else(|| {
-        let known = api
-            .quotas
-            .policies()
-            .iter()
-            .map(|p| p.operation.clone())
-            .collect();
-        ApiError::unknown_operation(operation, known)
-    })?;
+    let policy = known_policy(api, operation)?;
 
     if action == Action::Check {
         let (status, usage) = api
@@ -131,6 +142,7 @@ async fn route(api: &Api, request: Request<Incoming>) -> Result<Response<Body>, 
         policy,
         cost,
         idempotency_key: idempotency_key.as_deref(),
+        counts_usage: true,
     };
     let answer = match action {
         Action::Consume => api.quotas.consume(id, &request).await?,
@@ -165,6 +177,124 @@ async fn persist(api: &Api, id: &str) -> Result<Response<Body>, ApiError> {
             Err(ApiError::unavailable())
         }
     }
+}
+
+const AUTHORIZE: &str = "/internal/v1/authorize";
+
+/// `/internal/v1/authorize`, or any path below it: Envoy's `ext_authz` appends the
+/// original request's path to its `path_prefix`.
+fn is_authorize(path: &str) -> bool {
+    path.strip_prefix(AUTHORIZE)
+        .is_some_and(|rest| rest.is_empty() || rest.starts_with('/'))
+}
+
+/// Forward-auth, any method (proxies differ): 200 with `X-Session-Id` (and the quota
+/// headers when an operation is named) lets the request through; 404 (no or unknown
+/// session, unknown operation) and 429 (quota exhausted, with `Retry-After`) stop it.
+async fn authorize(api: &Api, request: &Request<Incoming>) -> Result<Response<Body>, ApiError> {
+    let headers = request.headers();
+    let id = current_session(headers, &api.cookie.name)?.ok_or_else(ApiError::session_not_found)?;
+    let Some((operation, cost)) = authorize_operation(request)? else {
+        api.sessions
+            .read(id)
+            .await?
+            .ok_or_else(ApiError::session_not_found)?;
+        return Ok(authorized_response(&id));
+    };
+    let policy = known_policy(api, &operation)?;
+    let cost = match cost {
+        None => policy.default_cost,
+        Some(text) => parse_cost(&text, policy)?,
+    };
+    let request = QuotaRequest {
+        policy,
+        cost,
+        idempotency_key: None,
+        counts_usage: true,
+    };
+    let answer = api
+        .quotas
+        .consume(id, &request)
+        .await?
+        .ok_or_else(ApiError::session_not_found)?;
+    if answer.outcome != QuotaOutcome::Granted {
+        return Ok(answer_response(policy, &answer));
+    }
+    let mut response = authorized_response(&id);
+    rate_limit_headers(response.headers_mut(), policy, &answer.status);
+    Ok(response)
+}
+
+/// The operation and cost to authorize. On `/internal/v1/authorize` itself the query
+/// (written by the proxy's configuration) wins over the `X-Quota-Operation` and
+/// `X-Quota-Cost` headers; below it (Envoy) the query is the client's, so only the headers
+/// count. Operation and cost always come from the same place, so a client can't lower a
+/// cost the proxy set.
+fn authorize_operation(
+    request: &Request<Incoming>,
+) -> Result<Option<(String, Option<String>)>, ApiError> {
+    let uri = request.uri();
+    if uri.path() == AUTHORIZE {
+        let query = uri.query().unwrap_or_default();
+        let param = |name: &str| {
+            query
+                .split('&')
+                .filter_map(|pair| pair.split_once('='))
+                .find(|(key, _)| *key == name)
+                .map(|(_, value)| value.to_string())
+        };
+        if let Some(operation) = param("operation") {
+            return Ok(Some((operation, param("cost"))));
+        }
+    }
+    let header = |name: &'static str| -> Result<Option<String>, ApiError> {
+        match request.headers().get(name) {
+            None => Ok(None),
+            Some(value) => value
+                .to_str()
+                .map(|v| Some(v.trim().to_string()))
+                .map_err(|_| ApiError::invalid_field(name, "must be visible ASCII")),
+        }
+    };
+    match header("x-quota-operation")? {
+        Some(operation) => Ok(Some((operation, header("x-quota-cost")?))),
+        None => Ok(None),
+    }
+}
+
+fn parse_cost(text: &str, policy: &Policy) -> Result<u64, ApiError> {
+    match text.parse::<u64>() {
+        Ok(n) if n >= 1 && n <= policy.limit => Ok(n),
+        _ => Err(ApiError::invalid_field(
+            "cost",
+            format!(
+                "must be a whole number from 1 to the policy's limit ({})",
+                policy.limit
+            ),
+        )),
+    }
+}
+
+fn authorized_response(id: &uuid::Uuid) -> Response<Body> {
+    let mut response = Response::new(Body::from(bytes::Bytes::new()));
+    let headers = response.headers_mut();
+    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    if let Ok(value) = HeaderValue::from_str(&id.hyphenated().to_string()) {
+        headers.insert(SESSION_HEADER, value);
+    }
+    response
+}
+
+fn known_policy<'a>(api: &'a Api, operation: &str) -> Result<&'a Policy, ApiError> {
+    api.quotas.policy(operation).ok_or_else(|| {
+        let known = api
+            .quotas
+            .policies()
+            .iter()
+            .map(|p| p.operation.clone())
+            .collect();
+        ApiError::unknown_operation(operation, known)
+    })
 }
 
 fn authorized(headers: &HeaderMap, token: &str) -> bool {
@@ -261,7 +391,7 @@ struct DeniedBody<'a> {
     usage_stats: &'a Usage,
 }
 
-fn answer_response(policy: &Policy, answer: &QuotaAnswer) -> Response<Body> {
+pub(super) fn answer_response(policy: &Policy, answer: &QuotaAnswer) -> Response<Body> {
     let status = &answer.status;
     let mut response = match answer.outcome {
         QuotaOutcome::Granted => {
@@ -330,7 +460,7 @@ fn quota_response(
 }
 
 /// The IETF `RateLimit-Policy` / `RateLimit` headers (draft-ietf-httpapi-ratelimit-headers).
-fn rate_limit_headers(headers: &mut HeaderMap, policy: &Policy, status: &QuotaStatus) {
+pub(super) fn rate_limit_headers(headers: &mut HeaderMap, policy: &Policy, status: &QuotaStatus) {
     let now = chrono::Utc::now().timestamp();
     let policy_value = format!(
         "\"{}\";q={};w={}",

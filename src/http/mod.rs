@@ -8,8 +8,11 @@
 
 pub mod admin;
 pub mod api;
+mod body;
+mod cors;
 mod error;
-mod internal;
+pub mod internal;
+pub mod proxy;
 pub mod request;
 mod response;
 
@@ -19,9 +22,7 @@ use std::net::SocketAddr;
 use std::panic::AssertUnwindSafe;
 use std::time::Duration;
 
-use bytes::Bytes;
 use futures_util::FutureExt;
-use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
@@ -34,8 +35,7 @@ use crate::telemetry;
 
 pub use error::ApiError;
 
-/// Every response body is one buffer, built once.
-pub type Body = Full<Bytes>;
+pub use body::Body;
 
 /// Connection-level limits shared by both listeners.
 #[derive(Clone, Copy, Debug)]

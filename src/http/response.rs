@@ -3,7 +3,6 @@
 use bytes::Bytes;
 use chrono::{DateTime, SecondsFormat};
 use http::{header, HeaderValue, StatusCode};
-use http_body_util::Full;
 use hyper::Response;
 use serde::Serialize;
 use uuid::Uuid;
@@ -23,7 +22,7 @@ pub fn json<T: Serialize>(status: StatusCode, body: &T) -> Response<Body> {
 
 /// Like [`json`], for a body that is JSON text already.
 pub fn json_text(status: StatusCode, bytes: impl Into<Bytes>) -> Response<Body> {
-    let mut response = Response::new(Full::new(bytes.into()));
+    let mut response = Response::new(Body::from(bytes.into()));
     *response.status_mut() = status;
     let headers = response.headers_mut();
     headers.insert(
@@ -34,6 +33,16 @@ pub fn json_text(status: StatusCode, bytes: impl Into<Bytes>) -> Response<Body> 
     headers.insert(
         header::X_CONTENT_TYPE_OPTIONS,
         HeaderValue::from_static("nosniff"),
+    );
+    // JSON is never a page: nothing may frame it, load from it, or learn where it was read.
+    headers.insert(
+        header::CONTENT_SECURITY_POLICY,
+        HeaderValue::from_static("default-src 'none'; frame-ancestors 'none'"),
+    );
+    headers.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
+    headers.insert(
+        header::REFERRER_POLICY,
+        HeaderValue::from_static("no-referrer"),
     );
     response
 }

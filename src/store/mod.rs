@@ -129,19 +129,21 @@ struct Scripts {
     set_preferences: Lua,
     consume: Lua,
     refund: Lua,
+    commit: Lua,
     claim: Lua,
     settle: Lua,
     restore: Lua,
 }
 
 impl Scripts {
-    fn all(&self) -> [&Lua; 8] {
+    fn all(&self) -> [&Lua; 9] {
         [
             &self.create,
             &self.touch,
             &self.set_preferences,
             &self.consume,
             &self.refund,
+            &self.commit,
             &self.claim,
             &self.settle,
             &self.restore,
@@ -208,6 +210,7 @@ impl Store {
                     ),
                     consume: Lua::new("consume", with_quota_lib(include_str!("consume.lua"))),
                     refund: Lua::new("refund", with_quota_lib(include_str!("refund.lua"))),
+                    commit: Lua::new("commit", with_session_lib(include_str!("commit.lua"))),
                     claim: Lua::new("claim", include_str!("claim.lua").to_string()),
                     settle: Lua::new("settle", include_str!("settle.lua").to_string()),
                     restore: Lua::new("restore", include_str!("restore.lua").to_string()),

@@ -1,4 +1,5 @@
-//! The quota scripts (`consume.lua`, `refund.lua`): arguments out, answers back.
+//! The quota scripts (`consume.lua`, `refund.lua`, `commit.lua`): arguments out, answers
+//! back.
 
 use fred::types::Value;
 use uuid::Uuid;
@@ -32,6 +33,9 @@ pub struct QuotaRequest<'a> {
     pub policy: &'a Policy,
     pub cost: u64,
     pub idempotency_key: Option<&'a str>,
+    /// Whether the policy's usage counter moves with the window. Gateway mode reserves
+    /// without it and moves the counter only on [`Store::commit`].
+    pub counts_usage: bool,
 }
 
 /// The session hash field holding a policy's window state.
@@ -60,6 +64,21 @@ impl Store {
         self.quota_call(script, "refund", id, request).await
     }
 
+    /// Moves the policy's usage counter by `cost` after a reservation (see `commit.lua`);
+    /// `false` if the session has gone. A policy without a counter has nothing to commit.
+    pub async fn commit(&self, id: &Uuid, policy: &Policy, cost: u64) -> Result<bool, StoreError> {
+        let Some(counter) = policy.counter else {
+            return Ok(true);
+        };
+        let (keys, mut args) = self.session_call(id);
+        args.extend([
+            Value::from(counter_field(counter)),
+            Value::from(cost as i64),
+        ]);
+        let reply = self.eval(&self.inner.scripts.commit, keys, args).await?;
+        Ok(reply.as_i64() == Some(1))
+    }
+
     async fn quota_call(
         &self,
         script: &super::Lua,
@@ -82,10 +101,8 @@ impl Store {
             Window::Gcra { interval } => ("gcra", interval.as_millis().to_string()),
         };
         let counter = match policy.counter {
-            Some(Counter::ConceptsGenerated) => "g",
-            Some(Counter::ConceptsRefined) => "r",
-            Some(Counter::ConceptsStored) => "s",
-            None => "",
+            Some(counter) if request.counts_usage => counter_field(counter),
+            _ => "",
         };
         args.extend([
             Value::from(field(policy)),
@@ -96,6 +113,14 @@ impl Store {
             Value::from(counter),
         ]);
         answer(self.eval(script, keys, args).await?)
+    }
+}
+
+fn counter_field(counter: Counter) -> &'static str {
+    match counter {
+        Counter::ConceptsGenerated => "g",
+        Counter::ConceptsRefined => "r",
+        Counter::ConceptsStored => "s",
     }
 }
 
