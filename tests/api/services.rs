@@ -57,7 +57,7 @@ impl Watchdog {
 
     /// Whether the server still runs. An exited server stays a zombie until the shell reaps
     /// it, which the shell does only once told to stop, so look at the process state.
-    fn server_alive(&self) -> bool {
+    pub(crate) fn server_alive(&self) -> bool {
         std::fs::read_to_string(format!("/proc/{}/stat", self.pid)).is_ok_and(|stat| {
             stat.rsplit_once(')')
                 .is_some_and(|(_, rest)| !rest.trim_start().starts_with('Z'))

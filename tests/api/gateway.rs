@@ -1,0 +1,668 @@
+//! Gateway mode: a real upstream (a small hyper server in this test binary) behind the
+//! gateway's `[[routes]]`, and a real nginx in front of the forward-auth endpoint.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::Command;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::{Either, Full};
+use hyper::body::Incoming;
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper::{Request, Response, StatusCode};
+use hyper_util::rt::TokioIo;
+use serde_json::json;
+use sessiongate::config::Config;
+
+use crate::services::{free_port, Watchdog};
+use crate::support::{split, with_token, TestGateway, TOKEN};
+
+/// What the upstream saw of one request.
+#[derive(Clone, Debug)]
+struct Hit {
+    path: String,
+    session: Option<String>,
+    forwarded_for: Option<String>,
+    headers: Vec<String>,
+}
+
+/// A hyper server standing in for the application: `/.../fail` answers 500, `/.../hang`
+/// never answers, `/.../echo` streams the request body back, anything else is 200.
+struct Upstream {
+    addr: SocketAddr,
+    hits: Arc<Mutex<Vec<Hit>>>,
+}
+
+impl Upstream {
+    async fn start() -> Upstream {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind the upstream");
+        let addr = listener.local_addr().expect("upstream addr");
+        let hits = Arc::new(Mutex::new(Vec::new()));
+        let recorded = hits.clone();
+        tokio::spawn(async move {
+            while let Ok((stream, _)) = listener.accept().await {
+                let hits = recorded.clone();
+                let service = service_fn(move |request| respond(request, hits.clone()));
+                tokio::spawn(http1::Builder::new().serve_connection(TokioIo::new(stream), service));
+            }
+        });
+        Upstream { addr, hits }
+    }
+
+    fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    fn hits(&self) -> Vec<Hit> {
+        self.hits.lock().expect("hits").clone()
+    }
+}
+
+type UpstreamBody = Either<Incoming, Full<Bytes>>;
+
+async fn respond(
+    request: Request<Incoming>,
+    hits: Arc<Mutex<Vec<Hit>>>,
+) -> Result<Response<UpstreamBody>, Infallible> {
+    let header = |name: &str| {
+        request
+            .headers()
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string)
+    };
+    let path = request.uri().path().to_string();
+    hits.lock().expect("hits").push(Hit {
+        path: path.clone(),
+        session: header("x-session-id"),
+        forwarded_for: header("x-forwarded-for"),
+        headers: request.headers().keys().map(|k| k.to_string()).collect(),
+    });
+    let text = |status: StatusCode, body: String| {
+        let mut response = Response::new(Either::Right(Full::new(Bytes::from(body))));
+        *response.status_mut() = status;
+        response
+    };
+    Ok(if path.ends_with("/fail") {
+        text(StatusCode::INTERNAL_SERVER_ERROR, "upstream failed".into())
+    } else if path.ends_with("/hang") {
+        std::future::pending::<()>().await;
+        unreachable!("a pending future never resolves")
+    } else if path.ends_with("/echo") {
+        Response::new(Either::Left(request.into_body()))
+    } else {
+        text(StatusCode::OK, format!("upstream saw {path}"))
+    })
+}
+
+/// A gateway with the TOML `routes` (and a `generate` quota of `limit` per day, counted as
+/// concepts_generated) in front of `upstream`.
+async fn gateway(limit: u64, routes: &str, adjust: impl FnOnce(&mut Config)) -> TestGateway {
+    let parsed = Config::from_toml(&format!(
+        "[quotas.generate]\nlimit = {limit}\nwindow = \"day\"\ncounter = \"concepts_generated\"\n{routes}"
+    ))
+    .expect("valid gateway-mode configuration");
+    TestGateway::start_with(|config| {
+        config.policies = parsed.policies;
+        config.routes = parsed.routes;
+        with_token(config);
+        adjust(config);
+    })
+    .await
+}
+
+fn metered(path: &str, upstream: &str, extra: &str) -> String {
+    format!(
+        "[[routes]]\npath = \"{path}\"\nmethods = [\"POST\"]\nupstream = \"{upstream}\"\noperation = \"generate\"\ntimeout_ms = 500\n{extra}\n"
+    )
+}
+
+impl TestGateway {
+    async fn post_as(&self, path: &str, id: &str) -> reqwest::Response {
+        self.http
+            .post(self.url(path))
+            .header("x-session-id", id)
+            .body("{}")
+            .send()
+            .await
+            .expect("request")
+    }
+
+    /// `(remaining, concepts_generated)` of the session's `generate` quota.
+    async fn generate_state(&self, id: &str) -> (u64, u64) {
+        let info = self.info(id).await;
+        let remaining = info["rate_limits"]["generate"]["remaining"]
+            .as_u64()
+            .expect("remaining");
+        let used = info["usage_stats"]["concepts_generated"]
+            .as_u64()
+            .expect("concepts_generated");
+        (remaining, used)
+    }
+}
+
+#[tokio::test]
+async fn grants_reach_the_upstream_and_denials_never_do() {
+    let upstream = Upstream::start().await;
+    let gw = gateway(3, &metered("/v1/generate", &upstream.url(), ""), |_| {}).await;
+    let id = gw.new_session().await;
+
+    for expected_remaining in [2, 1, 0] {
+        let response = gw.post_as("/v1/generate", &id).await;
+        assert_eq!(response.status(), 200);
+        let ratelimit = response.headers()["ratelimit"].to_str().expect("ascii");
+        assert!(
+            ratelimit.contains(&format!("r={expected_remaining};")),
+            "{ratelimit}"
+        );
+        assert_eq!(
+            response.text().await.expect("body"),
+            "upstream saw /v1/generate"
+        );
+    }
+    for _ in 0..2 {
+        let response = gw.post_as("/v1/generate", &id).await;
+        assert_eq!(response.status(), 429);
+        assert!(response.headers().contains_key("retry-after"));
+        let (_, body) = split(response).await;
+        assert_eq!(body["error_code"], "rate_limit_exceeded");
+    }
+
+    let hits = upstream.hits();
+    assert_eq!(hits.len(), 3, "denied requests must not reach the upstream");
+    assert!(hits
+        .iter()
+        .all(|hit| hit.session.as_deref() == Some(id.as_str())));
+    assert_eq!(gw.generate_state(&id).await, (0, 3));
+}
+
+#[tokio::test]
+async fn failed_upstream_calls_are_refunded() {
+    let upstream = Upstream::start().await;
+    let closed = format!("http://127.0.0.1:{}", free_port());
+    let routes = [
+        metered("/v1/fail", &upstream.url(), ""),
+        metered("/v1/hang", &upstream.url(), ""),
+        metered("/v1/down", &closed, ""),
+        metered("/v1/ok", &upstream.url(), ""),
+    ]
+    .concat();
+    let gw = gateway(2, &routes, |_| {}).await;
+    let id = gw.new_session().await;
+
+    for (path, status) in [("/v1/fail", 500), ("/v1/hang", 504), ("/v1/down", 502)] {
+        let response = gw.post_as(path, &id).await;
+        assert_eq!(response.status(), status, "{path}");
+        assert_eq!(
+            gw.generate_state(&id).await,
+            (2, 0),
+            "{path} must be refunded"
+        );
+    }
+    assert_eq!(gw.post_as("/v1/ok", &id).await.status(), 200);
+    assert_eq!(gw.generate_state(&id).await, (1, 1));
+
+    let metrics = gw
+        .http
+        .get(gw.admin_url("/metrics"))
+        .send()
+        .await
+        .expect("metrics")
+        .text()
+        .await
+        .expect("metrics body");
+    for outcome in [
+        "refunded",
+        "upstream_timeout",
+        "upstream_error",
+        "committed",
+    ] {
+        assert!(
+            metrics.contains(&format!("outcome=\"{outcome}\"")),
+            "no {outcome} in the proxy metrics"
+        );
+    }
+}
+
+#[tokio::test]
+async fn commit_statuses_are_configurable() {
+    let upstream = Upstream::start().await;
+    let routes = metered(
+        "/v1/fail",
+        &upstream.url(),
+        "commit_on = [\"2xx\", \"500\"]",
+    );
+    let gw = gateway(2, &routes, |_| {}).await;
+    let id = gw.new_session().await;
+    assert_eq!(gw.post_as("/v1/fail", &id).await.status(), 500);
+    assert_eq!(gw.generate_state(&id).await, (1, 1));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_requests_never_overshoot_the_limit() {
+    let upstream = Upstream::start().await;
+    let gw = gateway(10, &metered("/v1/generate", &upstream.url(), ""), |_| {}).await;
+    let id = gw.new_session().await;
+
+    let requests = (0..100).map(|_| gw.post_as("/v1/generate", &id));
+    let statuses: Vec<u16> = futures_util::future::join_all(requests)
+        .await
+        .iter()
+        .map(|r| r.status().as_u16())
+        .collect();
+    let granted = statuses.iter().filter(|s| **s == 200).count();
+    let denied = statuses.iter().filter(|s| **s == 429).count();
+    assert_eq!((granted, denied), (10, 90), "{statuses:?}");
+    assert_eq!(upstream.hits().len(), 10);
+    assert_eq!(gw.generate_state(&id).await, (0, 10));
+}
+
+#[tokio::test]
+async fn missing_sessions_are_refused_or_created() {
+    let upstream = Upstream::start().await;
+    let routes = [
+        metered("/v1/strict", &upstream.url(), ""),
+        metered("/v1/open", &upstream.url(), "missing_session = \"create\""),
+    ]
+    .concat();
+    let gw = gateway(5, &routes, |_| {}).await;
+
+    let response = gw
+        .http
+        .post(gw.url("/v1/strict"))
+        .send()
+        .await
+        .expect("request");
+    assert_eq!(response.status(), 404);
+    let unknown = uuid::Uuid::new_v4().to_string();
+    assert_eq!(gw.post_as("/v1/strict", &unknown).await.status(), 404);
+    assert_eq!(gw.post_as("/v1/strict", "not-a-uuid").await.status(), 400);
+    assert!(upstream.hits().is_empty());
+
+    let response = gw
+        .http
+        .post(gw.url("/v1/open"))
+        .send()
+        .await
+        .expect("request");
+    assert_eq!(response.status(), 200);
+    let cookie = response.headers()["set-cookie"]
+        .to_str()
+        .expect("ascii")
+        .to_string();
+    let hits = upstream.hits();
+    let id = hits[0]
+        .session
+        .clone()
+        .expect("the upstream got the new session");
+    assert!(
+        cookie.starts_with(&format!("concept_session={id};")),
+        "{cookie}"
+    );
+    assert_eq!(gw.generate_state(&id).await, (4, 1));
+}
+
+#[tokio::test]
+async fn bodies_stream_both_ways_and_unmetered_routes_pass_as_they_are() {
+    let upstream = Upstream::start().await;
+    let routes = format!(
+        "[[routes]]\npath = \"/files/*\"\nupstream = \"{}\"\n",
+        upstream.url()
+    );
+    let gw = gateway(5, &routes, |_| {}).await;
+
+    // Far past the API's body limit: a proxied body is streamed, not collected.
+    let payload: Vec<u8> = (0..4 * 1024 * 1024u32).map(|i| (i % 251) as u8).collect();
+    let response = gw
+        .http
+        .put(gw.url("/files/a/echo"))
+        .header("x-forwarded-for", "6.6.6.6")
+        .header("connection", "x-secret")
+        .header("x-secret", "hop-by-hop")
+        .body(payload.clone())
+        .send()
+        .await
+        .expect("request");
+    assert_eq!(response.status(), 200);
+    assert!(response.bytes().await.expect("body") == payload);
+
+    let hit = &upstream.hits()[0];
+    assert_eq!(hit.path, "/files/a/echo");
+    assert_eq!(hit.session, None, "unmetered routes get no session");
+    assert_eq!(
+        hit.forwarded_for.as_deref(),
+        Some("127.0.0.1"),
+        "an untrusted client's X-Forwarded-For is replaced"
+    );
+    assert!(
+        !hit.headers.iter().any(|h| h == "x-secret"),
+        "{:?}",
+        hit.headers
+    );
+    assert!(hit.headers.iter().any(|h| h == "x-forwarded-host"));
+
+    let response = gw
+        .http
+        .get(gw.url("/elsewhere"))
+        .send()
+        .await
+        .expect("request");
+    assert_eq!(response.status(), 404);
+}
+
+#[tokio::test]
+async fn routes_answer_405_for_other_methods() {
+    let upstream = Upstream::start().await;
+    let gw = gateway(5, &metered("/v1/generate", &upstream.url(), ""), |_| {}).await;
+    let response = gw
+        .http
+        .get(gw.url("/v1/generate"))
+        .send()
+        .await
+        .expect("request");
+    assert_eq!(response.status(), 405);
+    assert_eq!(response.headers()["allow"], "POST");
+    assert!(upstream.hits().is_empty());
+}
+
+impl TestGateway {
+    async fn authorize(
+        &self,
+        query: &str,
+        id: Option<&str>,
+        extra: &[(&str, &str)],
+    ) -> reqwest::Response {
+        let mut request = self
+            .http
+            .get(self.url(&format!("/internal/v1/authorize{query}")))
+            .bearer_auth(TOKEN);
+        if let Some(id) = id {
+            request = request.header("x-session-id", id);
+        }
+        for (name, value) in extra {
+            request = request.header(*name, *value);
+        }
+        request.send().await.expect("request")
+    }
+}
+
+#[tokio::test]
+async fn authorize_answers_forward_auth_conventions() {
+    let gw = gateway(2, "", |_| {}).await;
+    let id = gw.new_session().await;
+
+    let response = gw
+        .http
+        .get(gw.url("/internal/v1/authorize?operation=generate"))
+        .header("x-session-id", &id)
+        .send()
+        .await
+        .expect("request");
+    assert_eq!(response.status(), 401, "the service token is required");
+
+    let response = gw.authorize("", Some(&id), &[]).await;
+    assert_eq!(response.status(), 200, "no operation: a session check");
+    assert_eq!(response.headers()["x-session-id"], id.as_str());
+    assert_eq!(gw.generate_state(&id).await, (2, 0));
+
+    let response = gw.authorize("?operation=generate", Some(&id), &[]).await;
+    assert_eq!(response.status(), 200);
+    assert!(response.headers()["ratelimit"]
+        .to_str()
+        .expect("ascii")
+        .contains("r=1;"));
+    assert_eq!(
+        gw.generate_state(&id).await,
+        (1, 1),
+        "a grant counts at once"
+    );
+
+    // The proxy's query wins over a header the client may have sent along.
+    let response = gw
+        .authorize(
+            "?operation=generate",
+            Some(&id),
+            &[("x-quota-operation", "nope"), ("x-quota-cost", "9")],
+        )
+        .await;
+    assert_eq!(response.status(), 200);
+    let response = gw.authorize("?operation=generate", Some(&id), &[]).await;
+    assert_eq!(response.status(), 429);
+    assert!(response.headers().contains_key("retry-after"));
+    assert_eq!(gw.generate_state(&id).await, (0, 2));
+
+    // Below the path (Envoy's path_prefix) the query is the client's: only headers count.
+    let other = gw.new_session().await;
+    let response = gw
+        .authorize(
+            "/v1/generate?operation=nope",
+            Some(&other),
+            &[("x-quota-operation", "generate"), ("x-quota-cost", "2")],
+        )
+        .await;
+    assert_eq!(response.status(), 200);
+    assert_eq!(gw.generate_state(&other).await, (0, 2));
+
+    assert_eq!(
+        gw.authorize("?operation=nope", Some(&other), &[])
+            .await
+            .status(),
+        404
+    );
+    assert_eq!(
+        gw.authorize("?operation=generate&cost=0", Some(&other), &[])
+            .await
+            .status(),
+        400
+    );
+    assert_eq!(
+        gw.authorize("?operation=generate", None, &[])
+            .await
+            .status(),
+        404
+    );
+    let unknown = uuid::Uuid::new_v4().to_string();
+    assert_eq!(gw.authorize("", Some(&unknown), &[]).await.status(), 404);
+}
+
+#[tokio::test]
+async fn the_internal_api_can_have_a_listener_of_its_own() {
+    let gw = gateway(2, "", |config| {
+        config.internal_listen = Some("127.0.0.1:0".parse().expect("addr"));
+    })
+    .await;
+    let id = gw.new_session().await;
+    let response = gw.authorize("", Some(&id), &[]).await;
+    assert_eq!(response.status(), 404, "not on the public listener");
+
+    let internal = gw.gateway.internal_addr().expect("an internal listener");
+    let response = gw
+        .http
+        .get(format!("http://{internal}/internal/v1/authorize"))
+        .bearer_auth(TOKEN)
+        .header("x-session-id", &id)
+        .send()
+        .await
+        .expect("request");
+    assert_eq!(response.status(), 200);
+    let response = gw
+        .http
+        .get(format!("http://{internal}/api/session/info"))
+        .header("x-session-id", &id)
+        .send()
+        .await
+        .expect("request");
+    assert_eq!(response.status(), 404, "only the internal API there");
+}
+
+#[tokio::test]
+async fn cors_echoes_allowed_origins_only() {
+    let gw = TestGateway::start_with(|config| {
+        config.cors = Config::from_toml("[cors]\nallowed_origins = [\"https://app.example\"]\n")
+            .expect("valid cors")
+            .cors;
+    })
+    .await;
+    let preflight = |origin: &'static str| {
+        gw.http
+            .request(reqwest::Method::OPTIONS, gw.url("/api/session/"))
+            .header("origin", origin)
+            .header("access-control-request-method", "POST")
+            .send()
+    };
+    let allowed = preflight("https://app.example").await.expect("preflight");
+    assert_eq!(allowed.status(), 204);
+    assert_eq!(
+        allowed.headers()["access-control-allow-origin"],
+        "https://app.example"
+    );
+    assert_eq!(
+        allowed.headers()["access-control-allow-credentials"],
+        "true"
+    );
+    assert_eq!(allowed.headers()["access-control-allow-methods"], "POST");
+    let refused = preflight("https://evil.example").await.expect("preflight");
+    assert!(!refused
+        .headers()
+        .contains_key("access-control-allow-origin"));
+
+    let response = gw
+        .http
+        .post(gw.url("/api/session/"))
+        .header("origin", "https://app.example")
+        .json(&json!({}))
+        .send()
+        .await
+        .expect("request");
+    assert_eq!(response.status(), 200);
+    assert_eq!(
+        response.headers()["access-control-allow-origin"],
+        "https://app.example"
+    );
+    assert_eq!(response.headers()["vary"], "origin");
+    assert_eq!(response.headers()["cache-control"], "no-store");
+}
+
+/// nginx in front of the upstream, asking the gateway through `auth_request`.
+struct Nginx {
+    port: u16,
+    dir: PathBuf,
+    _server: Watchdog,
+}
+
+impl Nginx {
+    fn start(gateway: SocketAddr, upstream: SocketAddr) -> Nginx {
+        let dir = std::env::temp_dir().join(format!("sessiongate-nginx-{}", uuid::Uuid::new_v4()));
+        std::fs::create_dir_all(&dir).expect("nginx dir");
+        let template = std::fs::read_to_string(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/deploy/forward-auth/nginx.conf"
+        ))
+        .expect("the documented nginx configuration");
+        for _ in 0..5 {
+            let port = free_port();
+            let config = template
+                .replace("127.0.0.1:8000", &upstream.to_string())
+                .replace("127.0.0.1:8080", &gateway.to_string())
+                .replace("listen 80;", &format!("listen 127.0.0.1:{port};"))
+                .replace("CHANGE-ME-service-token", TOKEN);
+            let config = format!(
+                "daemon off;\nmaster_process off;\npid {0}/nginx.pid;\nerror_log {0}/error.log info;\n\
+                 events {{ worker_connections 1024; }}\n\
+                 http {{\n  access_log off;\n  client_body_temp_path {0}/body;\n  proxy_temp_path {0}/proxy;\n  \
+                 fastcgi_temp_path {0}/fastcgi;\n  uwsgi_temp_path {0}/uwsgi;\n  scgi_temp_path {0}/scgi;\n{config}\n}}\n",
+                dir.display()
+            );
+            std::fs::write(dir.join("nginx.conf"), config).expect("write nginx.conf");
+            let server = Watchdog::spawn(
+                Command::new("sh"),
+                "nginx -e \"$1/error.log\" -p \"$1\" -c \"$1/nginx.conf\" & echo $!; read _; kill $! 2>/dev/null; wait",
+                &[&dir.display().to_string()],
+            );
+            let answers = || std::net::TcpStream::connect(("127.0.0.1", port)).is_ok();
+            let deadline = std::time::Instant::now() + Duration::from_secs(10);
+            while !answers() && server.server_alive() && std::time::Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            if answers() {
+                return Nginx {
+                    port,
+                    dir,
+                    _server: server,
+                };
+            }
+        }
+        let log = std::fs::read_to_string(dir.join("error.log")).unwrap_or_default();
+        panic!("nginx did not start; its log:\n{log}");
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("http://127.0.0.1:{}{path}", self.port)
+    }
+}
+
+impl Drop for Nginx {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nginx_auth_request_lets_grants_through_and_stops_denials() {
+    let upstream = Upstream::start().await;
+    let gw = gateway(10, "", |_| {}).await;
+    let nginx = Nginx::start(gw.gateway.public_addr(), upstream.addr);
+    let id = gw.new_session().await;
+
+    let through_nginx = |path: &'static str, id: Option<String>| {
+        let mut request = gw.http.post(nginx.url(path));
+        if let Some(id) = id {
+            request = request.header("cookie", format!("concept_session={id}"));
+        }
+        request.send()
+    };
+
+    let response = through_nginx("/generate/one", Some(id.clone()))
+        .await
+        .expect("request");
+    assert_eq!(response.status(), 200);
+    assert!(response.headers()["ratelimit"]
+        .to_str()
+        .expect("ascii")
+        .contains("r=9;"));
+    assert_eq!(upstream.hits()[0].session.as_deref(), Some(id.as_str()));
+
+    // Concurrent requests through nginx: exactly the remaining nine reach the upstream.
+    let requests = (0..40).map(|_| through_nginx("/generate/many", Some(id.clone())));
+    let responses = futures_util::future::join_all(requests).await;
+    let mut granted = 0;
+    for response in responses {
+        let response = response.expect("request");
+        match response.status().as_u16() {
+            200 => granted += 1,
+            429 => assert!(response.headers().contains_key("retry-after")),
+            other => panic!("unexpected status {other}"),
+        }
+    }
+    assert_eq!(granted, 9);
+    assert_eq!(
+        upstream.hits().len(),
+        10,
+        "denials never reach the upstream"
+    );
+    assert_eq!(gw.generate_state(&id).await, (0, 10));
+
+    let response = through_nginx("/generate/x", None).await.expect("request");
+    assert_eq!(response.status(), 404, "no session");
+    let response = through_nginx("/generate/x", Some(uuid::Uuid::new_v4().to_string()))
+        .await
+        .expect("request");
+    assert_eq!(response.status(), 404, "unknown session");
+    assert_eq!(upstream.hits().len(), 10);
+}
