@@ -5,9 +5,12 @@
 //! - `hgetall`: hyper + fred, one `HGETALL` per request (the ceiling of any read that needs
 //!   Redis);
 //! - `evalsha`: hyper + fred, one `EVALSHA` of a small write script per request (the ceiling
-//!   of any write that needs one round trip).
+//!   of any write that needs one round trip);
+//! - `proxy`: hyper server + hyper's pooled client forwarding every request to an upstream
+//!   (the ceiling of gateway mode; the upstream is a `hello` baseline).
 //!
-//! Usage: `baseline <hello|hgetall|evalsha> <listen addr> [redis url]`. Built like the
+//! Usage: `baseline <hello|hgetall|evalsha> <listen addr> [redis url]` or
+//! `baseline proxy <listen addr> <upstream authority>`. Built like the
 //! gateway (release, same hyper and fred settings), so the ratio measures the gateway's own
 //! work.
 
@@ -18,11 +21,13 @@ use std::sync::Arc;
 use bytes::Bytes;
 use fred::prelude::*;
 use fred::types::scripts::Script;
-use http_body_util::Full;
+use http_body_util::{Either, Full};
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper::{Request, Response};
-use hyper_util::rt::TokioIo;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::net::TcpListener;
 
 const BODY: &[u8] =
@@ -40,7 +45,11 @@ enum Mode {
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let args: Vec<String> = std::env::args().collect();
-    let usage = "usage: baseline <hello|hgetall|evalsha> <listen addr> [redis url]";
+    let usage = "usage: baseline <hello|hgetall|evalsha> <listen addr> [redis url] | baseline proxy <listen addr> <upstream authority>";
+    if args.get(1).map(String::as_str) == Some("proxy") {
+        let addr: SocketAddr = args.get(2).ok_or(usage)?.parse()?;
+        return proxy(addr, args.get(3).ok_or(usage)?.clone()).await;
+    }
     let mode = match args.get(1).map(String::as_str) {
         Some("hello") => Mode::Hello,
         Some("hgetall") => Mode::Hgetall,
@@ -95,6 +104,49 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
                         http::HeaderValue::from_static("application/json"),
                     );
                     Ok::<_, Infallible>(response)
+                }
+            });
+            let _ = http1::Builder::new()
+                .serve_connection(TokioIo::new(stream), service)
+                .await;
+        });
+    }
+}
+
+/// A plain reverse proxy: what gateway mode costs at the least.
+async fn proxy(addr: SocketAddr, upstream: String) -> Result<(), Box<dyn std::error::Error>> {
+    let mut connector = HttpConnector::new();
+    connector.set_nodelay(true);
+    let client: Client<_, hyper::body::Incoming> =
+        Client::builder(TokioExecutor::new()).build(connector);
+    let state = Arc::new((client, upstream));
+    let listener = TcpListener::bind(addr).await?;
+    loop {
+        let (stream, _) = listener.accept().await?;
+        let _ = stream.set_nodelay(true);
+        let state = state.clone();
+        tokio::spawn(async move {
+            let service = service_fn(move |mut request: Request<hyper::body::Incoming>| {
+                let state = state.clone();
+                async move {
+                    let (client, upstream) = &*state;
+                    let path = request.uri().path_and_query().map_or("/", |p| p.as_str());
+                    let uri = format!("http://{upstream}{path}").parse();
+                    let response = match uri {
+                        Ok(uri) => {
+                            *request.uri_mut() = uri;
+                            client.request(request).await.ok()
+                        }
+                        Err(_) => None,
+                    };
+                    Ok::<_, Infallible>(match response {
+                        Some(response) => response.map(Either::Right),
+                        None => {
+                            let mut response = Response::new(Either::Left(Full::new(Bytes::new())));
+                            *response.status_mut() = hyper::StatusCode::BAD_GATEWAY;
+                            response
+                        }
+                    })
                 }
             });
             let _ = http1::Builder::new()

@@ -63,6 +63,7 @@ counter = "concepts_refined"
 limit = 10
 window = "month"
 counter = "concepts_stored"
+${GATEWAY_TOML_EXTRA:-}
 TOML
     local port admin_port
     port=$(free_port)

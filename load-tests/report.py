@@ -22,18 +22,21 @@ def main():
     results = json.load(open(sys.argv[1]))
     runs = {name: parse(path) for name, path in results["runs"].items()}
     hello, hget, evalsha = runs["hello"]["rps"], runs["hgetall"]["rps"], runs["evalsha"]["rps"]
-    ceiling = {"hello": None, "hgetall": None, "evalsha": None,
-               "info": ("hgetall", hget), "create": ("evalsha", evalsha), "consume": ("evalsha", evalsha)}
-    print(f"{'run':<10}{'req/s':>10}{'p50 ms':>9}{'p99 ms':>9}{'non-2xx':>9}{'/hello':>8}{'/ceiling':>16}{'rt/req':>8}{'cmds/req':>10}")
+    proxy = runs["proxy"]["rps"]
+    ceiling = {"hello": None, "hgetall": None, "evalsha": None, "proxy": None,
+               "info": ("hgetall", hget), "create": ("evalsha", evalsha), "consume": ("evalsha", evalsha),
+               "proxy_plain": ("proxy", proxy), "proxy_metered": ("proxy", proxy)}
+    print(f"{'run':<14}{'req/s':>10}{'p50 ms':>9}{'p99 ms':>9}{'non-2xx':>9}{'/hello':>8}{'/ceiling':>16}{'rt/req':>8}{'cmds/req':>10}")
     ratios = {}
     for name, run in runs.items():
-        line = f"{name:<10}{run['rps']:>10.0f}{run['p50']:>9.2f}{run['p99']:>9.2f}{run['non2xx']:>9}{run['rps'] / hello:>8.2f}"
+        line = f"{name:<14}{run['rps']:>10.0f}{run['p50']:>9.2f}{run['p99']:>9.2f}{run['non2xx']:>9}{run['rps'] / hello:>8.2f}"
         if ceiling[name]:
             base, value = ceiling[name]
             ratios[name] = run["rps"] / value
             line += f"{ratios[name]:>9.2f} {base:<6}"
-            stats = results["redis"][name]
-            line += f"{stats['round_trips'] / run['requests']:>8.2f}{stats['commands'] / run['requests']:>10.2f}"
+            stats = results["redis"].get(name)
+            if stats:
+                line += f"{stats['round_trips'] / run['requests']:>8.2f}{stats['commands'] / run['requests']:>10.2f}"
         print(line)
     memory = results["memory"]
     conns = results["connections"]
@@ -44,7 +47,8 @@ def main():
     rt = {name: results["redis"][name]["round_trips"] / runs[name]["requests"] for name in ("info", "create", "consume")}
     print(f"summary: info/HGETALL {ratios['info']:.2f} (>=0.90), create/EVALSHA {ratios['create']:.2f} (>=0.90), "
           f"consume/EVALSHA {ratios['consume']:.2f} (>=0.90), round trips/req {rt['info']:.2f}/{rt['create']:.2f}/{rt['consume']:.2f}, "
-          f"{memory['sample_with_quotas']} B/session with quotas (<=300), RSS {conns['during_kib'] / 1024:.0f} MiB at {conns['count']} conns (<=64)")
+          f"{memory['sample_with_quotas']} B/session with quotas (<=300), RSS {conns['during_kib'] / 1024:.0f} MiB at {conns['count']} conns (<=64), "
+          f"gateway mode/plain proxy {ratios['proxy_plain']:.2f} unmetered, {ratios['proxy_metered']:.2f} metered")
 
 
 main()

@@ -37,7 +37,7 @@ impl hyper::body::Body for Body {
         match self.get_mut() {
             Body::Full(full) => Pin::new(full)
                 .poll_frame(cx)
-                .map(|frame| frame.map(|Ok(frame)| Ok(frame))),
+                .map(|frame| frame.map(|result| result.map_err(|never| match never {}))),
             Body::Upstream(incoming) => Pin::new(incoming).poll_frame(cx),
         }
     }
