@@ -64,6 +64,8 @@ pub struct Config {
     pub body_limit: usize,
     /// Time a client gets to send its request headers (slowloris bound).
     pub header_read_timeout: Duration,
+    /// Time a client gets to send a request body (slow-body bound).
+    pub body_read_timeout: Duration,
     /// Time in-flight requests get to finish after SIGTERM.
     pub shutdown_grace: Duration,
     pub session_ttl: Duration,
@@ -116,6 +118,7 @@ impl Default for Config {
             redis_shards: crate::store::DEFAULT_SHARDS,
             body_limit: 16 * 1024,
             header_read_timeout: Duration::from_secs(10),
+            body_read_timeout: Duration::from_secs(10),
             shutdown_grace: Duration::from_secs(30),
             session_ttl: SESSION_TTL,
             touch_interval: Duration::from_secs(60),
@@ -256,6 +259,7 @@ struct RedisFile {
 struct HttpFile {
     body_limit_bytes: Option<usize>,
     header_read_timeout_ms: Option<u64>,
+    body_read_timeout_ms: Option<u64>,
     shutdown_grace_ms: Option<u64>,
     trusted_proxies: Option<Vec<String>>,
 }
@@ -423,6 +427,9 @@ impl Config {
         }
         if let Some(ms) = file.http.header_read_timeout_ms {
             config.header_read_timeout = positive_millis("http.header_read_timeout_ms", ms)?;
+        }
+        if let Some(ms) = file.http.body_read_timeout_ms {
+            config.body_read_timeout = positive_millis("http.body_read_timeout_ms", ms)?;
         }
         if let Some(ms) = file.http.shutdown_grace_ms {
             config.shutdown_grace = Duration::from_millis(ms);

@@ -133,6 +133,7 @@ pub async fn start(config: Config) -> Result<Gateway, StartError> {
         cookie: config.cookie.clone(),
         cors: config.cors.clone(),
         body_limit: config.body_limit,
+        body_read_timeout: config.body_read_timeout,
         trusted_proxies: config.trusted_proxies.clone(),
         service_token: config.service_token.clone(),
         internal_here: internal.is_none(),

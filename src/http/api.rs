@@ -39,6 +39,7 @@ pub struct Api {
     /// `None`: no CORS headers.
     pub cors: Option<CorsConfig>,
     pub body_limit: usize,
+    pub body_read_timeout: std::time::Duration,
     pub trusted_proxies: Vec<IpNet>,
     /// `None` disables the internal API.
     pub service_token: Option<String>,
@@ -192,7 +193,7 @@ async fn create_or_get(
 ) -> Result<Response<Body>, ApiError> {
     let (parts, body) = request.into_parts();
     let current = current_session(&parts.headers, &api.cookie.name)?;
-    let body = json_body(&parts.headers, body, api.body_limit).await?;
+    let body = json_body(&parts.headers, body, api).await?;
     let client = client_session_id(body.as_ref(), false)?;
     let origin = client_ip(&parts.headers, peer.ip(), &api.trusted_proxies);
     let (session, is_new) = api.sessions.create_or_get(current, client, origin).await?;
@@ -214,7 +215,7 @@ async fn sync(
 ) -> Result<Response<Body>, ApiError> {
     let (parts, body) = request.into_parts();
     let current = current_session(&parts.headers, &api.cookie.name)?;
-    let body = json_body(&parts.headers, body, api.body_limit).await?;
+    let body = json_body(&parts.headers, body, api).await?;
     let client = client_session_id(body.as_ref(), true)?
         .ok_or_else(|| ApiError::invalid_field("client_session_id", "This field is required"))?;
     let origin = client_ip(&parts.headers, peer.ip(), &api.trusted_proxies);
@@ -270,7 +271,7 @@ async fn put_preferences(
     let (parts, body) = request.into_parts();
     let id = current_session(&parts.headers, &api.cookie.name)?
         .ok_or_else(ApiError::session_not_found)?;
-    let body = json_body(&parts.headers, body, api.body_limit)
+    let body = json_body(&parts.headers, body, api)
         .await?
         .ok_or_else(|| ApiError::invalid_body("The request body must be a JSON object"))?;
     let compact = preferences::validate(&body).map_err(|error| match error {

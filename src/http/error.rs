@@ -27,6 +27,8 @@ struct Parts {
     allow: Option<Cow<'static, str>>,
     retry_after: Option<u64>,
     known_operations: Option<Vec<String>>,
+    /// Ask hyper to close the connection after the answer (the request was not read whole).
+    close: bool,
 }
 
 #[derive(Serialize)]
@@ -51,6 +53,7 @@ impl ApiError {
             allow: None,
             retry_after: None,
             known_operations: None,
+            close: false,
         }))
     }
 
@@ -182,6 +185,17 @@ impl ApiError {
         self.0.status
     }
 
+    /// 408: the request body did not arrive in time; the connection is closed.
+    pub fn request_timeout() -> Self {
+        let mut error = ApiError::new(
+            StatusCode::REQUEST_TIMEOUT,
+            "request_timeout",
+            "The request body did not arrive in time",
+        );
+        error.0.close = true;
+        error
+    }
+
     pub fn into_response(self) -> Response<Body> {
         let error = *self.0;
         let body = ErrorBody {
@@ -196,6 +210,9 @@ impl ApiError {
         let headers = response.headers_mut();
         if error.status == StatusCode::SERVICE_UNAVAILABLE {
             headers.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+        }
+        if error.close {
+            headers.insert(header::CONNECTION, HeaderValue::from_static("close"));
         }
         if let Some(secs) = error.retry_after {
             headers.insert(header::RETRY_AFTER, HeaderValue::from(secs));

@@ -136,7 +136,7 @@ async fn route(api: &Api, request: Request<Incoming>) -> Result<Response<Body>, 
     }
 
     let (parts, body) = request.into_parts();
-    let body = json_body(&parts.headers, body, api.body_limit).await?;
+    let body = json_body(&parts.headers, body, api).await?;
     let (cost, idempotency_key) = quota_body(body.as_ref(), policy)?;
     let request = QuotaRequest {
         policy,

@@ -12,6 +12,7 @@ use simd_json::prelude::*;
 use simd_json::OwnedValue;
 use uuid::Uuid;
 
+use super::api::Api;
 use super::ApiError;
 use crate::session::parse_id;
 
@@ -72,13 +73,16 @@ pub fn client_ip(headers: &HeaderMap, peer: IpAddr, trusted: &[IpNet]) -> IpAddr
     client
 }
 
-/// Reads a JSON body of at most `limit` bytes. `Ok(None)` for an empty body. A body with a
-/// non-JSON `Content-Type` is refused with 415; a missing `Content-Type` is accepted.
+/// Reads a JSON body of at most `api.body_limit` bytes within `api.body_read_timeout`.
+/// `Ok(None)` for an empty body. A body with a non-JSON `Content-Type` is refused with 415;
+/// a missing `Content-Type` is accepted. A client that stalls mid-body gets 408, so it
+/// can't hold a request (and a graceful shutdown) open.
 pub async fn json_body(
     headers: &HeaderMap,
     body: Incoming,
-    limit: usize,
+    api: &Api,
 ) -> Result<Option<OwnedValue>, ApiError> {
+    let limit = api.body_limit;
     if let Some(content_type) = headers.get(header::CONTENT_TYPE) {
         if !is_json(content_type.as_bytes()) {
             return Err(ApiError::unsupported_media_type());
@@ -91,7 +95,11 @@ pub async fn json_body(
     if declared.is_some_and(|len| len > limit as u64) {
         return Err(too_large(limit));
     }
-    let collected = match Limited::new(body, limit).collect().await {
+    let reading = tokio::time::timeout(api.body_read_timeout, Limited::new(body, limit).collect());
+    let Ok(read) = reading.await else {
+        return Err(ApiError::request_timeout());
+    };
+    let collected = match read {
         Ok(collected) => collected.to_bytes(),
         Err(error) if error.is::<http_body_util::LengthLimitError>() => {
             return Err(too_large(limit))

@@ -271,7 +271,11 @@ impl Store {
 
     /// Creates a session under `id`; `None` if the id is already taken.
     pub async fn create(&self, id: &Uuid) -> Result<Option<i64>, StoreError> {
-        let (keys, mut args) = self.session_call(id);
+        let (mut keys, mut args) = self.session_call(id);
+        keys.push(format!(
+            "{}inflight",
+            shard_prefix(shard_of(id, self.inner.shards))
+        ));
         args.push(Value::from(
             i64::try_from(self.inner.max_dirty_per_shard).unwrap_or(i64::MAX),
         ));

@@ -8,6 +8,7 @@ mod binary;
 mod cluster;
 mod contract;
 mod failures;
+mod faults;
 mod gateway;
 mod lifecycle;
 mod observability;

@@ -65,6 +65,13 @@ impl Watchdog {
     }
 }
 
+impl Watchdog {
+    /// The server's pid, to signal it or read its `/proc` entry.
+    pub(crate) fn pid(&self) -> u32 {
+        self.pid
+    }
+}
+
 impl Drop for Watchdog {
     fn drop(&mut self) {
         drop(self.stdin.take());
@@ -92,6 +99,9 @@ pub struct Postgres {
     dir: PathBuf,
     bin: PathBuf,
     authenticator_password: String,
+    /// The server started again by [`Postgres::restart`]; declared before `_server` so it
+    /// stops before the first watchdog removes the cluster's folder.
+    restarted: Option<Watchdog>,
     _server: Watchdog,
 }
 
@@ -169,6 +179,7 @@ impl Postgres {
             dir,
             bin: bin.to_path_buf(),
             authenticator_password: random_hex(),
+            restarted: None,
             _server: server,
         })
     }
@@ -207,6 +218,58 @@ impl Postgres {
             "postgres://authenticator:{}@127.0.0.1:{}/postgres",
             self.authenticator_password, self.port
         )
+    }
+}
+
+impl Postgres {
+    /// Stops the server (fast shutdown: sessions are cut, as in an outage) and waits until
+    /// its port refuses connections. The cluster's folder stays for [`Postgres::restart`].
+    /// Only for a cluster of the test's own, never [`shared_postgres`].
+    pub fn stop(&mut self) {
+        let server = self.restarted.take();
+        let pid = server.as_ref().unwrap_or(&self._server).pid();
+        let _ = Command::new("kill")
+            .args(["-INT", &pid.to_string()])
+            .status();
+        wait_until(STARTUP_LIMIT, "postgres to stop", || {
+            !server.as_ref().unwrap_or(&self._server).server_alive()
+                && TcpStream::connect(("127.0.0.1", self.port)).is_err()
+        });
+        // Dropping a restarted server's watchdog reaps it; the first one waits for the end.
+        drop(server);
+    }
+
+    /// Starts the server again on its port and folder, and waits until it is ready.
+    pub fn restart(&mut self) {
+        assert!(
+            self.restarted.is_none() && !self._server.server_alive(),
+            "postgres is running"
+        );
+        let script = r#"trap '' PIPE
+            "$1/postgres" -D "$2/data" -p "$3" -k "$2" -c listen_addresses=127.0.0.1 \
+                -c fsync=off -c synchronous_commit=off -c full_page_writes=off \
+                2>>"$2/postgres.log" &
+            echo $!
+            read _
+            kill -INT $! 2>/dev/null; kill -TERM $! 2>/dev/null; wait"#;
+        let server = Watchdog::spawn(
+            cluster_owner_shell(),
+            script,
+            &[
+                &self.bin.to_string_lossy(),
+                &self.dir.to_string_lossy(),
+                &self.port.to_string(),
+            ],
+        );
+        let pid_file = self.dir.join("data/postmaster.pid");
+        let log = self.dir.join("postgres.log");
+        if let Err(log) = await_startup(&server, "postgres", &log, || {
+            std::fs::read_to_string(&pid_file)
+                .is_ok_and(|pid| pid.lines().nth(7).is_some_and(|s| s.trim() == "ready"))
+        }) {
+            panic!("postgres exited instead of starting again on its port; its log:\n{log}");
+        }
+        self.restarted = Some(server);
     }
 }
 
@@ -328,6 +391,28 @@ impl Postgrest {
         })?;
         self.server = Some(server);
         Ok(())
+    }
+}
+
+impl Postgrest {
+    /// Freezes PostgREST (`SIGSTOP`): connections are still accepted by the kernel, but
+    /// nothing answers, as with a hung upstream. [`Postgrest::thaw`] resumes it.
+    pub fn freeze(&self) {
+        self.signal("-STOP");
+    }
+
+    /// Resumes a frozen PostgREST (`SIGCONT`).
+    pub fn thaw(&self) {
+        self.signal("-CONT");
+    }
+
+    fn signal(&self, signal: &str) {
+        let pid = self.server.as_ref().expect("postgrest is running").pid();
+        let status = Command::new("kill")
+            .args([signal, &pid.to_string()])
+            .status()
+            .expect("kill");
+        assert!(status.success(), "kill {signal} {pid}");
     }
 }
 
