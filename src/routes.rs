@@ -4,9 +4,10 @@
 //! quota operation. This module owns the table's rules (parsing, validation, matching); it
 //! knows nothing of sockets: `http::proxy` forwards requests and settles reservations.
 
+use std::sync::Arc;
 use std::time::Duration;
 
-use http::uri::{Authority, Scheme};
+use http::uri::{Authority, PathAndQuery, Scheme};
 use http::{Method, StatusCode, Uri};
 use serde::Deserialize;
 
@@ -75,7 +76,7 @@ impl StatusSet {
 #[derive(Clone, Debug)]
 pub struct Route {
     /// The pattern as configured, also the route's label in metrics.
-    pub pattern: String,
+    pub pattern: Arc<str>,
     path: PathPattern,
     /// Empty: every method.
     methods: Vec<Method>,
@@ -102,11 +103,17 @@ pub struct Upstream {
 
 impl Upstream {
     /// The upstream URI for a request's path and query.
-    pub fn uri(&self, path_and_query: &str) -> Result<Uri, http::Error> {
+    pub fn uri(&self, path_and_query: &PathAndQuery) -> Result<Uri, http::Error> {
+        let path_and_query = if self.base_path.is_empty() {
+            // The common case reuses the request's parsed path: no copy, no parse.
+            path_and_query.clone()
+        } else {
+            PathAndQuery::try_from(format!("{}{path_and_query}", self.base_path))?
+        };
         Uri::builder()
             .scheme(self.scheme.clone())
             .authority(self.authority.clone())
-            .path_and_query(format!("{}{path_and_query}", self.base_path))
+            .path_and_query(path_and_query)
             .build()
     }
 }
@@ -215,7 +222,7 @@ impl RouteTable {
                 }
             };
             routes.push(Route {
-                pattern: file.path,
+                pattern: file.path.into(),
                 path,
                 methods,
                 upstream,
@@ -346,7 +353,8 @@ mod tests {
             panic!("the metered route should match");
         };
         assert!(route.metering.is_some());
-        let uri = route.upstream.uri("/v1/generate?x=1").expect("uri");
+        let path = PathAndQuery::from_static("/v1/generate?x=1");
+        let uri = route.upstream.uri(&path).expect("uri");
         assert_eq!(uri.to_string(), "http://127.0.0.1:9000/app/v1/generate?x=1");
         let Lookup::Found(route) = table.find(&Method::GET, "/v1/generate") else {
             panic!("the prefix route takes other methods");

@@ -8,7 +8,7 @@
 
 use std::collections::HashMap;
 use std::hash::Hash;
-use std::sync::{OnceLock, RwLock};
+use std::sync::{Arc, OnceLock, RwLock};
 use std::time::Duration;
 
 use metrics::{
@@ -230,6 +230,7 @@ impl<K: Eq + Hash, H> Handles<K, H> {
 
 static HTTP: Handles<(&str, &str, u16), (Counter, Histogram)> = Handles::new();
 static REDIS: Handles<&str, Histogram> = Handles::new();
+static PROXY: Handles<(Arc<str>, &str), Counter> = Handles::new();
 
 pub fn http_request(route: &'static str, method: &'static str, status: u16, elapsed: Duration) {
     HTTP.with(
@@ -343,6 +344,10 @@ pub fn read_through(result: &'static str) {
 }
 
 /// `route` is a configured pattern: bounded by the configuration.
-pub fn proxy_request(route: &str, outcome: &'static str) {
-    counter!(PROXY_REQUESTS, "route" => route.to_string(), "outcome" => outcome).increment(1);
+pub fn proxy_request(route: &Arc<str>, outcome: &'static str) {
+    PROXY.with(
+        (route.clone(), outcome),
+        || counter!(PROXY_REQUESTS, "route" => route.to_string(), "outcome" => outcome),
+        |requests| requests.increment(1),
+    );
 }

@@ -31,9 +31,14 @@ async fn metrics(admin: &Admin) -> Response<Body> {
         }
     }
     let mut response = Response::new(Body::from(telemetry::render()));
-    response.headers_mut().insert(
+    let headers = response.headers_mut();
+    headers.insert(
         http::header::CONTENT_TYPE,
         http::HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+    );
+    headers.insert(
+        http::header::X_CONTENT_TYPE_OPTIONS,
+        http::HeaderValue::from_static("nosniff"),
     );
     response
 }
@@ -53,7 +58,12 @@ struct Status {
 /// Entry point for every admin request.
 pub async fn handle(admin: Arc<Admin>, request: Request<Incoming>) -> Response<Body> {
     let path = request.uri().path();
-    match path.strip_suffix('/').unwrap_or(path) {
+    let path = path.strip_suffix('/').unwrap_or(path);
+    let known = matches!(path, "/healthz" | "/readyz" | "/metrics");
+    if known && request.method() != http::Method::GET {
+        return ApiError::method_not_allowed("GET").into_response();
+    }
+    match path {
         "/healthz" => json(StatusCode::OK, &Status { status: "ok" }),
         "/readyz" => match admin.store.ping().await {
             Ok(()) => json(StatusCode::OK, &Status { status: "ready" }),

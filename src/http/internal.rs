@@ -279,6 +279,10 @@ fn authorized_response(id: &uuid::Uuid) -> Response<Body> {
     let mut response = Response::new(Body::from(bytes::Bytes::new()));
     let headers = response.headers_mut();
     headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    headers.insert(
+        header::X_CONTENT_TYPE_OPTIONS,
+        HeaderValue::from_static("nosniff"),
+    );
     if let Ok(value) = HeaderValue::from_str(&id.hyphenated().to_string()) {
         headers.insert(SESSION_HEADER, value);
     }
@@ -323,7 +327,12 @@ fn quota_body(
         .ok_or_else(|| ApiError::invalid_body("The request body must be a JSON object"))?;
     let cost = match object.get("cost").filter(|v| !v.is_null()) {
         None => policy.default_cost,
-        Some(cost) => match cost.as_u64() {
+        // 10.0 is the integer 10 to JSON (and to JSON Schema); 10.5 is not.
+        Some(cost) => match cost.as_u64().or_else(|| {
+            cost.as_f64()
+                .filter(|f| f.fract() == 0.0 && *f >= 1.0 && *f <= u64::MAX as f64)
+                .map(|f| f as u64)
+        }) {
             Some(n) if n >= 1 && n <= policy.limit => n,
             _ => {
                 return Err(ApiError::invalid_field(

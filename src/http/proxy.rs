@@ -13,6 +13,7 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use http::header::{self, HeaderName};
+use http::uri::PathAndQuery;
 use http::{HeaderMap, HeaderValue, Request, Response, StatusCode};
 use hyper::body::Incoming;
 use hyper_util::client::legacy::connect::HttpConnector;
@@ -225,12 +226,9 @@ async fn send(
     session: Option<&Uuid>,
 ) -> Result<Response<Body>, (&'static str, ApiError)> {
     let (mut parts, body) = request.into_parts();
-    let path_and_query = parts
-        .uri
-        .path_and_query()
-        .map_or("/", |p| p.as_str())
-        .to_string();
-    parts.uri = route.upstream.uri(&path_and_query).map_err(|error| {
+    let root = PathAndQuery::from_static("/");
+    let path_and_query = parts.uri.path_and_query().unwrap_or(&root);
+    parts.uri = route.upstream.uri(path_and_query).map_err(|error| {
         tracing::warn!(%error, "cannot build the upstream URI");
         ("upstream_error", ApiError::bad_gateway())
     })?;
