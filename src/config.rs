@@ -916,6 +916,34 @@ mod tests {
     }
 
     #[test]
+    fn cors_origins_and_routes_are_checked() {
+        let config = Config::from_toml(
+            "internal_listen = \"127.0.0.1:8081\"\n[cors]\nallowed_origins = [\"https://app.example\", \"http://localhost:3000\"]\n",
+        )
+        .expect("valid");
+        assert_eq!(config.cors.map(|c| c.allowed_origins.len()), Some(2));
+        assert_eq!(config.internal_listen.map(|a| a.port()), Some(8081));
+        for origin in [
+            "*",
+            "https://app.example/",
+            "https://app.example/path",
+            "app.example",
+        ] {
+            let error = Config::from_toml(&format!("[cors]\nallowed_origins = [\"{origin}\"]\n"))
+                .expect_err(origin);
+            assert!(
+                error.to_string().contains("cors.allowed_origins"),
+                "{error}"
+            );
+        }
+        let error = Config::from_toml(
+            "[[routes]]\npath = \"/a\"\nupstream = \"http://a:1\"\noperation = \"unknown\"\n",
+        )
+        .expect_err("unknown operation");
+        assert!(error.to_string().contains("routes[0].operation"), "{error}");
+    }
+
+    #[test]
     fn supabase_needs_a_url_and_a_key() {
         let config = Config::from_vars(&HashMap::new()).expect("valid");
         assert!(config.supabase.is_none());
