@@ -157,10 +157,24 @@ pub struct ConfigError {
 impl ConfigError {
     fn new(setting: impl Into<String>, reason: impl Into<String>) -> Self {
         ConfigError {
-            setting: setting.into(),
-            reason: reason.into(),
+            setting: one_line(setting.into()),
+            reason: one_line(reason.into()),
         }
     }
+}
+
+/// Escapes control characters (a variable name or file path may hold a line break), so the
+/// start-up error stays one line.
+fn one_line(text: String) -> String {
+    if !text.chars().any(char::is_control) {
+        return text;
+    }
+    text.chars()
+        .map(|c| match c.is_control() {
+            true => c.escape_default().to_string(),
+            false => c.to_string(),
+        })
+        .collect()
 }
 
 /// The `SESSIONGATE_*` names this version understands; any other is a typo worth stopping for.

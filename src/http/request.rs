@@ -22,12 +22,14 @@ pub const SESSION_HEADER: &str = "x-session-id";
 /// is ignored (stale garbage must not lock a browser out), while a bad `X-Session-Id` is a
 /// client bug and answered with 400.
 pub fn current_session(headers: &HeaderMap, cookie_name: &str) -> Result<Option<Uuid>, ApiError> {
+    // Pair by pair from the raw bytes: another site's cookie with a non-ASCII value must not
+    // hide ours, as reading the whole header as a string would.
     let from_cookie = headers
         .get_all(header::COOKIE)
         .iter()
-        .filter_map(|value| value.to_str().ok())
-        .flat_map(cookie::Cookie::split_parse)
-        .filter_map(Result::ok)
+        .flat_map(|value| value.as_bytes().split(|&b| b == b';'))
+        .filter_map(|pair| std::str::from_utf8(pair).ok())
+        .filter_map(|pair| cookie::Cookie::parse(pair.trim()).ok())
         .filter(|c| c.name() == cookie_name)
         .find_map(|c| parse_id(c.value()));
     if from_cookie.is_some() {
@@ -118,9 +120,34 @@ pub fn parse_json(collected: Bytes) -> Result<Option<OwnedValue>, ApiError> {
     let mut bytes = collected
         .try_into_mut()
         .unwrap_or_else(|shared| BytesMut::from(&shared[..]));
-    simd_json::to_owned_value(&mut bytes)
-        .map(Some)
-        .map_err(|e| ApiError::invalid_body(format!("Malformed JSON: {e}")))
+    let value = simd_json::to_owned_value(&mut bytes)
+        .map_err(|e| ApiError::invalid_body(format!("Malformed JSON: {e}")))?;
+    if let Some(key) = duplicate_key(&value) {
+        return Err(ApiError::invalid_body(format!(
+            "Duplicate key {key:?}: every key of an object must be unique"
+        )));
+    }
+    Ok(Some(value))
+}
+
+/// A key that appears twice in one object, anywhere in `value`. simd-json keeps both
+/// entries, and which one a reader then sees differs between readers (RFC 7493 forbids
+/// duplicates), so such a body is refused rather than guessed at.
+fn duplicate_key(value: &OwnedValue) -> Option<String> {
+    match value {
+        OwnedValue::Object(object) => {
+            let mut seen = std::collections::HashSet::with_capacity(object.len());
+            object.iter().find_map(|(key, child)| {
+                if seen.insert(key.as_str()) {
+                    duplicate_key(child)
+                } else {
+                    Some(key.to_string())
+                }
+            })
+        }
+        OwnedValue::Array(items) => items.iter().find_map(duplicate_key),
+        OwnedValue::Static(_) | OwnedValue::String(_) => None,
+    }
 }
 
 fn too_large(limit: usize) -> ApiError {

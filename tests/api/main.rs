@@ -10,6 +10,7 @@ mod contract;
 mod failures;
 mod faults;
 mod gateway;
+mod hostile;
 mod lifecycle;
 mod observability;
 mod quotas;
