@@ -3,6 +3,8 @@
 //! Routing is a plain `match` on a normalised path: a trailing slash is ignored and the
 //! plural `/api/sessions/...` aliases map onto the same routes. Each handler reads what it
 //! needs from the request, calls [`Sessions`] once, and writes the response and cookie.
+//! Paths that are not the API's own fall through to the gateway-mode route table
+//! ([`proxy`]); CORS headers, when configured, are added here for the API's answers.
 
 use std::net::SocketAddr;
 use std::sync::Arc;

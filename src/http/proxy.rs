@@ -112,10 +112,11 @@ async fn forward_metered(
     let reservation = match reserve(api, metering, policy, cost, &request, peer).await {
         Ok(reservation) => reservation,
         Err(error) => {
+            // Refused before forwarding: no usable session, a creation throttled, or Redis
+            // unreachable.
             let outcome = match error.status() {
                 StatusCode::TOO_MANY_REQUESTS => "denied",
-                StatusCode::NOT_FOUND => "rejected",
-                _ => "upstream_error",
+                _ => "rejected",
             };
             telemetry::proxy_request(&route.pattern, outcome);
             return Err(error);
