@@ -1529,20 +1529,26 @@ fn ensure_open_files(need: u64) {
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn slowloris_and_idle_connections_are_cut_after_the_header_read_timeout() {
-    let _serial = SERIAL.lock().await;
-    let header_timeout = Duration::from_millis(2000);
-    let margin = Duration::from_millis(1500);
+/// A private Redis and a gateway that cuts header and body reads after `timeout`.
+fn gateway_with_read_timeouts(timeout: Duration) -> (RedisServer, GatewayProcess) {
     let redis = RedisServer::start();
     let gw = GatewayProcess::start(
         &redis.url(0),
         &format!(
             "[http]\nheader_read_timeout_ms = {0}\nbody_read_timeout_ms = {0}\n{LOAD_SETTINGS}",
-            header_timeout.as_millis()
+            timeout.as_millis()
         ),
         &[],
     );
+    (redis, gw)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slowloris_and_idle_connections_are_cut_after_the_header_read_timeout() {
+    let _serial = SERIAL.lock().await;
+    let header_timeout = Duration::from_millis(2000);
+    let margin = Duration::from_millis(1500);
+    let (_redis, gw) = gateway_with_read_timeouts(header_timeout);
     let id = gw.new_session(&one_shot()).await;
     let baseline = gw.settled_fds().await;
     let limit = header_timeout * 5;
@@ -1878,15 +1884,7 @@ async fn vanishing_clients_leave_no_fd_and_no_request_in_flight() {
 async fn a_client_stalling_mid_body_is_cut_off() {
     let _serial = SERIAL.lock().await;
     let header_timeout = Duration::from_millis(2000);
-    let redis = RedisServer::start();
-    let gw = GatewayProcess::start(
-        &redis.url(0),
-        &format!(
-            "[http]\nheader_read_timeout_ms = {0}\nbody_read_timeout_ms = {0}\n{LOAD_SETTINGS}",
-            header_timeout.as_millis()
-        ),
-        &[],
-    );
+    let (_redis, gw) = gateway_with_read_timeouts(header_timeout);
     let id = gw.new_session(&one_shot()).await;
     let mut stream = TcpStream::connect(gw.public).await.expect("connect");
     let started = Instant::now();
