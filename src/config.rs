@@ -243,6 +243,7 @@ struct FlushFile {
     interval_ms: Option<u64>,
     lease_ms: Option<u64>,
     max_backlog: Option<u64>,
+    read_through_per_second: Option<u32>,
     drain_ms: Option<u64>,
     request_timeout_ms: Option<u64>,
 }
@@ -502,6 +503,11 @@ impl Config {
         }
         if let Some(max) = file.flush.max_backlog {
             flush.max_backlog = max.max(1);
+        }
+        if let Some(rate) = file.flush.read_through_per_second {
+            flush.read_through_per_second = NonZeroU32::new(rate).ok_or_else(|| {
+                ConfigError::new("flush.read_through_per_second", "must be at least 1")
+            })?;
         }
         if let Some(ms) = file.flush.drain_ms {
             flush.drain = Duration::from_millis(ms);

@@ -109,9 +109,14 @@ pub async fn start(config: Config) -> Result<Gateway, StartError> {
             None
         }
     };
-    let read_through = supabase
-        .as_ref()
-        .map(|supabase| ReadThrough::new(store.clone(), supabase.clone(), config.session_ttl));
+    let read_through = supabase.as_ref().map(|supabase| {
+        ReadThrough::new(
+            store.clone(),
+            supabase.clone(),
+            config.session_ttl,
+            config.flush.read_through_per_second,
+        )
+    });
     let sessions = Sessions::new(
         store.clone(),
         config.creations_per_minute,

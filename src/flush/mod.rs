@@ -22,7 +22,11 @@ mod supabase;
 
 use std::collections::HashMap;
 use std::future::Future;
+use std::num::NonZeroU32;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
+
+use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
 
 use uuid::Uuid;
 
@@ -45,6 +49,9 @@ pub struct FlushConfig {
     pub max_backlog: u64,
     /// Time the flusher gets to drain on shutdown.
     pub drain: Duration,
+    /// Supabase lookups after Redis misses allowed per second (per gateway), twice that at
+    /// once; past it a miss answers 503 instead of asking Supabase.
+    pub read_through_per_second: NonZeroU32,
 }
 
 impl Default for FlushConfig {
@@ -55,6 +62,7 @@ impl Default for FlushConfig {
             lease: Duration::from_secs(30),
             max_backlog: 1_000_000,
             drain: Duration::from_secs(10),
+            read_through_per_second: NonZeroU32::new(1000).unwrap_or(NonZeroU32::MIN),
         }
     }
 }
@@ -283,19 +291,34 @@ pub fn short(id: &Uuid) -> String {
 }
 
 /// Loads sessions missing from Redis back from Supabase.
+///
+/// Every miss costs a Supabase request, and ids are cheap to invent: a budget bounds the
+/// lookups, so a prober (or a stampede after Redis lost its data) can't turn requests into
+/// Supabase load without limit. Past the budget a miss is answered 503 with `Retry-After`,
+/// not 404, so a real session is retried rather than given up.
 #[derive(Clone)]
 pub struct ReadThrough {
     store: Store,
     supabase: Supabase,
     session_ttl: Duration,
+    budget: Arc<DefaultDirectRateLimiter>,
 }
 
 impl ReadThrough {
-    pub fn new(store: Store, supabase: Supabase, session_ttl: Duration) -> ReadThrough {
+    pub fn new(
+        store: Store,
+        supabase: Supabase,
+        session_ttl: Duration,
+        per_second: NonZeroU32,
+    ) -> ReadThrough {
+        let burst = NonZeroU32::new(per_second.get().saturating_mul(2)).unwrap_or(per_second);
         ReadThrough {
             store,
             supabase,
             session_ttl,
+            budget: Arc::new(RateLimiter::direct(
+                Quota::per_second(per_second).allow_burst(burst),
+            )),
         }
     }
 
@@ -303,6 +326,10 @@ impl ReadThrough {
     /// whether the session exists in Redis afterwards. Supabase being unreachable counts as
     /// "not found" (logged): the caller then behaves as for an unknown session.
     pub async fn recover(&self, id: &Uuid) -> Result<bool, StoreError> {
+        if self.budget.check().is_err() {
+            telemetry::read_through("throttled");
+            return Err(StoreError::ReadThroughBusy);
+        }
         let row = match self.supabase.fetch(id).await {
             Ok(Some(row)) => row,
             Ok(None) => {

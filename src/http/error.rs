@@ -236,7 +236,11 @@ impl From<SessionError> for ApiError {
 
 impl From<StoreError> for ApiError {
     fn from(error: StoreError) -> Self {
-        tracing::warn!(%error, "redis unavailable");
+        match error {
+            // Counted in metrics; a warning per refused lookup would flood the log.
+            StoreError::ReadThroughBusy => tracing::debug!(%error, "read-through refused"),
+            error => tracing::warn!(%error, "redis unavailable"),
+        }
         ApiError::unavailable()
     }
 }

@@ -65,6 +65,10 @@ pub enum StoreError {
     Reply(&'static str),
     #[error("the write-behind backlog is full")]
     Backlog,
+    /// Not Redis's doing: the read-through budget (see `flush::ReadThrough`) is spent. It
+    /// travels as a store error because it ends a session lookup the same way: 503.
+    #[error("too many sessions are being looked up in supabase")]
+    ReadThroughBusy,
     #[error("redis holds data sharded {found} ways, but redis.shards is {configured}")]
     ShardMismatch { found: u32, configured: u32 },
 }

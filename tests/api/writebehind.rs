@@ -180,6 +180,7 @@ async fn a_flusher_dying_between_upsert_and_ack_loses_nothing_and_applies_nothin
         store.clone(),
         sessiongate::flush::Supabase::new(&supabase).expect("client"),
         Duration::from_secs(3600),
+        sessiongate::flush::FlushConfig::default().read_through_per_second,
     );
     read_through.persist(&uuid).await.expect("upsert");
     let first = rows(postgrest, std::slice::from_ref(&id)).await[&id].clone();
@@ -415,4 +416,42 @@ async fn a_full_backlog_refuses_new_sessions_but_keeps_serving_existing_ones() {
         .and_then(|value| value.parse::<f64>().ok())
         .expect("the refusal counter");
     assert!(refusals >= 1.0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lookups_of_unknown_ids_in_supabase_are_bounded() {
+    let postgrest = shared_postgrest();
+    let gw = TestGateway::start_with(|config| {
+        writing_to(postgrest)(config);
+        config.flush.read_through_per_second = 1.try_into().expect("nonzero");
+    })
+    .await;
+    let known = gw.new_session().await;
+
+    // Invented ids miss Redis; the budget (1/s, 2 at once) lets two ask Supabase (404) and
+    // answers the rest 503 + Retry-After, so a real session would be retried, not dropped.
+    let invented: Vec<String> = (0..8).map(|_| uuid::Uuid::new_v4().to_string()).collect();
+    let probes = invented.iter().map(|id| gw.get_as("/api/session/info", id));
+    let responses = futures_util::future::join_all(probes).await;
+    let mut not_found = 0;
+    let mut refused = 0;
+    for response in responses {
+        match response.status().as_u16() {
+            404 => not_found += 1,
+            503 => {
+                assert!(response.headers().contains_key("retry-after"));
+                refused += 1;
+            }
+            other => panic!("unexpected status {other}"),
+        }
+    }
+    assert!(
+        (1..=3).contains(&not_found),
+        "{not_found} lookups reached supabase"
+    );
+    assert_eq!(not_found + refused, 8);
+    // Sessions in Redis never touch the budget.
+    for _ in 0..5 {
+        assert_eq!(gw.get_as("/api/session/info", &known).await.status(), 200);
+    }
 }
