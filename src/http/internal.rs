@@ -265,14 +265,18 @@ fn authorize_operation(
 fn parse_cost(text: &str, policy: &Policy) -> Result<u64, ApiError> {
     match text.parse::<u64>() {
         Ok(n) if n >= 1 && n <= policy.limit => Ok(n),
-        _ => Err(ApiError::invalid_field(
-            "cost",
-            format!(
-                "must be a whole number from 1 to the policy's limit ({})",
-                policy.limit
-            ),
-        )),
+        _ => Err(invalid_cost(policy)),
     }
+}
+
+fn invalid_cost(policy: &Policy) -> ApiError {
+    ApiError::invalid_field(
+        "cost",
+        format!(
+            "must be a whole number from 1 to the policy's limit ({})",
+            policy.limit
+        ),
+    )
 }
 
 fn authorized_response(id: &uuid::Uuid) -> Response<Body> {
@@ -334,15 +338,7 @@ fn quota_body(
                 .map(|f| f as u64)
         }) {
             Some(n) if n >= 1 && n <= policy.limit => n,
-            _ => {
-                return Err(ApiError::invalid_field(
-                    "cost",
-                    format!(
-                        "must be a whole number from 1 to the policy's limit ({})",
-                        policy.limit
-                    ),
-                ))
-            }
+            _ => return Err(invalid_cost(policy)),
         },
     };
     let key = match object.get("idempotency_key").filter(|v| !v.is_null()) {
