@@ -15,6 +15,7 @@
 //! work.
 
 use std::convert::Infallible;
+use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
@@ -22,6 +23,7 @@ use bytes::Bytes;
 use fred::prelude::*;
 use fred::types::scripts::Script;
 use http_body_util::{Either, Full};
+use hyper::body::Incoming;
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper::{Request, Response};
@@ -72,82 +74,88 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         script.load(pool.next()).await?;
     }
     let state = Arc::new((pool, script));
-    let listener = TcpListener::bind(addr).await?;
-    loop {
-        let (stream, _) = listener.accept().await?;
-        let _ = stream.set_nodelay(true);
+    serve(addr, move |request| {
         let state = state.clone();
-        tokio::spawn(async move {
-            let service = service_fn(move |request: Request<hyper::body::Incoming>| {
-                let state = state.clone();
-                async move {
-                    drop(request);
-                    let (pool, script) = &*state;
-                    let body = match mode {
-                        Mode::Hello => Bytes::from_static(BODY),
-                        Mode::Hgetall => {
-                            let fields: Vec<(String, String)> =
-                                pool.next().hgetall(KEY).await.unwrap_or_default();
-                            Bytes::from(format!("{{\"fields\":{}}}", fields.len()))
-                        }
-                        Mode::Evalsha => {
-                            let n: i64 = script
-                                .evalsha(pool.next(), KEY, ())
-                                .await
-                                .unwrap_or_default();
-                            Bytes::from(format!("{{\"n\":{n}}}"))
-                        }
-                    };
-                    let mut response = Response::new(Full::new(body));
-                    response.headers_mut().insert(
-                        "content-type",
-                        http::HeaderValue::from_static("application/json"),
-                    );
-                    Ok::<_, Infallible>(response)
+        async move {
+            drop(request);
+            let (pool, script) = &*state;
+            let body = match mode {
+                Mode::Hello => Bytes::from_static(BODY),
+                Mode::Hgetall => {
+                    let fields: Vec<(String, String)> =
+                        pool.next().hgetall(KEY).await.unwrap_or_default();
+                    Bytes::from(format!("{{\"fields\":{}}}", fields.len()))
                 }
-            });
-            let _ = http1::Builder::new()
-                .serve_connection(TokioIo::new(stream), service)
-                .await;
-        });
-    }
+                Mode::Evalsha => {
+                    let n: i64 = script
+                        .evalsha(pool.next(), KEY, ())
+                        .await
+                        .unwrap_or_default();
+                    Bytes::from(format!("{{\"n\":{n}}}"))
+                }
+            };
+            let mut response = Response::new(Full::new(body));
+            response.headers_mut().insert(
+                "content-type",
+                http::HeaderValue::from_static("application/json"),
+            );
+            response
+        }
+    })
+    .await
 }
 
 /// A plain reverse proxy: what gateway mode costs at the least.
 async fn proxy(addr: SocketAddr, upstream: String) -> Result<(), Box<dyn std::error::Error>> {
     let mut connector = HttpConnector::new();
     connector.set_nodelay(true);
-    let client: Client<_, hyper::body::Incoming> =
-        Client::builder(TokioExecutor::new()).build(connector);
+    let client: Client<_, Incoming> = Client::builder(TokioExecutor::new()).build(connector);
     let state = Arc::new((client, upstream));
+    serve(addr, move |mut request| {
+        let state = state.clone();
+        async move {
+            let (client, upstream) = &*state;
+            let path = request.uri().path_and_query().map_or("/", |p| p.as_str());
+            let uri = format!("http://{upstream}{path}").parse();
+            let response = match uri {
+                Ok(uri) => {
+                    *request.uri_mut() = uri;
+                    client.request(request).await.ok()
+                }
+                Err(_) => None,
+            };
+            match response {
+                Some(response) => response.map(Either::Right),
+                None => {
+                    let mut response = Response::new(Either::Left(Full::new(Bytes::new())));
+                    *response.status_mut() = hyper::StatusCode::BAD_GATEWAY;
+                    response
+                }
+            }
+        }
+    })
+    .await
+}
+
+/// Accepts connections for ever and answers every request with `handle`, with the
+/// gateway's connection settings (no delay, HTTP/1.1).
+async fn serve<H, F, B>(addr: SocketAddr, handle: H) -> Result<(), Box<dyn std::error::Error>>
+where
+    H: Fn(Request<Incoming>) -> F + Clone + Send + 'static,
+    F: Future<Output = Response<B>> + Send + 'static,
+    B: hyper::body::Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
     let listener = TcpListener::bind(addr).await?;
     loop {
         let (stream, _) = listener.accept().await?;
         let _ = stream.set_nodelay(true);
-        let state = state.clone();
+        let handle = handle.clone();
         tokio::spawn(async move {
-            let service = service_fn(move |mut request: Request<hyper::body::Incoming>| {
-                let state = state.clone();
-                async move {
-                    let (client, upstream) = &*state;
-                    let path = request.uri().path_and_query().map_or("/", |p| p.as_str());
-                    let uri = format!("http://{upstream}{path}").parse();
-                    let response = match uri {
-                        Ok(uri) => {
-                            *request.uri_mut() = uri;
-                            client.request(request).await.ok()
-                        }
-                        Err(_) => None,
-                    };
-                    Ok::<_, Infallible>(match response {
-                        Some(response) => response.map(Either::Right),
-                        None => {
-                            let mut response = Response::new(Either::Left(Full::new(Bytes::new())));
-                            *response.status_mut() = hyper::StatusCode::BAD_GATEWAY;
-                            response
-                        }
-                    })
-                }
+            let service = service_fn(move |request| {
+                let answer = handle(request);
+                async move { Ok::<_, Infallible>(answer.await) }
             });
             let _ = http1::Builder::new()
                 .serve_connection(TokioIo::new(stream), service)

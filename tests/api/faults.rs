@@ -196,6 +196,15 @@ impl GatewayProcess {
         .await
     }
 
+    /// Waits until the fd count is back to `baseline` or below, and returns it.
+    async fn fds_back_to(&self, baseline: usize, limit: Duration, what: &str) -> usize {
+        eventually(limit, what, || {
+            let fds = self.fds();
+            async move { (fds <= baseline).then_some(fds) }
+        })
+        .await
+    }
+
     /// A scrape of `/metrics`, on a connection of its own that closes after the answer.
     async fn scrape(&self) -> String {
         one_shot()
@@ -412,24 +421,7 @@ async fn row_differences(
     postgrest: &Postgrest,
     ids: &[String],
 ) -> Result<Vec<String>, String> {
-    let http = one_shot();
-    let mut rows: HashMap<String, Value> = HashMap::new();
-    for chunk in ids.chunks(200) {
-        let response = http
-            .get(format!("{}/sessions", postgrest.url()))
-            .query(&[("id", format!("in.({})", chunk.join(",")))])
-            .bearer_auth(postgrest.token("service_role"))
-            .send()
-            .await
-            .map_err(|e| format!("postgrest: {e}"))?;
-        if !response.status().is_success() {
-            return Err(format!("postgrest answered {}", response.status()));
-        }
-        let list: Vec<Value> = response.json().await.map_err(|e| e.to_string())?;
-        for row in list {
-            rows.insert(row["id"].as_str().expect("id").to_string(), row);
-        }
-    }
+    let rows = postgrest.rows(ids).await?;
     let mut differences = Vec::new();
     for id in ids {
         let fields: HashMap<String, String> =
@@ -1700,15 +1692,13 @@ async fn ten_thousand_idle_keep_alive_connections_stay_bounded_and_are_released(
 
     let closed_at = Instant::now();
     drop(held);
-    let released = eventually(
-        Duration::from_secs(30),
-        "the gateway to release the connections' fds",
-        || {
-            let fds = gw.fds();
-            async move { (fds <= fds_before).then_some(fds) }
-        },
-    )
-    .await;
+    let released = gw
+        .fds_back_to(
+            fds_before,
+            Duration::from_secs(30),
+            "the gateway to release the connections' fds",
+        )
+        .await;
     let release = closed_at.elapsed();
     let open_after = gw
         .metric("sessiongate_http_connections_open", "listener=\"public\"")
@@ -1719,13 +1709,10 @@ async fn ten_thousand_idle_keep_alive_connections_stay_bounded_and_are_released(
     let rss_again = gw.rss_kib();
     let fds_again = gw.fds();
     drop(held);
-    eventually(
+    gw.fds_back_to(
+        fds_before,
         Duration::from_secs(30),
         "the gateway to release the second wave's fds",
-        || {
-            let fds = gw.fds();
-            async move { (fds <= fds_before).then_some(fds) }
-        },
     )
     .await;
     let per_connection = (rss_held.saturating_sub(rss_before)) * 1024 / CONNECTIONS as u64;
@@ -2076,15 +2063,13 @@ async fn soak_at_a_fixed_rate_keeps_memory_and_latency_flat() {
     let end = (gw.rss_kib(), gw.fds());
     // The load's keep-alive connections close with its client; nothing else may stay open.
     drop(http);
-    let fds_after = eventually(
-        Duration::from_secs(10),
-        "the soak's fds to be released",
-        || {
-            let fds = gw.fds();
-            async move { (fds <= fds_before).then_some(fds) }
-        },
-    )
-    .await;
+    let fds_after = gw
+        .fds_back_to(
+            fds_before,
+            Duration::from_secs(10),
+            "the soak's fds to be released",
+        )
+        .await;
 
     let mut rows = Vec::new();
     let mut latencies = latencies.lock().expect("latencies").clone();

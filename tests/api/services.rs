@@ -8,6 +8,7 @@
 //! One cluster serves the whole test binary ([`shared_postgres`]); PostgREST is cheap to
 //! start, so a test that stops it starts its own with [`Postgrest::start`].
 
+use std::collections::HashMap;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::os::unix::fs::MetadataExt;
@@ -344,6 +345,35 @@ impl Postgrest {
             self.jwt_secret.as_bytes(),
             &serde_json::json!({ "role": role }),
         )
+    }
+
+    /// The stored rows of the given sessions, by id, as PostgREST returns them; `Err` when
+    /// PostgREST does not answer (within 10 s) or refuses.
+    pub async fn rows(&self, ids: &[String]) -> Result<HashMap<String, serde_json::Value>, String> {
+        let http = reqwest::Client::builder()
+            .timeout(Duration::from_secs(10))
+            .pool_max_idle_per_host(0)
+            .build()
+            .map_err(|e| e.to_string())?;
+        let mut found = HashMap::new();
+        for chunk in ids.chunks(200) {
+            let response = http
+                .get(format!("{}/sessions", self.url()))
+                .query(&[("id", format!("in.({})", chunk.join(",")))])
+                .bearer_auth(self.token("service_role"))
+                .send()
+                .await
+                .map_err(|e| format!("postgrest: {e}"))?;
+            if !response.status().is_success() {
+                return Err(format!("postgrest answered {}", response.status()));
+            }
+            let list: Vec<serde_json::Value> = response.json().await.map_err(|e| e.to_string())?;
+            for row in list {
+                let id = row["id"].as_str().ok_or("a row without an id")?.to_string();
+                found.insert(id, row);
+            }
+        }
+        Ok(found)
     }
 
     /// `SIGKILL`s PostgREST and waits until its port refuses connections.

@@ -14,22 +14,7 @@ use crate::support::{
 
 /// The stored rows of the given sessions, by id, as PostgREST returns them.
 async fn rows(postgrest: &Postgrest, ids: &[String]) -> HashMap<String, Value> {
-    let http = reqwest::Client::new();
-    let mut found = HashMap::new();
-    for chunk in ids.chunks(200) {
-        let response = http
-            .get(format!("{}/sessions", postgrest.url()))
-            .query(&[("id", format!("in.({})", chunk.join(",")))])
-            .bearer_auth(postgrest.token("service_role"))
-            .send()
-            .await
-            .expect("postgrest answers");
-        let list: Vec<Value> = response.json().await.expect("a JSON array");
-        for row in list {
-            found.insert(row["id"].as_str().expect("id").to_string(), row);
-        }
-    }
-    found
+    postgrest.rows(ids).await.expect("postgrest answers")
 }
 
 /// Sessions whose row does not yet carry the state Redis holds (version and counters).
