@@ -43,6 +43,7 @@ start_gateway() {
 [session]
 creations_per_minute = 1000000000
 creation_burst = 100000000
+max_creations_per_second = 1000000000
 
 [quotas.bench]
 limit = 1000000000

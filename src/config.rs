@@ -16,6 +16,7 @@ use serde::Deserialize;
 use crate::flush::{FlushConfig, SupabaseConfig};
 use crate::quota::{self, Counter, Policy, Window};
 use crate::routes::{RouteFile, RouteTable};
+use crate::throttle::ThrottleConfig;
 
 /// Where the gateway runs; production turns on `Secure` cookies and JSON logs.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -64,6 +65,8 @@ pub struct Config {
     pub body_limit: usize,
     /// Time a client gets to send its request headers (slowloris bound).
     pub header_read_timeout: Duration,
+    /// Largest request head accepted (431 past it), and the buffer a connection may hold.
+    pub max_header_bytes: usize,
     /// Time a client gets to send a request body (slow-body bound).
     pub body_read_timeout: Duration,
     /// Time in-flight requests get to finish after SIGTERM.
@@ -78,9 +81,8 @@ pub struct Config {
     pub near_limit: f64,
     /// Bearer token of the internal API; `None` disables the internal routes.
     pub service_token: Option<String>,
-    /// Session creations allowed per client IP and minute, and the burst on top.
-    pub creations_per_minute: NonZeroU32,
-    pub creation_burst: NonZeroU32,
+    /// Session creations allowed per client network, and per gateway process.
+    pub creation_throttle: ThrottleConfig,
     /// Peers whose `X-Forwarded-For` is believed when finding a client's IP.
     pub trusted_proxies: Vec<IpNet>,
     /// The system of record; `None` turns write-behind and read-through off.
@@ -118,6 +120,7 @@ impl Default for Config {
             redis_shards: crate::store::DEFAULT_SHARDS,
             body_limit: 16 * 1024,
             header_read_timeout: Duration::from_secs(10),
+            max_header_bytes: 32 * 1024,
             body_read_timeout: Duration::from_secs(10),
             shutdown_grace: Duration::from_secs(30),
             session_ttl: SESSION_TTL,
@@ -134,8 +137,7 @@ impl Default for Config {
             policies: Policy::defaults(),
             near_limit: 0.8,
             service_token: None,
-            creations_per_minute: NonZeroU32::new(600).unwrap_or(NonZeroU32::MIN),
-            creation_burst: NonZeroU32::new(120).unwrap_or(NonZeroU32::MIN),
+            creation_throttle: ThrottleConfig::default(),
             trusted_proxies: Vec::new(),
             supabase: None,
             flush: FlushConfig::default(),
@@ -198,6 +200,11 @@ fn is_service_link(name: &str) -> bool {
         || name.starts_with("SESSIONGATE_SERVICE_HOST")
         || name.starts_with("SESSIONGATE_SERVICE_PORT")
 }
+
+/// Bounds of `http.max_header_bytes`: a browser's head with its cookies needs a few KiB;
+/// past 1 MiB a head is an attack, not a request.
+const MIN_HEADER_BYTES: usize = 4 * 1024;
+const MAX_HEADER_BYTES: usize = 1024 * 1024;
 
 /// Shortest service token accepted: a guessable token would open the internal API.
 const MIN_TOKEN_LEN: usize = 16;
@@ -274,6 +281,7 @@ struct RedisFile {
 struct HttpFile {
     body_limit_bytes: Option<usize>,
     header_read_timeout_ms: Option<u64>,
+    max_header_bytes: Option<usize>,
     body_read_timeout_ms: Option<u64>,
     shutdown_grace_ms: Option<u64>,
     trusted_proxies: Option<Vec<String>>,
@@ -285,6 +293,9 @@ struct SessionFile {
     touch_interval_secs: Option<u64>,
     creations_per_minute: Option<u32>,
     creation_burst: Option<u32>,
+    creation_ipv4_prefix: Option<u8>,
+    creation_ipv6_prefix: Option<u8>,
+    max_creations_per_second: Option<u32>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -443,6 +454,15 @@ impl Config {
         if let Some(ms) = file.http.header_read_timeout_ms {
             config.header_read_timeout = positive_millis("http.header_read_timeout_ms", ms)?;
         }
+        if let Some(bytes) = file.http.max_header_bytes {
+            if !(MIN_HEADER_BYTES..=MAX_HEADER_BYTES).contains(&bytes) {
+                return Err(ConfigError::new(
+                    "http.max_header_bytes",
+                    format!("must be from {MIN_HEADER_BYTES} to {MAX_HEADER_BYTES} bytes"),
+                ));
+            }
+            config.max_header_bytes = bytes;
+        }
         if let Some(ms) = file.http.body_read_timeout_ms {
             config.body_read_timeout = positive_millis("http.body_read_timeout_ms", ms)?;
         }
@@ -458,15 +478,7 @@ impl Config {
             }
             config.touch_interval = Duration::from_secs(secs);
         }
-        if let Some(n) = file.session.creations_per_minute {
-            config.creations_per_minute = NonZeroU32::new(n).ok_or_else(|| {
-                ConfigError::new("session.creations_per_minute", "must be at least 1")
-            })?;
-        }
-        if let Some(n) = file.session.creation_burst {
-            config.creation_burst = NonZeroU32::new(n)
-                .ok_or_else(|| ConfigError::new("session.creation_burst", "must be at least 1"))?;
-        }
+        config.creation_throttle = creation_throttle(&file.session)?;
         if let Some(proxies) = file.http.trusted_proxies {
             config.trusted_proxies = proxies
                 .iter()
@@ -598,8 +610,36 @@ impl Config {
         if let Some(secs) = file.cookie.max_age_secs {
             cookie.max_age = Duration::from_secs(secs);
         }
+        cookie_prefix_rules(cookie)?;
         Ok(config)
     }
+}
+
+/// Browsers set a `__Secure-` cookie only with `Secure`, and a `__Host-` one only with
+/// `Secure`, `Path=/` and no `Domain` (so no sibling subdomain or deeper path can plant a
+/// cookie of that name); a configuration they would ignore is refused here instead.
+fn cookie_prefix_rules(cookie: &CookieConfig) -> Result<(), ConfigError> {
+    let name = cookie.name.to_ascii_lowercase();
+    let host_only = name.starts_with("__host-");
+    if (host_only || name.starts_with("__secure-")) && !cookie.secure {
+        return Err(ConfigError::new(
+            "cookie.secure",
+            format!("{:?} needs secure = true", cookie.name),
+        ));
+    }
+    if host_only && cookie.path != "/" {
+        return Err(ConfigError::new(
+            "cookie.path",
+            format!("{:?} needs path = \"/\"", cookie.name),
+        ));
+    }
+    if host_only && cookie.domain.is_some() {
+        return Err(ConfigError::new(
+            "cookie.domain",
+            format!("{:?} must not have a domain", cookie.name),
+        ));
+    }
+    Ok(())
 }
 
 /// `SUPABASE_REST_URL` (or `SUPABASE_URL` + `/rest/v1`) and `SUPABASE_SERVICE_ROLE_KEY`.
@@ -773,6 +813,37 @@ fn positive_millis(name: &str, ms: u64) -> Result<Duration, ConfigError> {
         return Err(ConfigError::new(name, "must be greater than zero"));
     }
     Ok(Duration::from_millis(ms))
+}
+
+/// The `[session]` keys of the creation throttle.
+fn creation_throttle(file: &SessionFile) -> Result<ThrottleConfig, ConfigError> {
+    let mut throttle = ThrottleConfig::default();
+    let at_least_one = |key: &str, n: u32| {
+        NonZeroU32::new(n).ok_or_else(|| ConfigError::new(key, "must be at least 1"))
+    };
+    if let Some(n) = file.creations_per_minute {
+        throttle.per_minute = at_least_one("session.creations_per_minute", n)?;
+    }
+    if let Some(n) = file.creation_burst {
+        throttle.burst = at_least_one("session.creation_burst", n)?;
+    }
+    if let Some(n) = file.max_creations_per_second {
+        throttle.max_per_second = at_least_one("session.max_creations_per_second", n)?;
+    }
+    let prefix = |key: &str, bits: u8, max: u8| match bits {
+        1.. if bits <= max => Ok(bits),
+        _ => Err(ConfigError::new(
+            key,
+            format!("must be a prefix length from 1 to {max}"),
+        )),
+    };
+    if let Some(bits) = file.creation_ipv4_prefix {
+        throttle.ipv4_prefix = prefix("session.creation_ipv4_prefix", bits, 32)?;
+    }
+    if let Some(bits) = file.creation_ipv6_prefix {
+        throttle.ipv6_prefix = prefix("session.creation_ipv6_prefix", bits, 128)?;
+    }
+    Ok(throttle)
 }
 
 #[cfg(test)]
@@ -996,6 +1067,52 @@ mod tests {
         ]))
         .unwrap_err();
         assert!(err.to_string().contains("SUPABASE_REST_URL"), "{err}");
+    }
+
+    #[test]
+    fn gateway_hardening_settings_are_checked() {
+        let config = Config::from_toml(
+            "[http]\nmax_header_bytes = 16384\n[session]\ncreation_ipv6_prefix = 56\n\
+             creation_ipv4_prefix = 24\nmax_creations_per_second = 50\n\
+             [cookie]\nname = \"__Host-session\"\nsecure = true\n",
+        )
+        .expect("valid");
+        assert_eq!(config.max_header_bytes, 16384);
+        assert_eq!(config.creation_throttle.ipv6_prefix, 56);
+        assert_eq!(config.creation_throttle.ipv4_prefix, 24);
+        assert_eq!(config.creation_throttle.max_per_second.get(), 50);
+        let defaults = Config::default();
+        assert_eq!(defaults.max_header_bytes, 32 * 1024);
+        assert_eq!(defaults.creation_throttle.ipv6_prefix, 64);
+        assert_eq!(defaults.creation_throttle.ipv4_prefix, 32);
+        for (toml, setting) in [
+            ("[http]\nmax_header_bytes = 100\n", "http.max_header_bytes"),
+            (
+                "[session]\ncreation_ipv4_prefix = 33\n",
+                "session.creation_ipv4_prefix",
+            ),
+            (
+                "[session]\ncreation_ipv6_prefix = 0\n",
+                "session.creation_ipv6_prefix",
+            ),
+            (
+                "[session]\nmax_creations_per_second = 0\n",
+                "session.max_creations_per_second",
+            ),
+            ("[cookie]\nname = \"__Host-s\"\n", "cookie.secure"),
+            ("[cookie]\nname = \"__Secure-s\"\n", "cookie.secure"),
+            (
+                "[cookie]\nname = \"__Host-s\"\nsecure = true\npath = \"/app\"\n",
+                "cookie.path",
+            ),
+            (
+                "[cookie]\nname = \"__Host-s\"\nsecure = true\ndomain = \"example.com\"\n",
+                "cookie.domain",
+            ),
+        ] {
+            let err = Config::from_toml(toml).expect_err(toml);
+            assert!(err.to_string().contains(setting), "{toml}: {err}");
+        }
     }
 
     #[test]

@@ -7,6 +7,7 @@
 //! - [`store`]: the only module that speaks Redis (keys, commands, Lua scripts);
 //! - [`flush`]: write-behind to Supabase and read-through back (the only module that knows
 //!   Supabase);
+//! - [`path`]: the canonical form of a request path, before anything routes on it;
 //! - [`routes`]: the gateway-mode route table (path + method → upstream + quota);
 //! - [`http`]: listeners, routing, and translation between HTTP and the domain;
 //! - [`telemetry`]: metric names, descriptions and the Prometheus recorder.
@@ -17,12 +18,14 @@
 pub mod config;
 pub mod flush;
 pub mod http;
+pub mod path;
 pub mod preferences;
 pub mod quota;
 pub mod routes;
 pub mod session;
 pub mod store;
 pub mod telemetry;
+pub mod throttle;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -99,6 +102,7 @@ pub async fn start(config: Config) -> Result<Gateway, StartError> {
 
     let limits = ConnectionLimits {
         header_read_timeout: config.header_read_timeout,
+        max_header_bytes: config.max_header_bytes,
         shutdown_grace: config.shutdown_grace,
     };
     let (shutdown, watcher) = watch::channel(false);
@@ -119,8 +123,7 @@ pub async fn start(config: Config) -> Result<Gateway, StartError> {
     });
     let sessions = Sessions::new(
         store.clone(),
-        config.creations_per_minute,
-        config.creation_burst,
+        &config.creation_throttle,
         read_through.clone(),
     );
     if config.service_token.is_none() {
@@ -192,7 +195,7 @@ pub async fn start(config: Config) -> Result<Gateway, StartError> {
     })
 }
 
-/// Keeps the per-IP creation throttle as small as the set of recently active clients.
+/// Keeps the creation throttle as small as the set of recently active clients.
 async fn forget_idle_clients(sessions: Sessions, stop: impl std::future::Future<Output = ()>) {
     let mut tick = tokio::time::interval(Duration::from_secs(60));
     tokio::pin!(stop);

@@ -120,7 +120,8 @@ impl Upstream {
 
 /// The outcome of looking a request up in the table.
 pub enum Lookup<'a> {
-    Found(&'a Route),
+    /// Shared, so a metered request can settle in a task of its own.
+    Found(&'a Arc<Route>),
     /// The path is routed, but not for this method; the value lists the methods that are.
     MethodNotAllowed(String),
     NotFound,
@@ -129,8 +130,21 @@ pub enum Lookup<'a> {
 /// The routes, in the order they were configured; the first match wins.
 #[derive(Clone, Debug, Default)]
 pub struct RouteTable {
-    routes: Vec<Route>,
+    routes: Vec<Arc<Route>>,
 }
+
+/// What an any-method route answers in `Allow`: every method but `CONNECT`, which asks for
+/// a tunnel, not a request, and is never forwarded.
+const FORWARDED_METHODS: [Method; 8] = [
+    Method::GET,
+    Method::HEAD,
+    Method::POST,
+    Method::PUT,
+    Method::PATCH,
+    Method::DELETE,
+    Method::OPTIONS,
+    Method::TRACE,
+];
 
 const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -150,10 +164,15 @@ impl RouteTable {
                 .methods
                 .unwrap_or_default()
                 .iter()
-                .map(|m| {
-                    Method::from_bytes(m.to_ascii_uppercase().as_bytes())
-                        .map_err(|_| fail("methods", format!("{m:?} is not an HTTP method")))
-                })
+                .map(
+                    |m| match Method::from_bytes(m.to_ascii_uppercase().as_bytes()) {
+                        Ok(Method::CONNECT) => {
+                            Err(fail("methods", "CONNECT is never forwarded".into()))
+                        }
+                        Ok(method) => Ok(method),
+                        Err(_) => Err(fail("methods", format!("{m:?} is not an HTTP method"))),
+                    },
+                )
                 .collect::<Result<Vec<_>, _>>()?;
             let upstream = parse_upstream(&file.upstream).map_err(|r| fail("upstream", r))?;
             let timeout = match file.timeout_ms {
@@ -221,14 +240,14 @@ impl RouteTable {
                     })
                 }
             };
-            routes.push(Route {
+            routes.push(Arc::new(Route {
                 pattern: file.path.into(),
                 path,
                 methods,
                 upstream,
                 metering,
                 timeout,
-            });
+            }));
         }
         Ok(RouteTable { routes })
     }
@@ -237,19 +256,26 @@ impl RouteTable {
         self.routes.is_empty()
     }
 
-    /// The first route whose path and method match.
+    /// The first route whose path and method match; `path` must be canonical.
     pub fn find(&self, method: &Method, path: &str) -> Lookup<'_> {
         let mut allowed: Vec<&str> = Vec::new();
         for route in self.routes.iter().filter(|r| r.path.matches(path)) {
-            if route.methods.is_empty() || route.methods.contains(method) {
+            let methods = match route.methods.as_slice() {
+                [] => &FORWARDED_METHODS[..],
+                some => some,
+            };
+            if methods.contains(method) {
                 return Lookup::Found(route);
             }
-            allowed.extend(route.methods.iter().map(Method::as_str));
+            for method in methods {
+                if !allowed.contains(&method.as_str()) {
+                    allowed.push(method.as_str());
+                }
+            }
         }
         if allowed.is_empty() {
             return Lookup::NotFound;
         }
-        allowed.dedup();
         Lookup::MethodNotAllowed(allowed.join(", "))
     }
 }
@@ -285,6 +311,11 @@ fn parse_path(text: &str) -> Result<PathPattern, String> {
         ));
     }
     let pattern = match text.strip_suffix("/*") {
+        Some(prefix) if prefix.ends_with('/') => {
+            return Err(format!(
+                "{text:?}: one '/' before the '*', like \"/files/*\""
+            ))
+        }
         Some(prefix) => PathPattern::Prefix(prefix.to_string()),
         None => PathPattern::Exact(text.to_string()),
     };
@@ -295,6 +326,12 @@ fn parse_path(text: &str) -> Result<PathPattern, String> {
         return Err(format!(
             "{text:?}: '*' is only allowed as a final \"/*\", and no query"
         ));
+    }
+    // Requests are matched in canonical form, so a pattern in any other would never match.
+    match crate::path::canonical(literal) {
+        Ok(canonical) if canonical == literal.as_str() => {}
+        Ok(canonical) => return Err(format!("{text:?} is not canonical; write {canonical:?}")),
+        Err(error) => return Err(format!("{text:?}: {error}")),
     }
     Ok(pattern)
 }
@@ -386,6 +423,28 @@ mod tests {
     }
 
     #[test]
+    fn connect_is_never_forwarded() {
+        let table = table(
+            r#"
+            [[routes]]
+            path = "/any/*"
+            upstream = "http://127.0.0.1:9000"
+            "#,
+        )
+        .expect("valid table");
+        assert!(matches!(
+            table.find(&Method::TRACE, "/any/x"),
+            Lookup::Found(_)
+        ));
+        match table.find(&Method::CONNECT, "/any/x") {
+            Lookup::MethodNotAllowed(allow) => {
+                assert_eq!(allow, "GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS, TRACE")
+            }
+            _ => panic!("CONNECT must be refused"),
+        }
+    }
+
+    #[test]
     fn commit_statuses_parse_as_classes_or_codes() {
         let table = table(
             r#"
@@ -413,6 +472,9 @@ mod tests {
             ("path = \"v1\"\nupstream = \"http://a:1\"", "routes[0].path"),
             ("path = \"/api/session/x\"\nupstream = \"http://a:1\"", "routes[0].path"),
             ("path = \"/a/*/b\"\nupstream = \"http://a:1\"", "routes[0].path"),
+            ("path = \"/a/../b\"\nupstream = \"http://a:1\"", "routes[0].path"),
+            ("path = \"/a//*\"\nupstream = \"http://a:1\"", "routes[0].path"),
+            ("path = \"/a\"\nupstream = \"http://a:1\"\nmethods = [\"connect\"]", "routes[0].methods"),
             ("path = \"/a\"\nupstream = \"https://a:1\"", "routes[0].upstream"),
             ("path = \"/a\"\nupstream = \"a:1\"", "routes[0].upstream"),
             ("path = \"/a\"\nupstream = \"http://a:1\"\noperation = \"nope\"", "routes[0].operation"),

@@ -4,22 +4,20 @@
 //! `contract.md`) and when activity is recorded. It knows nothing of HTTP (callers hand it
 //! parsed ids) and nothing of Redis commands (it calls [`Store`] operations, each one round
 //! trip). Ids are only ever generated here, server-side, from a CSPRNG: a client-supplied id
-//! is looked up, never created. Creation is throttled per client IP (in this process's
-//! memory), so a script cannot fill Redis with sessions.
+//! is looked up, never created. Creation is throttled per client network and per process
+//! ([`CreationThrottle`]), so a script cannot fill Redis with sessions.
 
 use std::net::IpAddr;
-use std::num::NonZeroU32;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use governor::clock::{Clock, DefaultClock};
-use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
 use serde::Serialize;
 use uuid::Uuid;
 
 use crate::flush::ReadThrough;
 use crate::store::{Store, StoreError};
 use crate::telemetry;
+use crate::throttle::{CreationThrottle, ThrottleConfig};
 
 /// Why a session operation failed.
 #[derive(Debug, thiserror::Error)]
@@ -84,7 +82,7 @@ pub fn parse_id(text: &str) -> Option<Uuid> {
 #[derive(Clone)]
 pub struct Sessions {
     store: Store,
-    creations: Arc<DefaultKeyedRateLimiter<IpAddr>>,
+    creations: Arc<CreationThrottle>,
     read_through: Option<ReadThrough>,
 }
 
@@ -93,27 +91,31 @@ pub struct Sessions {
 const CREATE_ATTEMPTS: usize = 3;
 
 impl Sessions {
-    /// `per_minute` creations per client IP, with `burst` allowed at once; sessions missing
-    /// from Redis are looked up through `read_through` when given.
-    pub fn new(
-        store: Store,
-        per_minute: NonZeroU32,
-        burst: NonZeroU32,
-        read_through: Option<ReadThrough>,
-    ) -> Self {
-        let quota = Quota::per_minute(per_minute).allow_burst(burst);
+    /// Creations are throttled by `throttle`; sessions missing from Redis are looked up
+    /// through `read_through` when given.
+    pub fn new(store: Store, throttle: &ThrottleConfig, read_through: Option<ReadThrough>) -> Self {
         Sessions {
             store,
-            creations: Arc::new(RateLimiter::keyed(quota)),
+            creations: Arc::new(CreationThrottle::new(throttle)),
             read_through,
         }
     }
 
-    /// Drops throttle state of addresses whose allowance is full again; call periodically
+    /// Drops throttle state of networks whose allowance is full again; call periodically
     /// so the table stays as small as the set of recently active clients.
     pub fn forget_idle_clients(&self) {
-        self.creations.retain_recent();
-        self.creations.shrink_to_fit();
+        self.creations.forget_idle();
+    }
+
+    /// The first of `ids` that names a live session (read-through included), for a request
+    /// that names several: a stale or planted cookie must not shadow the live one.
+    pub async fn first_known(&self, ids: &[Uuid]) -> Result<Option<Uuid>, StoreError> {
+        for id in ids {
+            if self.read(*id).await?.is_some() {
+                return Ok(Some(*id));
+            }
+        }
+        Ok(None)
     }
 
     /// `POST /api/session/`: the current session if known, else the client's if known, else a
@@ -196,9 +198,8 @@ impl Sessions {
     }
 
     async fn create(&self, origin: IpAddr) -> Result<Session, SessionError> {
-        if let Err(not_until) = self.creations.check_key(&origin) {
+        if let Err(retry_after) = self.creations.check(origin) {
             telemetry::creation_throttled();
-            let retry_after = not_until.wait_time_from(DefaultClock::default().now());
             return Err(SessionError::Throttled { retry_after });
         }
         for _ in 0..CREATE_ATTEMPTS {

@@ -32,7 +32,7 @@ use uuid::Uuid;
 
 use sessiongate::config::Config;
 use sessiongate::http::request::{
-    client_ip, client_session_id, current_session, is_json, parse_json,
+    client_ip, client_session_id, is_json, named_sessions, parse_json, Named,
 };
 use sessiongate::http::ApiError;
 use sessiongate::preferences::{self, PreferencesError};
@@ -278,14 +278,23 @@ fn header_of(selector: u8) -> HeaderName {
     }
 }
 
+/// The ids a request names, in precedence order.
+fn ids(named: Named) -> Vec<uuid::Uuid> {
+    match named {
+        Named::None => Vec::new(),
+        Named::One(id) => vec![id],
+        Named::Several(ids) => ids,
+    }
+}
+
 /// `headers`: arbitrary Cookie / X-Session-Id / X-Forwarded-For / Content-Type values (any
-/// bytes a `HeaderValue` may hold, invalid UTF-8 included) through `current_session`,
+/// bytes a `HeaderValue` may hold, invalid UTF-8 included) through `named_sessions`,
 /// `client_ip` and `is_json`.
 ///
 /// - nothing panics;
-/// - the current session is a canonical id found in a cookie of the configured name (whatever
-///   bytes the other cookies hold), else the first X-Session-Id; a bad X-Session-Id is a 400
-///   only when no cookie id won;
+/// - every session named is a canonical id found in a cookie of the configured name (whatever
+///   bytes the other cookies hold) or in X-Session-Id, cookies first; a bad X-Session-Id is a
+///   400 only when no cookie names an id;
 /// - the client IP is the peer unless the peer is a trusted proxy, and otherwise one of the
 ///   X-Forwarded-For hops.
 pub fn headers(data: &[u8]) {
@@ -342,22 +351,30 @@ pub fn headers(data: &[u8]) {
             })
         })
     });
-    match current_session(&headers, cookie_name) {
-        Ok(Some(id)) => {
-            let text = id.hyphenated().to_string();
-            let from_cookie = cookie_values.iter().any(|c| {
-                String::from_utf8_lossy(c.as_bytes())
-                    .to_ascii_lowercase()
-                    .contains(&text)
-            });
+    match named_sessions(&headers, cookie_name).map(ids) {
+        Ok(found) => {
+            for id in &found {
+                let text = id.hyphenated().to_string();
+                let from_cookie = cookie_values.iter().any(|c| {
+                    String::from_utf8_lossy(c.as_bytes())
+                        .to_ascii_lowercase()
+                        .contains(&text)
+                });
+                assert!(
+                    from_cookie || header_id == Some(Some(*id)),
+                    "{id} came from nowhere: {headers:?}"
+                );
+            }
             assert!(
-                from_cookie || header_id == Some(Some(id)),
-                "{id} came from nowhere: {headers:?}"
+                !plain_cookie_id || !found.is_empty(),
+                "cookie id missed: {headers:?}"
             );
-        }
-        Ok(None) => {
-            assert!(!plain_cookie_id, "cookie id missed: {headers:?}");
-            assert_eq!(header_id, None, "X-Session-Id ignored: {headers:?}");
+            if let Some(Some(id)) = header_id {
+                assert!(found.contains(&id), "X-Session-Id ignored: {headers:?}");
+            }
+            if found.is_empty() {
+                assert_eq!(header_id, None, "X-Session-Id ignored: {headers:?}");
+            }
         }
         Err(error) => {
             assert!(
@@ -451,8 +468,8 @@ pub fn session_id(data: &[u8]) {
     if let Ok(value) = HeaderValue::from_str(text) {
         let mut headers = HeaderMap::new();
         headers.insert("x-session-id", value);
-        match current_session(&headers, COOKIE_NAMES[0]) {
-            Ok(found) => assert_eq!(found, Some(parsed.expect("only ids are taken"))),
+        match named_sessions(&headers, COOKIE_NAMES[0]).map(ids) {
+            Ok(found) => assert_eq!(found, [parsed.expect("only ids are taken")]),
             Err(error) => {
                 assert!(parsed.is_none(), "X-Session-Id {text:?} refused");
                 assert_validation_error(error, "X-Session-Id");
@@ -462,8 +479,11 @@ pub fn session_id(data: &[u8]) {
     if let Ok(value) = HeaderValue::from_str(&format!("{}={text}", COOKIE_NAMES[0])) {
         let mut headers = HeaderMap::new();
         headers.insert(header::COOKIE, value);
-        let found = current_session(&headers, COOKIE_NAMES[0])
+        let found = named_sessions(&headers, COOKIE_NAMES[0])
+            .map(ids)
             .unwrap_or_else(|_| panic!("a cookie alone is never refused: {text:?}"));
+        assert!(found.len() <= 1, "one cookie names one session: {text:?}");
+        let found = found.first().copied();
         if parsed.is_some() {
             assert_eq!(found, parsed, "cookie {text:?}");
         } else {

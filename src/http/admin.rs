@@ -1,6 +1,6 @@
 //! The operator endpoints on the admin listener: `/healthz` (the process answers),
-//! `/readyz` (Redis answers too) and `/metrics` (Prometheus exposition). Kept off the public
-//! listener so probes and scrapes never mix with client traffic.
+//! `/readyz` (Redis answers too) and `/metrics` (Prometheus exposition), each for `GET` and
+//! `HEAD`. Kept off the public listener so probes and scrapes never mix with client traffic.
 
 use std::sync::Arc;
 
@@ -60,8 +60,9 @@ pub async fn handle(admin: Arc<Admin>, request: Request<Incoming>) -> Response<B
     let path = request.uri().path();
     let path = path.strip_suffix('/').unwrap_or(path);
     let known = matches!(path, "/healthz" | "/readyz" | "/metrics");
-    if known && request.method() != http::Method::GET {
-        return ApiError::method_not_allowed("GET").into_response();
+    // hyper sends no body in answer to HEAD, keeping the headers (and Content-Length).
+    if known && !matches!(*request.method(), http::Method::GET | http::Method::HEAD) {
+        return ApiError::method_not_allowed("GET, HEAD").into_response();
     }
     match path {
         "/healthz" => json(StatusCode::OK, &Status { status: "ok" }),

@@ -1,6 +1,7 @@
 //! The public session API (contract, "Public endpoints"): routing and handlers.
 //!
-//! Routing is a plain `match` on a normalised path: a trailing slash is ignored and the
+//! Routing is a plain `match` on the canonical path (see [`crate::path`]), set before
+//! anything looks at it: a trailing slash is ignored and the
 //! plural `/api/sessions/...` aliases map onto the same routes. Each handler reads what it
 //! needs from the request, calls [`Sessions`] once, and writes the response and cookie.
 //! Paths that are not the API's own fall through to the gateway-mode route table
@@ -21,7 +22,7 @@ use uuid::Uuid;
 use super::cors;
 use super::error::ApiError;
 use super::proxy::{self, Upstreams};
-use super::request::{client_ip, client_session_id, current_session, json_body};
+use super::request::{canonicalize, client_ip, client_session_id, current_session, json_body};
 use super::response::{json, json_text, set_session_cookie, timestamp};
 use super::Body;
 use crate::config::{CookieConfig, CorsConfig};
@@ -95,8 +96,22 @@ impl Route {
 }
 
 /// Entry point for every request on the public listener.
-pub async fn handle(api: Arc<Api>, request: Request<Incoming>, peer: SocketAddr) -> Response<Body> {
+pub async fn handle(
+    api: Arc<Api>,
+    mut request: Request<Incoming>,
+    peer: SocketAddr,
+) -> Response<Body> {
     let _in_flight = super::InFlight::start();
+    if let Err(error) = canonicalize(&mut request) {
+        let response = error.into_response();
+        super::observe(
+            "unmatched",
+            request.method(),
+            Instant::now(),
+            response.status().as_u16(),
+        );
+        return response;
+    }
     if api.internal_here && request.uri().path().starts_with(super::internal::PREFIX) {
         return super::internal::handle(&api, request).await;
     }
@@ -194,7 +209,7 @@ async fn create_or_get(
     peer: SocketAddr,
 ) -> Result<Response<Body>, ApiError> {
     let (parts, body) = request.into_parts();
-    let current = current_session(&parts.headers, &api.cookie.name)?;
+    let current = current_session(api, &parts.headers).await?;
     let body = json_body(&parts.headers, body, api).await?;
     let client = client_session_id(body.as_ref(), false)?;
     let origin = client_ip(&parts.headers, peer.ip(), &api.trusted_proxies);
@@ -216,7 +231,7 @@ async fn sync(
     peer: SocketAddr,
 ) -> Result<Response<Body>, ApiError> {
     let (parts, body) = request.into_parts();
-    let current = current_session(&parts.headers, &api.cookie.name)?;
+    let current = current_session(api, &parts.headers).await?;
     let body = json_body(&parts.headers, body, api).await?;
     let client = client_session_id(body.as_ref(), true)?
         .ok_or_else(|| ApiError::invalid_field("client_session_id", "This field is required"))?;
@@ -271,7 +286,8 @@ async fn put_preferences(
     request: Request<Incoming>,
 ) -> Result<Response<Body>, ApiError> {
     let (parts, body) = request.into_parts();
-    let id = current_session(&parts.headers, &api.cookie.name)?
+    let id = current_session(api, &parts.headers)
+        .await?
         .ok_or_else(ApiError::session_not_found)?;
     let body = json_body(&parts.headers, body, api)
         .await?
@@ -288,7 +304,8 @@ async fn put_preferences(
 }
 
 async fn read_current(api: &Api, request: &Request<Incoming>) -> Result<Session, ApiError> {
-    let id = current_session(request.headers(), &api.cookie.name)?
+    let id = current_session(api, request.headers())
+        .await?
         .ok_or_else(ApiError::session_not_found)?;
     api.sessions
         .read(id)

@@ -61,7 +61,14 @@ pub fn preflight(
 /// Adds the CORS headers of an actual (non-preflight) response.
 pub fn decorate(response: &mut Response<Body>, origin: Option<&HeaderValue>) {
     let headers = response.headers_mut();
-    headers.append(header::VARY, HeaderValue::from_static("origin"));
+    // A preflight answer already varies by origin; once is enough.
+    let varies = headers
+        .get_all(header::VARY)
+        .iter()
+        .any(|v| v.as_bytes().eq_ignore_ascii_case(b"origin"));
+    if !varies {
+        headers.append(header::VARY, HeaderValue::from_static("origin"));
+    }
     if let Some(origin) = origin {
         allow(headers, origin);
         headers.insert(

@@ -115,6 +115,15 @@ impl ApiError {
         )
     }
 
+    /// 501: the request uses an HTTP feature the gateway does not forward.
+    pub fn not_implemented(what: &'static str) -> Self {
+        ApiError::new(
+            StatusCode::NOT_IMPLEMENTED,
+            "not_implemented",
+            format!("{what} is not supported"),
+        )
+    }
+
     pub fn unavailable() -> Self {
         ApiError::new(
             StatusCode::SERVICE_UNAVAILABLE,

@@ -51,9 +51,12 @@ struct PersistBody {
 /// else.
 pub async fn handle_listener(
     api: std::sync::Arc<Api>,
-    request: Request<Incoming>,
+    mut request: Request<Incoming>,
 ) -> Response<Body> {
     let _in_flight = super::InFlight::start();
+    if let Err(error) = super::request::canonicalize(&mut request) {
+        return error.into_response();
+    }
     if request.uri().path().starts_with(PREFIX) {
         return handle(&api, request).await;
     }
@@ -193,7 +196,9 @@ fn is_authorize(path: &str) -> bool {
 /// session, unknown operation) and 429 (quota exhausted, with `Retry-After`) stop it.
 async fn authorize(api: &Api, request: &Request<Incoming>) -> Result<Response<Body>, ApiError> {
     let headers = request.headers();
-    let id = current_session(headers, &api.cookie.name)?.ok_or_else(ApiError::session_not_found)?;
+    let id = current_session(api, headers)
+        .await?
+        .ok_or_else(ApiError::session_not_found)?;
     let Some((operation, cost)) = authorize_operation(request)? else {
         api.sessions
             .read(id)

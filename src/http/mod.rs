@@ -12,6 +12,7 @@ pub mod api;
 mod body;
 mod cors;
 mod error;
+mod forwarded;
 pub mod internal;
 pub mod proxy;
 pub mod request;
@@ -42,8 +43,12 @@ pub use body::Body;
 #[derive(Clone, Copy, Debug)]
 pub struct ConnectionLimits {
     pub header_read_timeout: Duration,
+    /// Largest request head (request line and headers) accepted; past it, 431.
+    pub max_header_bytes: usize,
     pub shutdown_grace: Duration,
 }
+
+const MIN_BUFFER: usize = 8 * 1024;
 
 /// Logs one line per request (debug) and records its metrics, under the route template.
 pub(crate) fn observe(
@@ -88,7 +93,12 @@ pub async fn serve<H, F>(
     let graceful = GracefulShutdown::new();
     let mut http = http1::Builder::new();
     http.timer(TokioTimer::new())
-        .header_read_timeout(limits.header_read_timeout);
+        .header_read_timeout(limits.header_read_timeout)
+        .max_header_size(limits.max_header_bytes)
+        // The read buffer is where an unfinished head waits: bounded by the same limit, an
+        // oversized head is refused as it arrives instead of being held until the timeout.
+        // (hyper refuses a buffer under 8 KiB.)
+        .max_buf_size(limits.max_header_bytes.max(MIN_BUFFER));
     tokio::pin!(shutdown);
 
     loop {

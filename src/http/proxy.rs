@@ -6,25 +6,33 @@
 //! timeout. A refused reservation never reaches the upstream. Bodies stream both ways;
 //! only the upstream's response head is waited for, within the route's timeout.
 //!
+//! Metering is cancel-safe: hyper drops a request's handler when its client goes away
+//! (disconnect, half-close), so reserve, forward and settle run in a task of their own that
+//! always ends in a commit or a release, and count `client_gone` when no one was left to
+//! answer. What the upstream receives is prepared by [`forwarded`](super::forwarded).
+//!
 //! Upstreams are plain HTTP/1.1 on the private network, reached through one pooled hyper
 //! client. Upgrades (WebSocket) are not forwarded.
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use http::header::{self, HeaderName};
+use http::header;
 use http::uri::PathAndQuery;
-use http::{HeaderMap, HeaderValue, Request, Response, StatusCode};
+use http::{HeaderMap, Method, Request, Response, StatusCode};
 use hyper::body::Incoming;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
+use tokio::sync::oneshot;
 use uuid::Uuid;
 
 use super::api::Api;
 use super::error::ApiError;
+use super::forwarded::{prepare_request, prepare_response, Forwarding};
 use super::internal::{answer_response, rate_limit_headers};
-use super::request::{client_ip, current_session, SESSION_HEADER};
+use super::request::{client_ip, current_session, named_sessions, Named};
 use super::response::set_session_cookie;
 use super::Body;
 use crate::quota::Policy;
@@ -62,20 +70,37 @@ struct Reservation<'a> {
 
 /// Forwards one request along `route`. Never fails: errors become responses.
 pub async fn forward(
-    api: &Api,
-    route: &Route,
+    api: &Arc<Api>,
+    route: &Arc<Route>,
     request: Request<Incoming>,
     peer: SocketAddr,
 ) -> Response<Body> {
     let started = Instant::now();
     let method = request.method().clone();
-    let response = match &route.metering {
-        None => forward_unmetered(api, route, request, peer).await,
-        Some(metering) => forward_metered(api, route, metering, request, peer).await,
+    let response = if let Some(error) = unforwardable(request.headers()) {
+        telemetry::proxy_request(&route.pattern, "rejected");
+        error.into_response()
+    } else if route.metering.is_some() {
+        forward_metered(api.clone(), route.clone(), request, peer).await
+    } else {
+        forward_unmetered(api, route, request, peer)
+            .await
+            .unwrap_or_else(ApiError::into_response)
     };
-    let response = response.unwrap_or_else(ApiError::into_response);
     super::observe("proxy", &method, started, response.status().as_u16());
     response
+}
+
+/// A transfer coding other than `chunked` (`gzip, chunked`): hyper removes the chunking and
+/// the next hop would get the coded bytes without the name of the coding (RFC 9112,
+/// section 6.1, answers 501).
+fn unforwardable(headers: &HeaderMap) -> Option<ApiError> {
+    let foreign = headers
+        .get_all(header::TRANSFER_ENCODING)
+        .iter()
+        .flat_map(|value| value.as_bytes().split(|&b| b == b','))
+        .any(|coding| !coding.trim_ascii().eq_ignore_ascii_case(b"chunked"));
+    foreign.then(|| ApiError::not_implemented("Transfer-Encoding other than chunked"))
 }
 
 async fn forward_unmetered(
@@ -84,7 +109,8 @@ async fn forward_unmetered(
     request: Request<Incoming>,
     peer: SocketAddr,
 ) -> Result<Response<Body>, ApiError> {
-    match send(api, route, request, peer, None).await {
+    let session = checked_session(api, request.headers()).await;
+    match send(api, route, request, peer, session).await {
         Ok(response) => {
             telemetry::proxy_request(&route.pattern, "forwarded");
             Ok(response)
@@ -96,17 +122,64 @@ async fn forward_unmetered(
     }
 }
 
+/// The live session an unmetered request names, if any. Such a route does not depend on
+/// sessions, so a missing, malformed or unknown id, or Redis being unavailable, forwards the
+/// request without one rather than refusing it.
+async fn checked_session(api: &Api, headers: &HeaderMap) -> Option<Uuid> {
+    let named = match named_sessions(headers, &api.cookie.name) {
+        Ok(Named::None) | Err(_) => return None,
+        Ok(Named::One(id)) => vec![id],
+        Ok(Named::Several(ids)) => ids,
+    };
+    match api.sessions.first_known(&named).await {
+        Ok(live) => live,
+        Err(error) => {
+            tracing::debug!(%error, "cannot check the session of an unmetered request");
+            None
+        }
+    }
+}
+
+/// Runs the metered flow in a task of its own, so a client that goes away can't cancel it
+/// between reservation and settlement.
 async fn forward_metered(
-    api: &Api,
-    route: &Route,
-    metering: &Metering,
+    api: Arc<Api>,
+    route: Arc<Route>,
     request: Request<Incoming>,
     peer: SocketAddr,
-) -> Result<Response<Body>, ApiError> {
-    let Some(policy) = api.quotas.policy(&metering.operation) else {
+) -> Response<Body> {
+    let (answer, answered) = oneshot::channel();
+    let pattern = route.pattern.clone();
+    tokio::spawn(async move {
+        let (response, outcome) = meter(&api, &route, request, peer).await;
+        // A send fails when the handler is gone: the reservation is settled all the same.
+        let outcome = match answer.send(response) {
+            Ok(()) => outcome,
+            Err(_) => "client_gone",
+        };
+        telemetry::proxy_request(&route.pattern, outcome);
+    });
+    answered.await.unwrap_or_else(|_| {
+        tracing::error!(route = %pattern, "metered forwarding ended without an answer");
+        ApiError::internal().into_response()
+    })
+}
+
+/// Reserves, forwards and settles; returns the response and its outcome for metrics.
+async fn meter(
+    api: &Api,
+    route: &Route,
+    request: Request<Incoming>,
+    peer: SocketAddr,
+) -> (Response<Body>, &'static str) {
+    let policy = route
+        .metering
+        .as_ref()
+        .and_then(|metering| Some((metering, api.quotas.policy(&metering.operation)?)));
+    let Some((metering, policy)) = policy else {
         // The route table is checked against the policies at start-up.
-        tracing::error!(operation = %metering.operation, "route names an unknown operation");
-        return Err(ApiError::internal());
+        tracing::error!(route = %route.pattern, "metered route without a known operation");
+        return (ApiError::internal().into_response(), "rejected");
     };
     let cost = metering.cost.unwrap_or(policy.default_cost);
     let reservation = match reserve(api, metering, policy, cost, &request, peer).await {
@@ -118,40 +191,32 @@ async fn forward_metered(
                 StatusCode::TOO_MANY_REQUESTS => "denied",
                 _ => "rejected",
             };
-            telemetry::proxy_request(&route.pattern, outcome);
-            return Err(error);
+            return (error.into_response(), outcome);
         }
     };
     if reservation.answer.outcome == QuotaOutcome::Denied {
-        telemetry::proxy_request(&route.pattern, "denied");
-        return Ok(with_session(
-            api,
-            answer_response(policy, &reservation.answer),
-            &reservation,
-        ));
+        let denial = answer_response(policy, &reservation.answer);
+        return (with_session(api, denial, &reservation), "denied");
     }
 
     let id = reservation.id;
-    match send(api, route, request, peer, Some(&id)).await {
+    match send(api, route, request, peer, Some(id)).await {
         Ok(mut response) if metering.commits(response.status()) => {
             if let Err(error) = api.quotas.commit(id, policy, cost).await {
                 // The work is done and its answer is on the way; the window already holds
                 // the cost, so only the usage counter misses this request.
                 tracing::warn!(%error, %id, "could not commit a reservation");
             }
-            telemetry::proxy_request(&route.pattern, "committed");
             rate_limit_headers(response.headers_mut(), policy, &reservation.answer.status);
-            Ok(with_session(api, response, &reservation))
+            (with_session(api, response, &reservation), "committed")
         }
         Ok(response) => {
             release(api, &reservation).await;
-            telemetry::proxy_request(&route.pattern, "refunded");
-            Ok(with_session(api, response, &reservation))
+            (with_session(api, response, &reservation), "refunded")
         }
         Err((outcome, error)) => {
             release(api, &reservation).await;
-            telemetry::proxy_request(&route.pattern, outcome);
-            Err(error)
+            (error.into_response(), outcome)
         }
     }
 }
@@ -165,7 +230,7 @@ async fn reserve<'a>(
     request: &Request<Incoming>,
     peer: SocketAddr,
 ) -> Result<Reservation<'a>, ApiError> {
-    let current = current_session(request.headers(), &api.cookie.name)?;
+    let current = current_session(api, request.headers()).await?;
     if let Some(id) = current {
         if let Some(answer) = api.quotas.reserve(id, policy, cost).await? {
             return Ok(Reservation {
@@ -224,25 +289,30 @@ async fn send(
     route: &Route,
     request: Request<Incoming>,
     peer: SocketAddr,
-    session: Option<&Uuid>,
+    session: Option<Uuid>,
 ) -> Result<Response<Body>, (&'static str, ApiError)> {
     let (mut parts, body) = request.into_parts();
     let root = PathAndQuery::from_static("/");
+    // Canonical already (`http::api` made it so before routing): what was matched is sent.
     let path_and_query = parts.uri.path_and_query().unwrap_or(&root);
     parts.uri = route.upstream.uri(path_and_query).map_err(|error| {
         tracing::warn!(%error, "cannot build the upstream URI");
         ("upstream_error", ApiError::bad_gateway())
     })?;
     parts.version = http::Version::HTTP_11;
-    let forwarded_host = parts.headers.remove(header::HOST);
-    strip_hop_by_hop(&mut parts.headers);
-    forwarded_for(api, &mut parts.headers, peer, forwarded_host);
-    if let Some(id) = session {
-        // The upstream can trust this header: the gateway sets it, whatever the client sent.
-        if let Ok(value) = HeaderValue::from_str(&id.hyphenated().to_string()) {
-            parts.headers.insert(SESSION_HEADER, value);
-        }
-    }
+    let peer_ip = peer.ip().to_canonical();
+    let forwarding = Forwarding {
+        peer: peer_ip,
+        trusted: api.trusted_proxies.iter().any(|net| net.contains(&peer_ip)),
+        session,
+        cookie_name: &api.cookie.name,
+    };
+    prepare_request(&mut parts.headers, &forwarding);
+    debug_assert_ne!(
+        parts.method,
+        Method::CONNECT,
+        "the route table refuses CONNECT"
+    );
     let upstream = Request::from_parts(parts, body);
     match tokio::time::timeout(route.timeout, api.upstreams.client.request(upstream)).await {
         Err(_) => Err(("upstream_timeout", ApiError::gateway_timeout())),
@@ -252,69 +322,8 @@ async fn send(
         }
         Ok(Ok(response)) => {
             let (mut parts, body) = response.into_parts();
-            strip_hop_by_hop(&mut parts.headers);
+            prepare_response(&mut parts.headers);
             Ok(Response::from_parts(parts, Body::Upstream(body)))
         }
-    }
-}
-
-/// Headers that describe one connection, not the message (RFC 9110, section 7.6.1).
-const HOP_BY_HOP: [&str; 8] = [
-    "connection",
-    "keep-alive",
-    "proxy-authenticate",
-    "proxy-authorization",
-    "proxy-connection",
-    "te",
-    "trailer",
-    "upgrade",
-];
-
-fn strip_hop_by_hop(headers: &mut HeaderMap) {
-    let named: Vec<HeaderName> = headers
-        .get_all(header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
-        .collect();
-    for name in named {
-        headers.remove(name);
-    }
-    for name in HOP_BY_HOP {
-        headers.remove(name);
-    }
-    // hyper frames the body itself (length or chunked) on the next hop.
-    headers.remove(header::TRANSFER_ENCODING);
-}
-
-/// `X-Forwarded-For/-Proto/-Host`. A client's own `X-Forwarded-*` are believed only from a
-/// trusted proxy; from anyone else they are replaced, so upstreams can't be lied to.
-fn forwarded_for(api: &Api, headers: &mut HeaderMap, peer: SocketAddr, host: Option<HeaderValue>) {
-    const FOR: &str = "x-forwarded-for";
-    const PROTO: &str = "x-forwarded-proto";
-    const HOST: &str = "x-forwarded-host";
-    let peer_ip = peer.ip().to_canonical();
-    let trusted = api.trusted_proxies.iter().any(|net| net.contains(&peer_ip));
-    let earlier = headers
-        .get(FOR)
-        .and_then(|v| v.to_str().ok())
-        .filter(|_| trusted)
-        .map(str::to_string);
-    let chain = match earlier {
-        Some(earlier) => format!("{earlier}, {peer_ip}"),
-        None => peer_ip.to_string(),
-    };
-    if let Ok(value) = HeaderValue::from_str(&chain) {
-        headers.insert(FOR, value);
-    }
-    if !(trusted && headers.contains_key(PROTO)) {
-        headers.insert(PROTO, HeaderValue::from_static("http"));
-    }
-    if !(trusted && headers.contains_key(HOST)) {
-        match host {
-            Some(host) => headers.insert(HOST, host),
-            None => headers.remove(HOST),
-        };
     }
 }

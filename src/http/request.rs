@@ -1,10 +1,12 @@
-//! Reading requests: the current session (cookie or `X-Session-Id`), bounded JSON bodies,
-//! and the `client_session_id` field.
+//! Reading requests: the canonical path, the current session (cookie or `X-Session-Id`),
+//! bounded JSON bodies, and the `client_session_id` field.
 
+use std::borrow::Cow;
 use std::net::IpAddr;
 
 use bytes::{Bytes, BytesMut};
-use http::{header, HeaderMap};
+use http::uri::PathAndQuery;
+use http::{header, HeaderMap, Request, Uri};
 use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
 use ipnet::IpNet;
@@ -14,37 +16,97 @@ use uuid::Uuid;
 
 use super::api::Api;
 use super::ApiError;
+use crate::path;
 use crate::session::parse_id;
 
 pub const SESSION_HEADER: &str = "x-session-id";
 
-/// The request's current session id. The cookie wins; a cookie that is not a canonical UUID
-/// is ignored (stale garbage must not lock a browser out), while a bad `X-Session-Id` is a
-/// client bug and answered with 400.
-pub fn current_session(headers: &HeaderMap, cookie_name: &str) -> Result<Option<Uuid>, ApiError> {
+/// Replaces the request's path with its canonical form (see [`crate::path`]), so routing,
+/// metering and forwarding all see one path; a path without one is a 400.
+pub fn canonicalize<B>(request: &mut Request<B>) -> Result<(), ApiError> {
+    let changed = match path::canonical(request.uri().path()) {
+        Ok(Cow::Borrowed(_)) => return Ok(()),
+        Ok(Cow::Owned(path)) => path,
+        Err(error) => return Err(ApiError::invalid_field("path", error.to_string())),
+    };
+    let path_and_query = match request.uri().query() {
+        Some(query) => format!("{changed}?{query}"),
+        None => changed,
+    };
+    let unusable = || ApiError::invalid_field("path", "has no canonical form");
+    let mut parts = request.uri().clone().into_parts();
+    parts.path_and_query = Some(PathAndQuery::try_from(path_and_query).map_err(|_| unusable())?);
+    *request.uri_mut() = Uri::from_parts(parts).map_err(|_| unusable())?;
+    Ok(())
+}
+
+/// The session ids a request names, in precedence order: its session cookies, then
+/// `X-Session-Id`.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Named {
+    None,
+    One(Uuid),
+    /// Rare (a cookie planted from a sibling subdomain or a deeper path, a client that
+    /// sends both a stale cookie and a header): the first live one is the session.
+    Several(Vec<Uuid>),
+}
+
+/// Reads the session ids a request names. A cookie that is not a canonical UUID is ignored
+/// (stale garbage must not lock a browser out), while a bad `X-Session-Id` without any
+/// session cookie is a client bug and answered with 400.
+pub fn named_sessions(headers: &HeaderMap, cookie_name: &str) -> Result<Named, ApiError> {
+    let mut named = Named::None;
+    let mut add = |id: Uuid| {
+        named = match std::mem::replace(&mut named, Named::None) {
+            Named::None => Named::One(id),
+            Named::One(first) if first == id => Named::One(first),
+            Named::One(first) => Named::Several(vec![first, id]),
+            Named::Several(mut ids) => {
+                if !ids.contains(&id) {
+                    ids.push(id);
+                }
+                Named::Several(ids)
+            }
+        };
+    };
     // Pair by pair from the raw bytes: another site's cookie with a non-ASCII value must not
     // hide ours, as reading the whole header as a string would.
-    let from_cookie = headers
+    headers
         .get_all(header::COOKIE)
         .iter()
         .flat_map(|value| value.as_bytes().split(|&b| b == b';'))
         .filter_map(|pair| std::str::from_utf8(pair).ok())
         .filter_map(|pair| cookie::Cookie::parse(pair.trim()).ok())
         .filter(|c| c.name() == cookie_name)
-        .find_map(|c| parse_id(c.value()));
-    if from_cookie.is_some() {
-        return Ok(from_cookie);
+        .filter_map(|c| parse_id(c.value()))
+        .for_each(&mut add);
+    let from_header = headers
+        .get(SESSION_HEADER)
+        .map(|value| value.to_str().ok().and_then(parse_id));
+    match from_header {
+        None => {}
+        Some(Some(id)) => add(id),
+        Some(None) if named == Named::None => {
+            return Err(ApiError::invalid_field(
+                "X-Session-Id",
+                "must be a UUID (8-4-4-4-12 hex digits)",
+            ))
+        }
+        Some(None) => {}
     }
-    match headers.get(SESSION_HEADER) {
-        None => Ok(None),
-        Some(value) => value
-            .to_str()
-            .ok()
-            .and_then(parse_id)
-            .map(Some)
-            .ok_or_else(|| {
-                ApiError::invalid_field("X-Session-Id", "must be a UUID (8-4-4-4-12 hex digits)")
-            }),
+    Ok(named)
+}
+
+/// The request's current session id: the one it names, or of several the first that is
+/// live (or, when none is, the first).
+pub async fn current_session(api: &Api, headers: &HeaderMap) -> Result<Option<Uuid>, ApiError> {
+    match named_sessions(headers, &api.cookie.name)? {
+        Named::None => Ok(None),
+        Named::One(id) => Ok(Some(id)),
+        Named::Several(ids) => {
+            let live = api.sessions.first_known(&ids).await?;
+            Ok(live.or_else(|| ids.first().copied()))
+        }
     }
 }
 
@@ -232,44 +294,45 @@ mod tests {
     }
 
     #[test]
-    fn cookie_wins_and_garbage_cookies_are_ignored() {
-        let a = "6f9619ff-8b86-4011-b42d-00cf4fc964ff";
-        let b = "0b0a5f2e-3c1d-4e5f-8a9b-0c1d2e3f4a5b";
+    fn cookies_come_first_and_garbage_cookies_are_ignored() {
+        let a: Uuid = "6f9619ff-8b86-4011-b42d-00cf4fc964ff"
+            .parse()
+            .expect("uuid");
+        let b: Uuid = "0b0a5f2e-3c1d-4e5f-8a9b-0c1d2e3f4a5b"
+            .parse()
+            .expect("uuid");
+        let named = |headers: &HeaderMap| named_sessions(headers, "concept_session");
         let mut headers = HeaderMap::new();
         headers.insert(
             header::COOKIE,
-            format!("other=1; concept_session={a}")
+            format!("other=1; concept_session={a}; concept_session={a}")
                 .parse()
                 .expect("header"),
         );
-        headers.insert(SESSION_HEADER, b.parse().expect("header"));
+        assert_eq!(named(&headers).expect("ok"), Named::One(a));
+        headers.insert(SESSION_HEADER, b.to_string().parse().expect("header"));
+        assert_eq!(named(&headers).expect("ok"), Named::Several(vec![a, b]));
+        headers.insert(SESSION_HEADER, "nope".parse().expect("header"));
         assert_eq!(
-            current_session(&headers, "concept_session")
-                .expect("ok")
-                .map(|u| u.to_string())
-                .as_deref(),
-            Some(a)
+            named(&headers).expect("a bad header beside a cookie is ignored"),
+            Named::One(a)
         );
+
+        headers.insert(
+            header::COOKIE,
+            format!("concept_session=garbage; x=1; concept_session={b}")
+                .parse()
+                .expect("header"),
+        );
+        headers.remove(SESSION_HEADER);
+        assert_eq!(named(&headers).expect("ok"), Named::One(b));
 
         headers.insert(
             header::COOKIE,
             "concept_session=garbage".parse().expect("header"),
         );
-        assert_eq!(
-            current_session(&headers, "concept_session")
-                .expect("ok")
-                .map(|u| u.to_string())
-                .as_deref(),
-            Some(b)
-        );
-
-        headers.remove(SESSION_HEADER);
-        assert_eq!(
-            current_session(&headers, "concept_session").expect("ok"),
-            None
-        );
-
+        assert_eq!(named(&headers).expect("ok"), Named::None);
         headers.insert(SESSION_HEADER, "nope".parse().expect("header"));
-        assert!(current_session(&headers, "concept_session").is_err());
+        assert!(named(&headers).is_err());
     }
 }

@@ -35,6 +35,7 @@ const LOAD_SETTINGS: &str = r#"
 [session]
 creations_per_minute = 1000000
 creation_burst = 100000
+max_creations_per_second = 1000000
 
 [quotas.concept_generation]
 limit = 1000000

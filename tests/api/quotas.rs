@@ -473,8 +473,8 @@ async fn internal_api_errors() {
 #[tokio::test]
 async fn session_creation_is_throttled_per_client_ip() {
     let gw = TestGateway::start_with(|c| {
-        c.creations_per_minute = 1.try_into().expect("nonzero");
-        c.creation_burst = 2.try_into().expect("nonzero");
+        c.creation_throttle.per_minute = 1.try_into().expect("nonzero");
+        c.creation_throttle.burst = 2.try_into().expect("nonzero");
     })
     .await;
     let create = |forwarded: Option<&'static str>| {
@@ -512,8 +512,8 @@ async fn session_creation_is_throttled_per_client_ip() {
     assert_eq!(response.status().as_u16(), 429);
 
     let behind_proxy = TestGateway::start_with(|c| {
-        c.creations_per_minute = 1.try_into().expect("nonzero");
-        c.creation_burst = 1.try_into().expect("nonzero");
+        c.creation_throttle.per_minute = 1.try_into().expect("nonzero");
+        c.creation_throttle.burst = 1.try_into().expect("nonzero");
         c.trusted_proxies = vec!["127.0.0.0/8".parse().expect("net")];
     })
     .await;

@@ -17,6 +17,7 @@ use fred::prelude::*;
 
 use crate::services::{free_port, wait_until};
 use sessiongate::config::Config;
+use sessiongate::throttle::ThrottleConfig;
 use sessiongate::Gateway;
 
 /// A `redis-server` child process. It runs under a small shell watchdog that kills it when
@@ -197,8 +198,12 @@ impl TestGateway {
             // production default of 250 ms allows; the timeout tests set their own.
             redis_timeout: Duration::from_secs(1),
             // Tests create sessions by the thousand from one address.
-            creations_per_minute: 1_000_000.try_into().expect("nonzero"),
-            creation_burst: 100_000.try_into().expect("nonzero"),
+            creation_throttle: ThrottleConfig {
+                per_minute: 1_000_000.try_into().expect("nonzero"),
+                burst: 100_000.try_into().expect("nonzero"),
+                max_per_second: 1_000_000.try_into().expect("nonzero"),
+                ..ThrottleConfig::default()
+            },
             ..Config::default()
         };
         adjust(&mut config);
