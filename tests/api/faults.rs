@@ -24,7 +24,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use crate::services::{free_port, shared_postgrest, wait_until, Postgres, Postgrest, Watchdog};
-use crate::support::{eventually, session_key, RedisServer, TOKEN};
+use crate::support::{eventually, metric, session_key, RedisServer, TOKEN};
 
 /// One fault test at a time: they measure latencies, RSS and recovery times.
 static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
@@ -250,22 +250,6 @@ impl Drop for GatewayProcess {
         drop(self.server.take());
         let _ = std::fs::remove_dir_all(&self.dir);
     }
-}
-
-/// The sum of the series of `name` whose label set contains `labels`.
-fn metric(scrape: &str, name: &str, labels: &str) -> Option<f64> {
-    let mut found = None;
-    for line in scrape.lines() {
-        let Some(rest) = line.strip_prefix(name) else {
-            continue;
-        };
-        if !(rest.starts_with(' ') || rest.starts_with('{')) || !rest.contains(labels) {
-            continue;
-        }
-        let value: f64 = rest.rsplit(' ').next()?.parse().ok()?;
-        found = Some(found.unwrap_or(0.0) + value);
-    }
-    found
 }
 
 /// A Redis that keeps every acknowledged write across a `SIGKILL` (`appendonly yes`,

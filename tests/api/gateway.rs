@@ -1,109 +1,16 @@
 //! Gateway mode: a real upstream (a small hyper server in this test binary) behind the
 //! gateway's `[[routes]]`, and a real nginx in front of the forward-auth endpoint.
 
-use std::convert::Infallible;
-use std::net::SocketAddr;
-use std::path::PathBuf;
-use std::process::Command;
-use std::sync::{Arc, Mutex};
-use std::time::Duration;
-
-use bytes::Bytes;
-use http_body_util::{Either, Full};
-use hyper::body::Incoming;
-use hyper::server::conn::http1;
-use hyper::service::service_fn;
-use hyper::{Request, Response, StatusCode};
-use hyper_util::rt::TokioIo;
 use serde_json::json;
 use sessiongate::config::Config;
 
-use crate::services::{free_port, Watchdog};
+use crate::services::free_port;
 use crate::support::{split, with_token, TestGateway, TOKEN};
-
-/// What the upstream saw of one request.
-#[derive(Clone, Debug)]
-struct Hit {
-    path: String,
-    session: Option<String>,
-    forwarded_for: Option<String>,
-    headers: Vec<String>,
-}
-
-/// A hyper server standing in for the application: `/.../fail` answers 500, `/.../hang`
-/// never answers, `/.../echo` streams the request body back, anything else is 200.
-struct Upstream {
-    addr: SocketAddr,
-    hits: Arc<Mutex<Vec<Hit>>>,
-}
-
-impl Upstream {
-    async fn start() -> Upstream {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind the upstream");
-        let addr = listener.local_addr().expect("upstream addr");
-        let hits = Arc::new(Mutex::new(Vec::new()));
-        let recorded = hits.clone();
-        tokio::spawn(async move {
-            while let Ok((stream, _)) = listener.accept().await {
-                let hits = recorded.clone();
-                let service = service_fn(move |request| respond(request, hits.clone()));
-                tokio::spawn(http1::Builder::new().serve_connection(TokioIo::new(stream), service));
-            }
-        });
-        Upstream { addr, hits }
-    }
-
-    fn url(&self) -> String {
-        format!("http://{}", self.addr)
-    }
-
-    fn hits(&self) -> Vec<Hit> {
-        self.hits.lock().expect("hits").clone()
-    }
-}
-
-type UpstreamBody = Either<Incoming, Full<Bytes>>;
-
-async fn respond(
-    request: Request<Incoming>,
-    hits: Arc<Mutex<Vec<Hit>>>,
-) -> Result<Response<UpstreamBody>, Infallible> {
-    let header = |name: &str| {
-        request
-            .headers()
-            .get(name)
-            .and_then(|v| v.to_str().ok())
-            .map(str::to_string)
-    };
-    let path = request.uri().path().to_string();
-    hits.lock().expect("hits").push(Hit {
-        path: path.clone(),
-        session: header("x-session-id"),
-        forwarded_for: header("x-forwarded-for"),
-        headers: request.headers().keys().map(|k| k.to_string()).collect(),
-    });
-    let text = |status: StatusCode, body: String| {
-        let mut response = Response::new(Either::Right(Full::new(Bytes::from(body))));
-        *response.status_mut() = status;
-        response
-    };
-    Ok(if path.ends_with("/fail") {
-        text(StatusCode::INTERNAL_SERVER_ERROR, "upstream failed".into())
-    } else if path.ends_with("/hang") {
-        std::future::pending::<()>().await;
-        unreachable!("a pending future never resolves")
-    } else if path.ends_with("/echo") {
-        Response::new(Either::Left(request.into_body()))
-    } else {
-        text(StatusCode::OK, format!("upstream saw {path}"))
-    })
-}
+use crate::upstreams::{Nginx, Upstream};
 
 /// A gateway with the TOML `routes` (and a `generate` quota of `limit` per day, counted as
 /// concepts_generated) in front of `upstream`.
-async fn gateway(limit: u64, routes: &str, adjust: impl FnOnce(&mut Config)) -> TestGateway {
+pub async fn gateway(limit: u64, routes: &str, adjust: impl FnOnce(&mut Config)) -> TestGateway {
     let parsed = Config::from_toml(&format!(
         "[quotas.generate]\nlimit = {limit}\nwindow = \"day\"\ncounter = \"concepts_generated\"\n{routes}"
     ))
@@ -117,14 +24,14 @@ async fn gateway(limit: u64, routes: &str, adjust: impl FnOnce(&mut Config)) -> 
     .await
 }
 
-fn metered(path: &str, upstream: &str, extra: &str) -> String {
+pub fn metered(path: &str, upstream: &str, extra: &str) -> String {
     format!(
         "[[routes]]\npath = \"{path}\"\nmethods = [\"POST\"]\nupstream = \"{upstream}\"\noperation = \"generate\"\ntimeout_ms = 500\n{extra}\n"
     )
 }
 
 impl TestGateway {
-    async fn post_as(&self, path: &str, id: &str) -> reqwest::Response {
+    pub async fn post_as(&self, path: &str, id: &str) -> reqwest::Response {
         self.http
             .post(self.url(path))
             .header("x-session-id", id)
@@ -135,7 +42,7 @@ impl TestGateway {
     }
 
     /// `(remaining, concepts_generated)` of the session's `generate` quota.
-    async fn generate_state(&self, id: &str) -> (u64, u64) {
+    pub async fn generate_state(&self, id: &str) -> (u64, u64) {
         let info = self.info(id).await;
         let remaining = info["rate_limits"]["generate"]["remaining"]
             .as_u64()
@@ -208,15 +115,7 @@ async fn failed_upstream_calls_are_refunded() {
     assert_eq!(gw.post_as("/v1/ok", &id).await.status(), 200);
     assert_eq!(gw.generate_state(&id).await, (1, 1));
 
-    let metrics = gw
-        .http
-        .get(gw.admin_url("/metrics"))
-        .send()
-        .await
-        .expect("metrics")
-        .text()
-        .await
-        .expect("metrics body");
+    let metrics = gw.scrape().await;
     for outcome in [
         "refunded",
         "upstream_timeout",
@@ -335,17 +234,14 @@ async fn bodies_stream_both_ways_and_unmetered_routes_pass_as_they_are() {
     let hit = &upstream.hits()[0];
     assert_eq!(hit.path, "/files/a/echo");
     assert_eq!(hit.session, None, "unmetered routes get no session");
+    assert_eq!(hit.method, "PUT");
     assert_eq!(
         hit.forwarded_for.as_deref(),
         Some("127.0.0.1"),
         "an untrusted client's X-Forwarded-For is replaced"
     );
-    assert!(
-        !hit.headers.iter().any(|h| h == "x-secret"),
-        "{:?}",
-        hit.headers
-    );
-    assert!(hit.headers.iter().any(|h| h == "x-forwarded-host"));
+    assert!(hit.get("x-secret").is_none(), "{:?}", hit.headers);
+    assert!(hit.get("x-forwarded-host").is_some());
 
     let response = gw
         .http
@@ -549,75 +445,11 @@ async fn cors_echoes_allowed_origins_only() {
     assert_eq!(response.headers()["cache-control"], "no-store");
 }
 
-/// nginx in front of the upstream, asking the gateway through `auth_request`.
-struct Nginx {
-    port: u16,
-    dir: PathBuf,
-    _server: Watchdog,
-}
-
-impl Nginx {
-    fn start(gateway: SocketAddr, upstream: SocketAddr) -> Nginx {
-        let dir = std::env::temp_dir().join(format!("sessiongate-nginx-{}", uuid::Uuid::new_v4()));
-        std::fs::create_dir_all(&dir).expect("nginx dir");
-        let template = std::fs::read_to_string(concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/deploy/forward-auth/nginx.conf"
-        ))
-        .expect("the documented nginx configuration");
-        for _ in 0..5 {
-            let port = free_port();
-            let config = template
-                .replace("127.0.0.1:8000", &upstream.to_string())
-                .replace("127.0.0.1:8080", &gateway.to_string())
-                .replace("listen 80;", &format!("listen 127.0.0.1:{port};"))
-                .replace("CHANGE-ME-service-token", TOKEN);
-            let config = format!(
-                "daemon off;\nmaster_process off;\npid {0}/nginx.pid;\nerror_log {0}/error.log info;\n\
-                 events {{ worker_connections 1024; }}\n\
-                 http {{\n  access_log off;\n  client_body_temp_path {0}/body;\n  proxy_temp_path {0}/proxy;\n  \
-                 fastcgi_temp_path {0}/fastcgi;\n  uwsgi_temp_path {0}/uwsgi;\n  scgi_temp_path {0}/scgi;\n{config}\n}}\n",
-                dir.display()
-            );
-            std::fs::write(dir.join("nginx.conf"), config).expect("write nginx.conf");
-            let server = Watchdog::spawn(
-                Command::new("sh"),
-                "nginx -e \"$1/error.log\" -p \"$1\" -c \"$1/nginx.conf\" & echo $!; read _; kill $! 2>/dev/null; wait",
-                &[&dir.display().to_string()],
-            );
-            let answers = || std::net::TcpStream::connect(("127.0.0.1", port)).is_ok();
-            let deadline = std::time::Instant::now() + Duration::from_secs(10);
-            while !answers() && server.server_alive() && std::time::Instant::now() < deadline {
-                std::thread::sleep(Duration::from_millis(20));
-            }
-            if answers() {
-                return Nginx {
-                    port,
-                    dir,
-                    _server: server,
-                };
-            }
-        }
-        let log = std::fs::read_to_string(dir.join("error.log")).unwrap_or_default();
-        panic!("nginx did not start; its log:\n{log}");
-    }
-
-    fn url(&self, path: &str) -> String {
-        format!("http://127.0.0.1:{}{path}", self.port)
-    }
-}
-
-impl Drop for Nginx {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn nginx_auth_request_lets_grants_through_and_stops_denials() {
     let upstream = Upstream::start().await;
     let gw = gateway(10, "", |_| {}).await;
-    let nginx = Nginx::start(gw.gateway.public_addr(), upstream.addr);
+    let nginx = Nginx::forward_auth(gw.gateway.public_addr(), upstream.addr);
     let id = gw.new_session().await;
 
     let through_nginx = |path: &'static str, id: Option<String>| {

@@ -7,14 +7,11 @@
 //! checks, so `cargo test` keeps every crash fixed.
 
 use std::collections::{BTreeMap, HashMap};
-use std::time::Duration;
 
+use crate::raw::{raw, request, Raw};
+use crate::support::{session_key, set_cookies, split, with_token, TestGateway, TOKEN};
 use fred::prelude::*;
 use serde_json::json;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
-
-use crate::support::{session_key, set_cookies, split, with_token, TestGateway, TOKEN};
 
 #[path = "../../fuzz/src/checks.rs"]
 mod checks;
@@ -97,139 +94,29 @@ async fn post_raw(gw: &TestGateway, path: &str, body: Vec<u8>) -> (u16, serde_js
     split(response).await
 }
 
-/// A response read off a raw connection.
-struct Raw {
-    status: u16,
-    /// Header lines as sent (name lowercased), values as bytes.
-    headers: Vec<(String, Vec<u8>)>,
-    /// The whole head, for messages.
-    head: String,
-    body: Vec<u8>,
-}
-
-impl Raw {
-    fn json(&self) -> serde_json::Value {
-        serde_json::from_slice(&self.body).unwrap_or(serde_json::Value::Null)
+/// Asserts that nothing the client wrote became a response header: no header line holds
+/// the marker `evil` the hostile inputs carry, and every `Set-Cookie` is our session
+/// cookie with a server-side id.
+fn assert_no_injected_header(answer: &Raw) {
+    for (name, value) in &answer.headers {
+        let value = String::from_utf8_lossy(value).to_ascii_lowercase();
+        assert!(
+            !name.contains("evil") && !value.contains("evil"),
+            "client bytes in a response header: {}",
+            answer.head
+        );
     }
-
-    /// Asserts that nothing the client wrote became a response header: no header line holds
-    /// the marker `evil` the hostile inputs carry, and every `Set-Cookie` is our session
-    /// cookie with a server-side id.
-    fn assert_no_injected_header(&self) {
-        for (name, value) in &self.headers {
-            let value = String::from_utf8_lossy(value).to_ascii_lowercase();
-            assert!(
-                !name.contains("evil") && !value.contains("evil"),
-                "client bytes in a response header: {}",
-                self.head
-            );
-        }
-        for cookie in self.headers.iter().filter(|(n, _)| n == "set-cookie") {
-            let cookie = String::from_utf8_lossy(&cookie.1).into_owned();
-            let value = cookie
-                .strip_prefix("concept_session=")
-                .and_then(|rest| rest.split(';').next())
-                .unwrap_or_default();
-            assert!(
-                checks::is_canonical_id(value),
-                "Set-Cookie carries something else than a session id: {cookie}"
-            );
-        }
+    for cookie in answer.headers.iter().filter(|(n, _)| n == "set-cookie") {
+        let cookie = String::from_utf8_lossy(&cookie.1).into_owned();
+        let value = cookie
+            .strip_prefix("concept_session=")
+            .and_then(|rest| rest.split(';').next())
+            .unwrap_or_default();
+        assert!(
+            checks::is_canonical_id(value),
+            "Set-Cookie carries something else than a session id: {cookie}"
+        );
     }
-}
-
-/// Sends `request` as is on a new connection and reads one response (bounded in time: a
-/// hang fails the test instead of blocking it).
-async fn raw(gw: &TestGateway, request: &[u8]) -> Raw {
-    tokio::time::timeout(Duration::from_secs(20), raw_exchange(gw, request))
-        .await
-        .unwrap_or_else(|_| {
-            panic!(
-                "no response within 20 s to {:?}",
-                String::from_utf8_lossy(&request[..request.len().min(200)])
-            )
-        })
-}
-
-async fn raw_exchange(gw: &TestGateway, request: &[u8]) -> Raw {
-    let mut stream = TcpStream::connect(gw.gateway.public_addr())
-        .await
-        .expect("connect");
-    // The gateway may answer (and close) before it read everything: that is fine.
-    let _ = stream.write_all(request).await;
-    let mut received = Vec::new();
-    let mut chunk = vec![0u8; 64 * 1024];
-    let head_end = loop {
-        if let Some(end) = received.windows(4).position(|w| w == b"\r\n\r\n") {
-            break end;
-        }
-        match stream.read(&mut chunk).await {
-            Ok(0) | Err(_) => panic!(
-                "connection closed before a response head: {:?}",
-                String::from_utf8_lossy(&received)
-            ),
-            Ok(n) => received.extend_from_slice(&chunk[..n]),
-        }
-    };
-    let head = String::from_utf8_lossy(&received[..head_end]).into_owned();
-    let mut lines = received[..head_end].split(|&b| b == b'\n');
-    let status_line = String::from_utf8_lossy(lines.next().expect("status line")).into_owned();
-    let status = status_line
-        .split(' ')
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| panic!("bad status line {status_line:?}"));
-    let headers: Vec<(String, Vec<u8>)> = lines
-        .map(|line| line.strip_suffix(b"\r").unwrap_or(line))
-        .map(|line| {
-            let colon = line
-                .iter()
-                .position(|&b| b == b':')
-                .unwrap_or_else(|| panic!("header line without a colon in {head:?}"));
-            (
-                String::from_utf8_lossy(&line[..colon]).to_ascii_lowercase(),
-                line[colon + 1..].trim_ascii().to_vec(),
-            )
-        })
-        .collect();
-    let length: usize = headers
-        .iter()
-        .find(|(name, _)| name == "content-length")
-        .and_then(|(_, v)| std::str::from_utf8(v).ok()?.parse().ok())
-        .unwrap_or(0);
-    let mut body = received[head_end + 4..].to_vec();
-    while body.len() < length {
-        match stream.read(&mut chunk).await {
-            Ok(0) | Err(_) => break,
-            Ok(n) => body.extend_from_slice(&chunk[..n]),
-        }
-    }
-    body.truncate(length);
-    Raw {
-        status,
-        headers,
-        head,
-        body,
-    }
-}
-
-/// A raw HTTP/1.1 request with `Connection: close`.
-fn request(method: &str, path: &str, headers: &[&[u8]], body: &[u8]) -> Vec<u8> {
-    let mut out = format!("{method} {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n")
-        .into_bytes();
-    for header in headers {
-        out.extend_from_slice(header);
-        out.extend_from_slice(b"\r\n");
-    }
-    let chunked = headers
-        .iter()
-        .any(|h| h.to_ascii_lowercase().starts_with(b"transfer-encoding"));
-    if !body.is_empty() && !chunked {
-        out.extend_from_slice(format!("Content-Length: {}\r\n", body.len()).as_bytes());
-    }
-    out.extend_from_slice(b"\r\n");
-    out.extend_from_slice(body);
-    out
 }
 
 // --- fuzz inputs, replayed -----------------------------------------------------------------
@@ -708,7 +595,7 @@ async fn nothing_a_client_sends_is_echoed_into_a_response_header() {
             "{what}: {}",
             answer.head
         );
-        answer.assert_no_injected_header();
+        assert_no_injected_header(&answer);
         assert_lost_nothing(&gw, &before, &id, what).await;
     }
 
@@ -725,12 +612,12 @@ async fn nothing_a_client_sends_is_echoed_into_a_response_header() {
     let refused = raw(&gw, &consume(r"k\r\nSet-Cookie: evil=1")).await;
     assert_eq!(refused.status, 400, "{}", refused.head);
     assert_eq!(refused.json()["error_code"], "validation_error");
-    refused.assert_no_injected_header();
+    assert_no_injected_header(&refused);
     assert_lost_nothing(&gw, &before, &id, "CR LF in an idempotency key").await;
     let encoded = consume("k%0d%0aSet-Cookie:evil=1");
     let first = raw(&gw, &encoded).await;
     assert_eq!(first.status, 200, "{}", first.head);
-    first.assert_no_injected_header();
+    assert_no_injected_header(&first);
     let replay = raw(&gw, &encoded).await;
     assert_eq!(replay.status, 200, "{}", replay.head);
     assert!(
@@ -738,7 +625,7 @@ async fn nothing_a_client_sends_is_echoed_into_a_response_header() {
         "{}",
         replay.head
     );
-    replay.assert_no_injected_header();
+    assert_no_injected_header(&replay);
     let before = state(&gw).await;
 
     // Raw CR, LF or NUL inside a header value: the server refuses the request.
@@ -752,7 +639,7 @@ async fn nothing_a_client_sends_is_echoed_into_a_response_header() {
     ] {
         let answer = raw(&gw, &request("POST", "/api/session/", &[header], b"")).await;
         assert_eq!(answer.status, 400, "{what}: {}", answer.head);
-        answer.assert_no_injected_header();
+        assert_no_injected_header(&answer);
         assert_lost_nothing(&gw, &before, &id, what).await;
     }
 }
@@ -779,7 +666,7 @@ async fn invalid_utf8_in_headers_is_refused_or_ignored() {
     .await;
     assert_eq!(answer.status, 400, "{}", answer.head);
     assert_eq!(answer.json()["error_code"], "validation_error");
-    answer.assert_no_injected_header();
+    assert_no_injected_header(&answer);
     // A non-UTF-8 Content-Type is not JSON: 415.
     let answer = raw(
         &gw,
@@ -807,7 +694,7 @@ async fn invalid_utf8_in_headers_is_refused_or_ignored() {
     .await;
     assert_eq!(answer.status, 200, "{}", answer.head);
     assert_eq!(answer.json()["is_new_session"], true);
-    answer.assert_no_injected_header();
+    assert_no_injected_header(&answer);
 
     // A non-UTF-8 X-Forwarded-For from a trusted proxy is no address: the peer counts.
     let answer = raw(

@@ -1,8 +1,10 @@
 //! Integration tests: the gateway over real HTTP against a real `redis-server`.
 //! One binary, so the services start once and compile once.
 
+mod raw;
 mod services;
 mod support;
+mod upstreams;
 
 mod binary;
 mod cluster;
@@ -10,6 +12,7 @@ mod contract;
 mod failures;
 mod faults;
 mod gateway;
+mod gateway_hardening;
 mod hostile;
 mod lifecycle;
 mod observability;

@@ -227,6 +227,19 @@ impl TestGateway {
         format!("{}{path}", self.base)
     }
 
+    /// The admin listener's `/metrics` text (metrics are process-wide: every gateway of this
+    /// test binary shares one recorder).
+    pub async fn scrape(&self) -> String {
+        self.http
+            .get(self.admin_url("/metrics"))
+            .send()
+            .await
+            .expect("scrape")
+            .text()
+            .await
+            .expect("scrape body")
+    }
+
     pub fn admin_url(&self, path: &str) -> String {
         format!("http://{}{path}", self.gateway.admin_addr())
     }
@@ -348,4 +361,20 @@ pub fn set_cookies(response: &reqwest::Response) -> Vec<String> {
         .iter()
         .map(|v| v.to_str().expect("ascii cookie").to_string())
         .collect()
+}
+
+/// The sum of the series of `name` whose label set contains `labels`.
+pub fn metric(scrape: &str, name: &str, labels: &str) -> Option<f64> {
+    let mut found = None;
+    for line in scrape.lines() {
+        let Some(rest) = line.strip_prefix(name) else {
+            continue;
+        };
+        if !(rest.starts_with(' ') || rest.starts_with('{')) || !rest.contains(labels) {
+            continue;
+        }
+        let value: f64 = rest.rsplit(' ').next()?.parse().ok()?;
+        found = Some(found.unwrap_or(0.0) + value);
+    }
+    found
 }
