@@ -166,7 +166,7 @@ fn describe() {
         READ_THROUGH,
         "Sessions looked up in Supabase after a Redis miss, by result."
     );
-    describe_counter!(PROXY_REQUESTS, "Gateway-mode requests, by route pattern and outcome: committed, refunded, denied (429), rejected (not forwarded: no usable session, or Redis unreachable), forwarded (unmetered), upstream_error, upstream_timeout.");
+    describe_counter!(PROXY_REQUESTS, "Gateway-mode requests, by route pattern and outcome: committed, refunded, denied (429), rejected (not forwarded: no usable session, or Redis unreachable), forwarded (unmetered), upstream_error, upstream_timeout, client_gone (metered, the client left before its answer; the reservation was still settled).");
     describe_gauge!(BUILD_INFO, "Build of the running gateway (always 1).");
     // Counters of rare events start at 0, so `increase()` sees their first occurrence.
     for rare in [
