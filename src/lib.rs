@@ -3,7 +3,7 @@
 //! The crate is layered so each concern has one home:
 //! - [`config`]: settings from the environment and an optional TOML file;
 //! - [`session`], [`preferences`] and [`quota`]: the domain rules, free of HTTP and of Redis
-//!   commands;
+//!   commands; [`throttle`]: how fast sessions may be created;
 //! - [`store`]: the only module that speaks Redis (keys, commands, Lua scripts);
 //! - [`flush`]: write-behind to Supabase and read-through back (the only module that knows
 //!   Supabase);

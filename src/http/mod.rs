@@ -3,8 +3,8 @@
 //! [`serve`] owns the accept loop and connection lifecycle (header-read timeout, graceful
 //! shutdown, panic containment) for any handler; [`api`] is the public session API (with the
 //! internal quota API for backends under `/internal/v1/` unless [`internal`] has a listener
-//! of its own), [`proxy`] forwards gateway-mode routes to their upstreams, and [`admin`]
-//! serves the operator endpoints. Handlers translate between HTTP and the domain modules;
+//! of its own), [`proxy`] forwards gateway-mode routes to their upstreams (with the request
+//! head `forwarded` prepares), and [`admin`] serves the operator endpoints. Handlers translate between HTTP and the domain modules;
 //! they never talk to Redis directly.
 
 pub mod admin;

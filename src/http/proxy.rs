@@ -9,7 +9,7 @@
 //! Metering is cancel-safe: hyper drops a request's handler when its client goes away
 //! (disconnect, half-close), so reserve, forward and settle run in a task of their own that
 //! always ends in a commit or a release, and count `client_gone` when no one was left to
-//! answer. What the upstream receives is prepared by [`forwarded`](super::forwarded).
+//! answer. What the upstream receives is prepared by the `forwarded` module.
 //!
 //! Upstreams are plain HTTP/1.1 on the private network, reached through one pooled hyper
 //! client. Upgrades (WebSocket) are not forwarded.
