@@ -151,6 +151,11 @@ async fn forward_metered(
     let (answer, answered) = oneshot::channel();
     let pattern = route.pattern.clone();
     tokio::spawn(async move {
+        if answer.is_closed() {
+            // Gone before anything was reserved: nothing to settle, no one to do work for.
+            telemetry::proxy_request(&route.pattern, "client_gone");
+            return;
+        }
         let (response, outcome) = meter(&api, &route, request, peer).await;
         // A send fails when the handler is gone: the reservation is settled all the same.
         let outcome = match answer.send(response) {

@@ -40,8 +40,13 @@ pub fn canonicalize<B>(request: &mut Request<B>) -> Result<(), ApiError> {
     Ok(())
 }
 
+/// How many distinct session ids of one request are considered: each one past the first
+/// may cost a Redis read (and a Supabase lookup), so a request stuffed with ids can't
+/// multiply them.
+const MAX_NAMED: usize = 4;
+
 /// The session ids a request names, in precedence order: its session cookies, then
-/// `X-Session-Id`.
+/// `X-Session-Id` (at most [`MAX_NAMED`]).
 #[derive(Debug, PartialEq, Eq)]
 pub enum Named {
     None,
@@ -62,7 +67,7 @@ pub fn named_sessions(headers: &HeaderMap, cookie_name: &str) -> Result<Named, A
             Named::One(first) if first == id => Named::One(first),
             Named::One(first) => Named::Several(vec![first, id]),
             Named::Several(mut ids) => {
-                if !ids.contains(&id) {
+                if !ids.contains(&id) && ids.len() < MAX_NAMED {
                     ids.push(id);
                 }
                 Named::Several(ids)
@@ -317,6 +322,15 @@ mod tests {
             named(&headers).expect("a bad header beside a cookie is ignored"),
             Named::One(a)
         );
+
+        let many: Vec<String> = (0..10)
+            .map(|_| format!("concept_session={}", Uuid::new_v4()))
+            .collect();
+        headers.insert(header::COOKIE, many.join("; ").parse().expect("header"));
+        match named(&headers).expect("ok") {
+            Named::Several(ids) => assert_eq!(ids.len(), MAX_NAMED),
+            other => panic!("{other:?}"),
+        }
 
         headers.insert(
             header::COOKIE,
