@@ -7,9 +7,10 @@
 //!   variable), is removed; the session the gateway checked is set in its place;
 //! - of the session cookies, only the one the gateway used is forwarded;
 //! - `X-Forwarded-For/-Proto/-Host` are the gateway's own, extending a trusted proxy's;
-//! - other client-address and URL- or method-override headers (`Forwarded`, `X-Real-IP`,
-//!   `X-Original-URL`, `X-HTTP-Method-Override`, ...) pass only from `http.trusted_proxies`,
-//!   and their underscore spellings never;
+//! - other client-address, scheme, host and URL- or method-override headers (`Forwarded`,
+//!   `X-Real-IP`, `Client-IP`, `X-Forwarded-Ssl`, `X-Original-URL`,
+//!   `X-HTTP-Method-Override`, ...) pass only from `http.trusted_proxies`, and their
+//!   underscore spellings never;
 //! - hop-by-hop headers describe the client's connection and are dropped.
 //!
 //! Pure header rewriting: no I/O, no routing or metering decisions.
@@ -36,32 +37,42 @@ const FOR: &str = "x-forwarded-for";
 const PROTO: &str = "x-forwarded-proto";
 const HOST: &str = "x-forwarded-host";
 
-/// Client-address, URL-override and method-override headers that upstreams and their
-/// frameworks read; believable only when a trusted proxy set them.
+/// Client-address, scheme, host, URL-override and method-override headers that upstreams
+/// and their frameworks read (Rails reads `Client-IP`, Rack derives the scheme from
+/// `X-Forwarded-Ssl`); believable only when a trusted proxy set them. Every other
+/// `X-Forwarded-*` and `X-Original-*` header counts too (see [`is_spoofable`]).
 const SPOOFABLE: [&str; 22] = [
     "forwarded",
+    "forwarded-for",
+    "x-forwarded",
     "x-real-ip",
     "true-client-ip",
+    "client-ip",
     "x-client-ip",
     "x-cluster-client-ip",
     "cf-connecting-ip",
     "fastly-client-ip",
-    "x-original-forwarded-for",
-    "x-forwarded",
-    "forwarded-for",
-    "x-forwarded-server",
-    "x-forwarded-port",
-    "x-forwarded-prefix",
-    "x-forwarded-uri",
-    "x-original-url",
-    "x-original-uri",
+    "x-originating-ip",
+    "x-remote-ip",
+    "x-remote-addr",
+    "front-end-https",
+    "x-url-scheme",
+    "x-host",
     "x-rewrite-url",
-    "x-original-host",
     "x-http-method-override",
     "x-http-method",
     "x-method-override",
-    "x-original-method",
+    "x-envoy-external-address",
+    "x-envoy-original-path",
 ];
+
+/// Whether a (dashed, lower-case) header name claims something about the client or the
+/// request's URL that only a trusted proxy may say.
+fn is_spoofable(name: &str) -> bool {
+    SPOOFABLE.contains(&name)
+        || ((name.starts_with("x-forwarded-") || name.starts_with("x-original-"))
+            && ![FOR, PROTO, HOST].contains(&name))
+}
 
 /// Headers that describe one connection, not the message (RFC 9110, section 7.6.1).
 const HOP_BY_HOP: [&str; 8] = [
@@ -123,9 +134,9 @@ fn strip_claims(headers: &mut HeaderMap, trusted: bool) {
             name if name.contains('_') => {
                 let dashed = name.replace('_', "-");
                 let dashed = dashed.as_str();
-                [SESSION_HEADER, FOR, PROTO, HOST].contains(&dashed) || SPOOFABLE.contains(&dashed)
+                [SESSION_HEADER, FOR, PROTO, HOST].contains(&dashed) || is_spoofable(dashed)
             }
-            name => name == SESSION_HEADER || (!trusted && SPOOFABLE.contains(&name)),
+            name => name == SESSION_HEADER || (!trusted && is_spoofable(name)),
         })
         .cloned()
         .collect();
@@ -255,6 +266,10 @@ mod tests {
             ("x-original-url", "/admin"),
             ("x-rewrite-url", "/admin"),
             ("x-http-method-override", "DELETE"),
+            ("client-ip", "6.6.6.6"),
+            ("x-forwarded-ssl", "on"),
+            ("x-forwarded-scheme", "https"),
+            ("x-original-host", "evil.example"),
             ("x_real_ip", "6.6.6.6"),
             ("x_forwarded_for", "6.6.6.6"),
             ("x-forwarded-for", "6.6.6.6"),
@@ -262,7 +277,7 @@ mod tests {
         ];
         let mut h = headers(&sent);
         prepare_request(&mut h, &forwarding(false, None));
-        for (name, _) in &sent[..8] {
+        for (name, _) in &sent[..12] {
             assert!(!h.contains_key(*name), "{name} from a stranger");
         }
         assert_eq!(h[FOR], "192.0.2.7");

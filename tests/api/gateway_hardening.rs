@@ -174,6 +174,8 @@ async fn the_gateway_owns_the_session_header_and_the_session_cookie() {
         ("x-original-url", "/admin".to_string()),
         ("x-rewrite-url", "/admin".to_string()),
         ("x-http-method-override", "DELETE".to_string()),
+        ("client-ip", "6.6.6.6".to_string()),
+        ("x-forwarded-ssl", "on".to_string()),
     ];
 
     // Unmetered: a forged id in any spelling never reaches the upstream.
