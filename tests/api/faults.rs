@@ -24,7 +24,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use crate::services::{free_port, shared_postgrest, wait_until, Postgres, Postgrest, Watchdog};
-use crate::support::{eventually, metric, session_key, RedisServer, TOKEN};
+use crate::support::{eventually, metric, scrape, session_key, RedisServer, TOKEN};
 
 /// One fault test at a time: they measure latencies, RSS and recovery times.
 static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
@@ -208,14 +208,7 @@ impl GatewayProcess {
 
     /// A scrape of `/metrics`, on a connection of its own that closes after the answer.
     async fn scrape(&self) -> String {
-        one_shot()
-            .get(self.admin_url("/metrics"))
-            .send()
-            .await
-            .expect("scrape")
-            .text()
-            .await
-            .expect("scrape body")
+        scrape(&one_shot(), &self.admin_url("/metrics")).await
     }
 
     /// The sum of a metric's series whose labels contain `labels` (`""`: all of them).

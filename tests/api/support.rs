@@ -230,14 +230,7 @@ impl TestGateway {
     /// The admin listener's `/metrics` text (metrics are process-wide: every gateway of this
     /// test binary shares one recorder).
     pub async fn scrape(&self) -> String {
-        self.http
-            .get(self.admin_url("/metrics"))
-            .send()
-            .await
-            .expect("scrape")
-            .text()
-            .await
-            .expect("scrape body")
+        scrape(&self.http, &self.admin_url("/metrics")).await
     }
 
     pub fn admin_url(&self, path: &str) -> String {
@@ -377,4 +370,15 @@ pub fn metric(scrape: &str, name: &str, labels: &str) -> Option<f64> {
         found = Some(found.unwrap_or(0.0) + value);
     }
     found
+}
+
+/// The text of a `/metrics` answer.
+pub async fn scrape(http: &reqwest::Client, url: &str) -> String {
+    http.get(url)
+        .send()
+        .await
+        .expect("scrape")
+        .text()
+        .await
+        .expect("scrape body")
 }

@@ -386,15 +386,7 @@ async fn a_full_backlog_refuses_new_sessions_but_keeps_serving_existing_ones() {
         gw.consume(&created[0], "concept_generation", None).await.0,
         200
     );
-    let scrape = gw
-        .http
-        .get(gw.admin_url("/metrics"))
-        .send()
-        .await
-        .expect("scrape")
-        .text()
-        .await
-        .expect("body");
+    let scrape = gw.scrape().await;
     let refusals = scrape
         .lines()
         .find_map(|line| line.strip_prefix("sessiongate_flush_backpressure_refusals_total "))
