@@ -11,8 +11,8 @@ use std::net::IpAddr;
 use std::num::NonZeroU32;
 use std::time::Duration;
 
-use governor::clock::{Clock, DefaultClock};
-use governor::{DefaultDirectRateLimiter, DefaultKeyedRateLimiter, Quota, RateLimiter};
+use governor::clock::Clock;
+use governor::{DefaultDirectRateLimiter, DefaultKeyedRateLimiter, NotUntil, Quota, RateLimiter};
 use ipnet::IpNet;
 
 /// The throttle's settings (`[session]` in the configuration).
@@ -62,13 +62,13 @@ impl CreationThrottle {
 
     /// `Err(wait)` when a creation from `client` must wait `wait` first.
     pub fn check(&self, client: IpAddr) -> Result<(), Duration> {
-        let now = DefaultClock::default().now();
+        // The limiter's own clock, read only on refusal: building a clock runs CPUID, which
+        // a virtual machine traps (it was an eighth of the CPU of session creation).
+        let wait = |not_until: NotUntil<_>| not_until.wait_time_from(self.overall.clock().now());
         self.per_network
             .check_key(&self.network(client))
-            .map_err(|not_until| not_until.wait_time_from(now))?;
-        self.overall
-            .check()
-            .map_err(|not_until| not_until.wait_time_from(now))
+            .map_err(wait)?;
+        self.overall.check().map_err(wait)
     }
 
     /// Drops the state of networks whose allowance is full again, so the table stays as

@@ -7,15 +7,18 @@
 //! only the upstream's response head is waited for, within the route's timeout.
 //!
 //! Metering is cancel-safe: hyper drops a request's handler when its client goes away
-//! (disconnect, half-close), so reserve, forward and settle run in a task of their own that
-//! always ends in a commit or a release, and count `client_gone` when no one was left to
-//! answer. What the upstream receives is prepared by the `forwarded` module.
+//! (disconnect, half-close), so reserve, forward and settle form one boxed flow that, should
+//! its handler be dropped, finishes in a task of its own: it always ends in a commit or a
+//! release, and counts `client_gone` when no one was left to answer. What the upstream receives is prepared by the `forwarded` module.
 //!
 //! Upstreams are plain HTTP/1.1 on the private network, reached through one pooled hyper
 //! client. Upgrades (WebSocket) are not forwarded.
 
+use std::future::Future;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{ready, Context, Poll};
 use std::time::{Duration, Instant};
 
 use http::header;
@@ -25,7 +28,6 @@ use hyper::body::Incoming;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
-use tokio::sync::oneshot;
 use uuid::Uuid;
 
 use super::api::Api;
@@ -140,34 +142,75 @@ async fn checked_session(api: &Api, headers: &HeaderMap) -> Option<Uuid> {
     }
 }
 
-/// Runs the metered flow in a task of its own, so a client that goes away can't cancel it
-/// between reservation and settlement.
+/// Runs the metered flow so that a client that goes away can't cancel it between
+/// reservation and settlement (see [`Detachable`]).
 async fn forward_metered(
     api: Arc<Api>,
     route: Arc<Route>,
     request: Request<Incoming>,
     peer: SocketAddr,
 ) -> Response<Body> {
-    let (answer, answered) = oneshot::channel();
     let pattern = route.pattern.clone();
-    tokio::spawn(async move {
-        if answer.is_closed() {
+    let mut flow = Detachable {
+        flow: Some(Box::pin(
+            async move { meter(&api, &route, request, peer).await },
+        )),
+        pattern,
+        started: false,
+    };
+    let (response, outcome) = std::future::poll_fn(|cx| flow.poll(cx)).await;
+    telemetry::proxy_request(&flow.pattern, outcome);
+    response
+}
+
+type Flow = Pin<Box<dyn Future<Output = (Response<Body>, &'static str)> + Send>>;
+
+/// A metered flow that outlives its handler. It runs inline, in the handler's own task (no
+/// spawn, no cross-thread wake-up on the common path); but if hyper drops the handler while
+/// the flow is under way (the client disconnected or half-closed), the flow is handed to a
+/// task of its own and finishes there: its reservation still ends in a commit or a release,
+/// decided by the upstream's answer, and the outcome is counted as `client_gone`.
+struct Detachable {
+    flow: Option<Flow>,
+    pattern: Arc<str>,
+    /// Polled at least once: from then on something may be reserved or forwarded.
+    started: bool,
+}
+
+impl Detachable {
+    fn poll(&mut self, cx: &mut Context<'_>) -> Poll<(Response<Body>, &'static str)> {
+        self.started = true;
+        let Some(flow) = self.flow.as_mut() else {
+            // Awaited once, so never polled again after it finished.
+            return Poll::Pending;
+        };
+        let finished = ready!(flow.as_mut().poll(cx));
+        self.flow = None;
+        Poll::Ready(finished)
+    }
+}
+
+impl Drop for Detachable {
+    fn drop(&mut self) {
+        let Some(flow) = self.flow.take() else {
+            return;
+        };
+        let pattern = self.pattern.clone();
+        if !self.started {
             // Gone before anything was reserved: nothing to settle, no one to do work for.
-            telemetry::proxy_request(&route.pattern, "client_gone");
+            telemetry::proxy_request(&pattern, "client_gone");
             return;
         }
-        let (response, outcome) = meter(&api, &route, request, peer).await;
-        // A send fails when the handler is gone: the reservation is settled all the same.
-        let outcome = match answer.send(response) {
-            Ok(()) => outcome,
-            Err(_) => "client_gone",
-        };
-        telemetry::proxy_request(&route.pattern, outcome);
-    });
-    answered.await.unwrap_or_else(|_| {
-        tracing::error!(route = %pattern, "metered forwarding ended without an answer");
-        ApiError::internal().into_response()
-    })
+        // A flow that panicked must not be polled again; outside a runtime the process is
+        // exiting, and a gateway that dies keeps the cost taken (the documented safe side).
+        let runtime = tokio::runtime::Handle::try_current();
+        if let (false, Ok(runtime)) = (std::thread::panicking(), runtime) {
+            runtime.spawn(async move {
+                flow.await;
+                telemetry::proxy_request(&pattern, "client_gone");
+            });
+        }
+    }
 }
 
 /// Reserves, forwards and settles; returns the response and its outcome for metrics.
