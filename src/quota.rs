@@ -28,7 +28,7 @@ use chrono::{DateTime, Datelike, NaiveDate, Utc};
 use uuid::Uuid;
 
 use crate::flush::ReadThrough;
-use crate::session::{or_read_through, SessionRecord, Usage};
+use crate::session::{or_read_through, short_id, SessionRecord, Usage};
 use crate::store::{QuotaAnswer, QuotaOutcome, QuotaRequest, Store, StoreError};
 use crate::telemetry;
 
@@ -368,7 +368,7 @@ impl Quotas {
     /// Counts a reserved cost as usage: the upstream did the work.
     pub async fn commit(&self, id: Uuid, policy: &Policy, cost: u64) -> Result<(), StoreError> {
         if !self.store.commit(&id, policy, cost).await? {
-            tracing::warn!(%id, operation = %policy.operation, "session gone before its reservation was committed");
+            tracing::warn!(session = %short_id(&id), operation = %policy.operation, "session gone before its reservation was committed");
         }
         Ok(())
     }

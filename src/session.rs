@@ -78,6 +78,14 @@ pub fn parse_id(text: &str) -> Option<Uuid> {
     Uuid::try_parse(text).ok()
 }
 
+/// The first 8 characters of a session id, for logs: enough to correlate lines, useless to
+/// an attacker (a whole id is a credential and never logged).
+pub fn short_id(id: &Uuid) -> String {
+    let mut text = id.hyphenated().to_string();
+    text.truncate(8);
+    text
+}
+
 /// The session operations, over a [`Store`].
 #[derive(Clone)]
 pub struct Sessions {

@@ -32,7 +32,7 @@ use uuid::Uuid;
 
 pub use supabase::{Supabase, SupabaseConfig, SupabaseError};
 
-use crate::session::Snapshot;
+use crate::session::{short_id, Snapshot};
 use crate::store::{Claim, Store, StoreError};
 use crate::telemetry;
 
@@ -251,7 +251,7 @@ impl Flusher {
     /// the answer may quote the row, session id included, which belongs in Redis, not logs.
     async fn dead_letter(&self, snapshot: &Snapshot, status: u16, body: &str) -> Outcome {
         let row = String::from_utf8_lossy(&row::to_json(&[snapshot])).into_owned();
-        tracing::error!(session = %short(&snapshot.id), status, "row refused by supabase; dead-lettered");
+        tracing::error!(session = %short_id(&snapshot.id), status, "row refused by supabase; dead-lettered");
         let reason = format!("{status}: {body}");
         match self.store.dead_letter(&snapshot.id, &row, &reason).await {
             Ok(()) => {
@@ -283,11 +283,6 @@ pub struct RoundStats {
 fn backoff(failures: u32) -> Duration {
     let ceiling = 100u64.saturating_mul(1 << failures.min(9)).min(30_000);
     Duration::from_millis(fastrand::u64(ceiling / 2..=ceiling))
-}
-
-/// The first 8 characters of a session id: enough to correlate logs, useless to an attacker.
-pub fn short(id: &Uuid) -> String {
-    id.hyphenated().to_string()[..8].to_string()
 }
 
 /// Loads sessions missing from Redis back from Supabase.
@@ -323,8 +318,8 @@ impl ReadThrough {
     }
 
     /// Restores `id` from Supabase if it is stored there and has not expired. Returns
-    /// whether the session exists in Redis afterwards. Supabase being unreachable counts as
-    /// "not found" (logged): the caller then behaves as for an unknown session.
+    /// whether the session exists in Redis afterwards. Supabase being unreachable is an
+    /// error (503 to the client, who retries), never "not found".
     pub async fn recover(&self, id: &Uuid) -> Result<bool, StoreError> {
         if self.budget.check().is_err() {
             telemetry::read_through("throttled");
@@ -337,14 +332,16 @@ impl ReadThrough {
                 return Ok(false);
             }
             Err(error) => {
+                // Not "not found": the client would be handed a fresh session, with fresh
+                // quotas, because the system of record was briefly unreachable.
                 telemetry::read_through("error");
-                tracing::warn!(%error, session = %short(id), "read-through failed");
-                return Ok(false);
+                tracing::warn!(%error, session = %short_id(id), "read-through failed");
+                return Err(StoreError::RecordUnavailable);
             }
         };
         let Some(snapshot) = row::from_json(row).filter(|s| s.id == *id) else {
             telemetry::read_through("error");
-            tracing::warn!(session = %short(id), "unreadable row in supabase; not restored");
+            tracing::warn!(session = %short_id(id), "unreadable row in supabase; not restored");
             return Ok(false);
         };
         let age = chrono::Utc::now().timestamp() - snapshot.record.last_active;
@@ -355,7 +352,7 @@ impl ReadThrough {
         }
         self.store.restore(&snapshot, ttl as u64).await?;
         telemetry::read_through("restored");
-        tracing::info!(session = %short(id), version = snapshot.version, "session restored from supabase");
+        tracing::info!(session = %short_id(id), version = snapshot.version, "session restored from supabase");
         Ok(true)
     }
 

@@ -122,7 +122,13 @@ pub async fn handle(
         .cors
         .as_ref()
         .and_then(|cors| cors::allowed_origin(cors, request.headers()).cloned());
+    let changes_state = matches!(method, Method::POST | Method::PUT | Method::DELETE);
+    let foreign = || {
+        let scheme = forwarded_scheme(&api, request.headers(), peer);
+        cors::from_foreign_page(request.headers(), api.cors.as_ref(), scheme)
+    };
     let result = match (route, &method) {
+        (Some(_), _) if changes_state && foreign() => Err(ApiError::forbidden_origin()),
         (None, _) => match api.routes.find(&method, request.uri().path()) {
             Lookup::Found(route) => return proxy::forward(&api, route, request, peer).await,
             Lookup::MethodNotAllowed(allow) => Err(ApiError::method_not_allowed(allow)),
@@ -148,6 +154,21 @@ pub async fn handle(
     let route = route.map_or("unmatched", Route::template);
     super::observe(route, &method, started, response.status().as_u16());
     response
+}
+
+/// The scheme the client used, when a trusted proxy in front says it (`X-Forwarded-Proto`).
+fn forwarded_scheme<'a>(
+    api: &Api,
+    headers: &'a http::HeaderMap,
+    peer: SocketAddr,
+) -> Option<&'a [u8]> {
+    let peer = peer.ip().to_canonical();
+    if !api.trusted_proxies.iter().any(|net| net.contains(&peer)) {
+        return None;
+    }
+    headers
+        .get("x-forwarded-proto")
+        .map(|proto| proto.as_bytes())
 }
 
 #[derive(Serialize)]

@@ -143,6 +143,16 @@ impl ApiError {
         error
     }
 
+    /// 403: a state-changing request from a browser page the gateway does not serve.
+    pub fn forbidden_origin() -> Self {
+        ApiError::new(
+            StatusCode::FORBIDDEN,
+            "forbidden",
+            "Requests that change a session are accepted only from the API's own origin and \
+             the origins in cors.allowed_origins",
+        )
+    }
+
     pub fn unauthorized() -> Self {
         ApiError::new(
             StatusCode::UNAUTHORIZED,
@@ -248,6 +258,8 @@ impl From<StoreError> for ApiError {
         match error {
             // Counted in metrics; a warning per refused lookup would flood the log.
             StoreError::ReadThroughBusy => tracing::debug!(%error, "read-through refused"),
+            // Logged where it happened, with the session's short id.
+            StoreError::RecordUnavailable => tracing::debug!(%error, "read-through unavailable"),
             error => tracing::warn!(%error, "redis unavailable"),
         }
         ApiError::unavailable()

@@ -39,6 +39,7 @@ use super::response::set_session_cookie;
 use super::Body;
 use crate::quota::Policy;
 use crate::routes::{Metering, MissingSession, Route};
+use crate::session::short_id;
 use crate::store::{QuotaAnswer, QuotaOutcome};
 use crate::telemetry;
 
@@ -253,7 +254,7 @@ async fn meter(
             if let Err(error) = api.quotas.commit(id, policy, cost).await {
                 // The work is done and its answer is on the way; the window already holds
                 // the cost, so only the usage counter misses this request.
-                tracing::warn!(%error, %id, "could not commit a reservation");
+                tracing::warn!(%error, session = %short_id(&id), "could not commit a reservation");
             }
             rate_limit_headers(response.headers_mut(), policy, &reservation.answer.status);
             (with_session(api, response, &reservation), "committed")
@@ -315,7 +316,7 @@ async fn release(api: &Api, reservation: &Reservation<'_>) {
     } = reservation;
     if let Err(error) = api.quotas.release(*id, policy, *cost).await {
         // The cost stays taken until the window resets: the limit is never overshot.
-        tracing::warn!(%error, %id, "could not release a reservation");
+        tracing::warn!(%error, session = %short_id(id), "could not release a reservation");
     }
 }
 

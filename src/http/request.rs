@@ -143,24 +143,30 @@ pub fn client_ip(headers: &HeaderMap, peer: IpAddr, trusted: &[IpNet]) -> IpAddr
 }
 
 /// Reads a JSON body of at most `api.body_limit` bytes within `api.body_read_timeout`.
-/// `Ok(None)` for an empty body. A body with a non-JSON `Content-Type` is refused with 415;
-/// a missing `Content-Type` is accepted. A client that stalls mid-body gets 408, so it
-/// can't hold a request (and a graceful shutdown) open.
+/// `Ok(None)` for an empty body. A body must say `Content-Type: application/json` (415
+/// otherwise, also when it says nothing): a browser can then send a body to another origin
+/// only after a CORS preflight. A client that stalls mid-body gets 408, so it can't hold a
+/// request (and a graceful shutdown) open.
 pub async fn json_body(
     headers: &HeaderMap,
     body: Incoming,
     api: &Api,
 ) -> Result<Option<OwnedValue>, ApiError> {
     let limit = api.body_limit;
-    if let Some(content_type) = headers.get(header::CONTENT_TYPE) {
-        if !is_json(content_type.as_bytes()) {
-            return Err(ApiError::unsupported_media_type());
-        }
-    }
     let declared = headers
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
+    let carries_body =
+        declared.is_some_and(|len| len > 0) || headers.contains_key(header::TRANSFER_ENCODING);
+    let json = headers
+        .get(header::CONTENT_TYPE)
+        .map(|content_type| is_json(content_type.as_bytes()));
+    match json {
+        Some(false) => return Err(ApiError::unsupported_media_type()),
+        None if carries_body => return Err(ApiError::unsupported_media_type()),
+        _ => {}
+    }
     if declared.is_some_and(|len| len > limit as u64) {
         return Err(too_large(limit));
     }

@@ -13,7 +13,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::Command;
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -23,8 +23,9 @@ use serde_json::{json, Value};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
+use crate::process::{one_shot, temp_dir, GatewayProcess};
 use crate::services::{free_port, shared_postgrest, wait_until, Postgres, Postgrest, Watchdog};
-use crate::support::{eventually, metric, scrape, session_key, RedisServer, TOKEN};
+use crate::support::{eventually, metric, session_key, RedisServer, TOKEN};
 
 /// One fault test at a time: they measure latencies, RSS and recovery times.
 static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
@@ -53,197 +54,6 @@ const SHARDS: u64 = sessiongate::store::DEFAULT_SHARDS as u64;
 // ---------------------------------------------------------------------------------------
 // Processes
 // ---------------------------------------------------------------------------------------
-
-static NEXT_DIR: AtomicU32 = AtomicU32::new(0);
-
-fn temp_dir(what: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!(
-        "sessiongate-faults-{what}-{}-{}",
-        std::process::id(),
-        NEXT_DIR.fetch_add(1, Ordering::Relaxed)
-    ));
-    std::fs::create_dir_all(&dir).expect("temp dir");
-    dir
-}
-
-/// The `sessiongate` binary under a watchdog (it dies with the test binary), started with a
-/// TOML file and environment of the test's choosing, on port 0; logs go to a file.
-struct GatewayProcess {
-    public: SocketAddr,
-    admin: SocketAddr,
-    dir: PathBuf,
-    server: Option<Watchdog>,
-    pid: u32,
-}
-
-impl GatewayProcess {
-    fn start(redis_url: &str, toml: &str, env: &[(&str, String)]) -> GatewayProcess {
-        let dir = temp_dir("gateway");
-        let config = dir.join("gateway.toml");
-        std::fs::write(&config, toml).expect("write the gateway's config");
-        let log = dir.join("gateway.log");
-        let mut command = Command::new("sh");
-        command
-            .env_clear()
-            .env("PATH", std::env::var("PATH").unwrap_or_default())
-            .env("SESSIONGATE_CONFIG", &config)
-            .env("SESSIONGATE_LISTEN", "127.0.0.1:0")
-            .env("SESSIONGATE_ADMIN_LISTEN", "127.0.0.1:0")
-            .env("SESSIONGATE_LOG_FORMAT", "json")
-            .env("RUST_LOG", "info")
-            .env("REDIS_URL", redis_url);
-        for (name, value) in env {
-            command.env(name, value);
-        }
-        let script = r#"trap '' PIPE
-            "$1" >>"$2" 2>&1 & echo $!; read _; kill -9 $! 2>/dev/null; wait"#;
-        let server = Watchdog::spawn(
-            command,
-            script,
-            &[env!("CARGO_BIN_EXE_sessiongate"), &log.to_string_lossy()],
-        );
-        let pid = server.pid();
-        // Port 0 everywhere: the binary logs the addresses it bound.
-        let deadline = Instant::now() + Duration::from_secs(30);
-        let (public, admin) = loop {
-            let text = std::fs::read_to_string(&log).unwrap_or_default();
-            let listening = text
-                .lines()
-                .filter_map(|line| serde_json::from_str::<Value>(line).ok())
-                .find(|event| event["message"] == "sessiongate listening");
-            if let Some(event) = listening {
-                let addr = |name: &str| -> SocketAddr {
-                    event[name]
-                        .as_str()
-                        .and_then(|a| a.parse().ok())
-                        .expect(name)
-                };
-                break (addr("public_addr"), addr("admin_addr"));
-            }
-            assert!(
-                server.server_alive(),
-                "the gateway exited at start-up; its log:\n{text}"
-            );
-            assert!(
-                Instant::now() < deadline,
-                "the gateway did not log its addresses; its log:\n{text}"
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        };
-        GatewayProcess {
-            public,
-            admin,
-            dir,
-            server: Some(server),
-            pid,
-        }
-    }
-
-    fn url(&self, path: &str) -> String {
-        format!("http://{}{path}", self.public)
-    }
-
-    fn admin_url(&self, path: &str) -> String {
-        format!("http://{}{path}", self.admin)
-    }
-
-    fn alive(&self) -> bool {
-        self.server.as_ref().is_some_and(Watchdog::server_alive)
-    }
-
-    /// `SIGKILL`, then waits until the process is gone.
-    fn kill9(&mut self) {
-        let server = self.server.take().expect("the gateway runs");
-        let _ = Command::new("kill")
-            .args(["-9", &self.pid.to_string()])
-            .status();
-        wait_until(Duration::from_secs(10), "the gateway to die", || {
-            !server.server_alive()
-        });
-        drop(server);
-    }
-
-    /// Resident memory, KiB (`VmRSS`).
-    fn rss_kib(&self) -> u64 {
-        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid))
-            .expect("the gateway's /proc status");
-        status
-            .lines()
-            .find_map(|line| line.strip_prefix("VmRSS:"))
-            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-            .expect("VmRSS")
-    }
-
-    /// Open file descriptors.
-    fn fds(&self) -> usize {
-        std::fs::read_dir(format!("/proc/{}/fd", self.pid))
-            .expect("the gateway's fd folder")
-            .count()
-    }
-
-    /// The fd count once it has stopped moving (three equal samples in a row).
-    async fn settled_fds(&self) -> usize {
-        let mut last = (self.fds(), 0);
-        eventually(Duration::from_secs(10), "the fd count to settle", || {
-            let now = self.fds();
-            last = if now == last.0 {
-                (now, last.1 + 1)
-            } else {
-                (now, 0)
-            };
-            let settled = (last.1 >= 2).then_some(now);
-            async move { settled }
-        })
-        .await
-    }
-
-    /// Waits until the fd count is back to `baseline` or below, and returns it.
-    async fn fds_back_to(&self, baseline: usize, limit: Duration, what: &str) -> usize {
-        eventually(limit, what, || {
-            let fds = self.fds();
-            async move { (fds <= baseline).then_some(fds) }
-        })
-        .await
-    }
-
-    /// A scrape of `/metrics`, on a connection of its own that closes after the answer.
-    async fn scrape(&self) -> String {
-        scrape(&one_shot(), &self.admin_url("/metrics")).await
-    }
-
-    /// The sum of a metric's series whose labels contain `labels` (`""`: all of them).
-    async fn metric(&self, name: &str, labels: &str) -> f64 {
-        metric(&self.scrape().await, name, labels).unwrap_or_else(|| panic!("no {name} series"))
-    }
-
-    async fn new_session(&self, http: &reqwest::Client) -> String {
-        let response = http
-            .post(self.url("/api/session/"))
-            .send()
-            .await
-            .expect("request");
-        let status = response.status().as_u16();
-        let body: Value = response.json().await.expect("JSON");
-        assert_eq!(status, 200, "{body}");
-        body["session_id"].as_str().expect("session_id").to_string()
-    }
-
-    fn log_tail(&self, lines: usize) -> String {
-        let text = std::fs::read_to_string(self.dir.join("gateway.log")).unwrap_or_default();
-        let all: Vec<&str> = text.lines().collect();
-        all[all.len().saturating_sub(lines)..].join("\n")
-    }
-}
-
-impl Drop for GatewayProcess {
-    fn drop(&mut self) {
-        if std::thread::panicking() {
-            eprintln!("--- gateway log (last 40 lines) ---\n{}", self.log_tail(40));
-        }
-        drop(self.server.take());
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
-}
 
 /// A Redis that keeps every acknowledged write across a `SIGKILL` (`appendonly yes`,
 /// `appendfsync always`), restartable on its port with its data.
@@ -351,16 +161,6 @@ async fn redis_client(url: &str) -> Client {
 fn client() -> reqwest::Client {
     reqwest::Client::builder()
         .timeout(Duration::from_secs(10))
-        .build()
-        .expect("client")
-}
-
-/// An HTTP client whose connections close after each answer (they would count as the
-/// gateway's fds otherwise).
-fn one_shot() -> reqwest::Client {
-    reqwest::Client::builder()
-        .timeout(Duration::from_secs(10))
-        .pool_max_idle_per_host(0)
         .build()
         .expect("client")
 }

@@ -1,6 +1,7 @@
 //! Integration tests: the gateway over real HTTP against a real `redis-server`.
 //! One binary, so the services start once and compile once.
 
+mod process;
 mod raw;
 mod services;
 mod support;
@@ -16,6 +17,7 @@ mod gateway_hardening;
 mod hostile;
 mod lifecycle;
 mod observability;
+mod origins;
 mod quotas;
 mod supabase;
 mod writebehind;

@@ -9,7 +9,7 @@ use serde_json::{json, Value};
 
 use crate::services::{shared_postgres, shared_postgrest, Postgrest};
 use crate::support::{
-    eventually, session_key, split, supabase_config, writing_to, TestGateway, TOKEN,
+    eventually, session_key, set_cookies, split, supabase_config, writing_to, TestGateway, TOKEN,
 };
 
 /// The stored rows of the given sessions, by id, as PostgREST returns them.
@@ -431,4 +431,63 @@ async fn lookups_of_unknown_ids_in_supabase_are_bounded() {
     for _ in 0..5 {
         assert_eq!(gw.get_as("/api/session/info", &known).await.status(), 200);
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unreachable_system_of_record_is_503_never_a_lost_session() {
+    let mut postgrest = Postgrest::start(shared_postgres());
+    let gw = TestGateway::start_with(writing_to(&postgrest)).await;
+    let id = gw.new_session().await;
+    for _ in 0..2 {
+        assert_eq!(gw.consume(&id, "concept_generation", None).await.0, 200);
+    }
+    all_flushed(
+        &gw,
+        &postgrest,
+        std::slice::from_ref(&id),
+        Duration::from_secs(30),
+    )
+    .await;
+
+    // Redis loses the session while the system of record is down.
+    let _: () = gw
+        .redis
+        .custom(fred::cmd!("FLUSHDB"), Vec::<String>::new())
+        .await
+        .expect("FLUSHDB");
+    postgrest.stop();
+    let response = gw.get_as("/api/session/info", &id).await;
+    assert!(response.headers().contains_key("retry-after"));
+    let (status, body) = split(response).await;
+    assert_eq!(
+        (status, &body["error_code"]),
+        (503, &json!("service_unavailable"))
+    );
+    // Nor is the browser handed a fresh session (and fresh quotas) in its place.
+    let response = gw
+        .http
+        .post(gw.url("/api/session/"))
+        .header("cookie", format!("concept_session={id}"))
+        .send()
+        .await
+        .expect("request");
+    assert!(
+        set_cookies(&response).is_empty(),
+        "a new session was handed out"
+    );
+    assert_eq!(response.status().as_u16(), 503);
+
+    postgrest.restart();
+    let body = eventually(
+        Duration::from_secs(30),
+        "the session to come back",
+        || async {
+            let (status, body) = split(gw.get_as("/api/session/info", &id).await).await;
+            (status == 200).then_some(body)
+        },
+    )
+    .await;
+    assert_eq!(body["session_id"], json!(id));
+    assert_eq!(body["usage_stats"]["concepts_generated"], 2);
+    assert_eq!(body["rate_limits"]["concept_generation"]["remaining"], 8);
 }
