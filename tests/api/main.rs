@@ -8,6 +8,7 @@ mod support;
 mod upstreams;
 
 mod binary;
+mod browser;
 mod cluster;
 mod contract;
 mod failures;
@@ -16,6 +17,7 @@ mod gateway;
 mod gateway_hardening;
 mod hostile;
 mod lifecycle;
+mod logs;
 mod observability;
 mod origins;
 mod quotas;
