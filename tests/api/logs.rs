@@ -156,7 +156,10 @@ async fn no_log_line_holds_a_whole_session_id() {
         Duration::from_secs(30),
         "the sessions to be flushed",
         || async {
-            let rows = postgrest.rows(&[id.clone()]).await.unwrap_or_default();
+            let rows = postgrest
+                .rows(std::slice::from_ref(&id))
+                .await
+                .unwrap_or_default();
             rows.contains_key(&id).then_some(())
         },
     )
