@@ -6,6 +6,7 @@ mod raw;
 mod services;
 mod support;
 mod upstreams;
+mod webdriver;
 
 mod binary;
 mod browser;
