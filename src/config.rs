@@ -14,7 +14,7 @@ use ipnet::IpNet;
 use serde::Deserialize;
 
 use crate::flush::{FlushConfig, SupabaseConfig};
-use crate::quota::{self, Counter, Policy, Window};
+use crate::model::quota::{self, Counter, Policy, Window};
 use crate::routes::{RouteFile, RouteTable};
 use crate::throttle::ThrottleConfig;
 

@@ -2,6 +2,7 @@
 //!
 //! The crate is layered so each concern has one home:
 //! - [`config`]: settings from the environment and an optional TOML file;
+//! - [`model`]: plain data and pure rules (session records, quota windows), importing nothing;
 //! - [`session`], [`preferences`] and [`quota`]: the domain rules, free of HTTP and of Redis
 //!   commands; [`throttle`]: how fast sessions may be created;
 //! - [`store`]: the only module that speaks Redis (keys, commands, Lua scripts);
@@ -18,6 +19,7 @@
 pub mod config;
 pub mod flush;
 pub mod http;
+pub mod model;
 pub mod path;
 pub mod preferences;
 pub mod quota;

@@ -11,10 +11,10 @@ use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use serde::Serialize;
 use uuid::Uuid;
 
 use crate::flush::ReadThrough;
+use crate::model::session::{Session, SessionRecord, Usage};
 use crate::store::{Store, StoreError};
 use crate::telemetry;
 use crate::throttle::{CreationThrottle, ThrottleConfig};
@@ -26,64 +26,6 @@ pub enum SessionError {
     Store(#[from] StoreError),
     #[error("too many sessions created from this address")]
     Throttled { retry_after: Duration },
-}
-
-/// Usage counters of a session, as the API shows them.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
-pub struct Usage {
-    pub concepts_generated: u64,
-    pub concepts_refined: u64,
-    pub concepts_stored: u64,
-}
-
-/// A session's state as stored; timestamps in Unix seconds.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct SessionRecord {
-    pub created_at: i64,
-    pub last_active: i64,
-    pub usage: Usage,
-    /// Compact JSON object; `None` means the default `{}`.
-    pub preferences: Option<String>,
-    /// Stored window state of each configured quota policy, in policy order; empty when
-    /// the operation that produced the record did not read them.
-    pub quota_states: Vec<Option<String>>,
-}
-
-/// Everything stored about a session: what the system of record keeps, and what a
-/// read-through restores.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Snapshot {
-    pub id: Uuid,
-    /// `quota_states` is unused here: quota states are kept by operation in `quotas`.
-    pub record: SessionRecord,
-    /// `(operation, stored window state)` of every quota the session has used.
-    pub quotas: Vec<(String, String)>,
-    /// Bumped by every change; the system of record keeps the highest it has seen.
-    pub version: i64,
-}
-
-/// A session and its id.
-#[derive(Clone, Debug)]
-pub struct Session {
-    pub id: Uuid,
-    pub record: SessionRecord,
-}
-
-/// Parses a session id in its canonical form: 36 characters, hyphenated (any case).
-/// Braced, URN and unhyphenated spellings are refused so one session has one spelling.
-pub fn parse_id(text: &str) -> Option<Uuid> {
-    if text.len() != uuid::fmt::Hyphenated::LENGTH {
-        return None;
-    }
-    Uuid::try_parse(text).ok()
-}
-
-/// The first 8 characters of a session id, for logs: enough to correlate lines, useless to
-/// an attacker (a whole id is a credential and never logged).
-pub fn short_id(id: &Uuid) -> String {
-    let mut text = id.hyphenated().to_string();
-    text.truncate(8);
-    text
 }
 
 /// The session operations, over a [`Store`].
@@ -260,24 +202,4 @@ fn unix_now() -> i64 {
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_secs() as i64)
         .unwrap_or(0)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn only_canonical_ids_parse() {
-        let canonical = "6f9619ff-8b86-4011-b42d-00cf4fc964ff";
-        assert_eq!(
-            parse_id(canonical).map(|u| u.to_string()).as_deref(),
-            Some(canonical)
-        );
-        assert!(parse_id("6F9619FF-8B86-4011-B42D-00CF4FC964FF").is_some());
-        assert!(parse_id("6f9619ff8b864011b42d00cf4fc964ff").is_none());
-        assert!(parse_id("{6f9619ff-8b86-4011-b42d-00cf4fc964ff}").is_none());
-        assert!(parse_id("urn:uuid:6f9619ff-8b86-4011-b42d-00cf4fc964ff").is_none());
-        assert!(parse_id("").is_none());
-        assert!(parse_id("6f9619ff-8b86-4011-b42d-00cf4fc964fg").is_none());
-    }
 }

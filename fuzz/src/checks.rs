@@ -35,8 +35,8 @@ use sessiongate::http::request::{
     client_ip, client_session_id, is_json, named_sessions, parse_json, Named,
 };
 use sessiongate::http::ApiError;
+use sessiongate::model::session::parse_id;
 use sessiongate::preferences::{self, PreferencesError};
-use sessiongate::session::parse_id;
 
 /// The default cookie name, and another one so a cookie of the wrong name is exercised.
 const COOKIE_NAMES: [&str; 2] = ["concept_session", "sid"];

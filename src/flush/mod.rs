@@ -32,7 +32,7 @@ use uuid::Uuid;
 
 pub use supabase::{Supabase, SupabaseConfig, SupabaseError};
 
-use crate::session::{short_id, Snapshot};
+use crate::model::session::{short_id, Snapshot};
 use crate::store::{Claim, Store, StoreError};
 use crate::telemetry;
 

@@ -6,7 +6,7 @@ use simd_json::prelude::*;
 use simd_json::OwnedValue;
 use uuid::Uuid;
 
-use crate::session::{SessionRecord, Snapshot, Usage};
+use crate::model::session::{SessionRecord, Snapshot, Usage};
 
 #[derive(Serialize)]
 struct Row<'a> {

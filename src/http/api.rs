@@ -27,10 +27,11 @@ use super::response::{json, json_text, set_session_cookie, timestamp};
 use super::Body;
 use crate::config::{CookieConfig, CorsConfig};
 use crate::flush::ReadThrough;
+use crate::model::session::{Session, SessionRecord, Usage};
 use crate::preferences::{self, PreferencesError};
 use crate::quota::Quotas;
 use crate::routes::{Lookup, RouteTable};
-use crate::session::{Session, SessionRecord, Sessions, Usage};
+use crate::session::Sessions;
 
 /// What the public and internal handlers share.
 pub struct Api {

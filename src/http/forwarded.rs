@@ -22,7 +22,7 @@ use http::{HeaderMap, HeaderValue};
 use uuid::Uuid;
 
 use super::request::SESSION_HEADER;
-use crate::session::parse_id;
+use crate::model::session::parse_id;
 
 /// Who sent the request, and which session the gateway settled on.
 pub struct Forwarding<'a> {

@@ -26,8 +26,8 @@ use super::error::ApiError;
 use super::request::{current_session, json_body, SESSION_HEADER};
 use super::response::{json, timestamp};
 use super::Body;
-use crate::quota::{Policy, QuotaStatus};
-use crate::session::{parse_id, Usage};
+use crate::model::quota::{Policy, QuotaStatus};
+use crate::model::session::{parse_id, Usage};
 use crate::store::{QuotaAnswer, QuotaOutcome, QuotaRequest};
 
 pub(super) const PREFIX: &str = "/internal/";

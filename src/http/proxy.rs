@@ -37,9 +37,9 @@ use super::internal::{answer_response, rate_limit_headers};
 use super::request::{client_ip, current_session, named_sessions, Named};
 use super::response::set_session_cookie;
 use super::Body;
-use crate::quota::Policy;
+use crate::model::quota::Policy;
+use crate::model::session::short_id;
 use crate::routes::{Metering, MissingSession, Route};
-use crate::session::short_id;
 use crate::store::{QuotaAnswer, QuotaOutcome};
 use crate::telemetry;
 

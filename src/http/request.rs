@@ -16,8 +16,8 @@ use uuid::Uuid;
 
 use super::api::Api;
 use super::ApiError;
+use crate::model::session::parse_id;
 use crate::path;
-use crate::session::parse_id;
 
 pub const SESSION_HEADER: &str = "x-session-id";
 

@@ -24,7 +24,7 @@
 //! | `a` | last active, Unix seconds, rewritten at most once per touch interval |
 //! | `g`, `r`, `s` | usage counters: concepts generated, refined, stored (absent = 0) |
 //! | `p` | preferences as compact JSON (absent = `{}`) |
-//! | `q:<operation>` | quota window state of one policy (see [`crate::quota`]) |
+//! | `q:<operation>` | quota window state of one policy (see [`crate::model::quota`]) |
 //! | `v` | version, bumped by every change; the system of record keeps the newest |
 //!
 //! # Round trips
@@ -50,8 +50,8 @@ use uuid::Uuid;
 pub use outbox::{Backlog, Claim};
 pub use quota::{QuotaAnswer, QuotaOutcome, QuotaRequest};
 
-use crate::quota::Policy;
-use crate::session::{SessionRecord, Snapshot, Usage};
+use crate::model::quota::Policy;
+use crate::model::session::{SessionRecord, Snapshot, Usage};
 use crate::telemetry;
 
 /// Why the store could not answer. Every variant means "try again later" to a client.

@@ -8,7 +8,7 @@ use fred::types::Value;
 use uuid::Uuid;
 
 use super::{shard_prefix, snapshot, snapshot_fields, Store, StoreError};
-use crate::session::Snapshot;
+use crate::model::session::Snapshot;
 
 const DEAD_LETTER: &str = "sg:dead-letter";
 /// Dead letters kept (approximately); older ones are trimmed.

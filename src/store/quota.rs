@@ -5,8 +5,8 @@ use fred::types::Value;
 use uuid::Uuid;
 
 use super::{Store, StoreError};
-use crate::quota::{Counter, Policy, QuotaStatus, Window};
-use crate::session::Usage;
+use crate::model::quota::{Counter, Policy, QuotaStatus, Window};
+use crate::model::session::Usage;
 
 /// What a quota script answered.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use serde_json::json;
-use sessiongate::quota::{Counter, Policy, Window};
+use sessiongate::model::quota::{Counter, Policy, Window};
 
 use crate::services::{shared_cluster, shared_postgrest, RedisCluster};
 use crate::support::{eventually, split, with_token, writing_to, TestGateway};
@@ -127,7 +127,7 @@ async fn a_master_failing_over_under_traffic_costs_a_short_503_window_and_no_cou
             config.policies = vec![Policy {
                 operation: "work".to_string(),
                 limit: 1_000_000,
-                window: Window::Calendar(sessiongate::quota::CalendarUnit::Month),
+                window: Window::Calendar(sessiongate::model::quota::CalendarUnit::Month),
                 default_cost: 1,
                 counter: Some(Counter::ConceptsGenerated),
             }];

@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use fred::prelude::*;
 use serde_json::json;
-use sessiongate::quota::{calendar_end, CalendarUnit, Counter, Policy, Window};
+use sessiongate::model::quota::{calendar_end, CalendarUnit, Counter, Policy, Window};
 
 use crate::support::{session_key, split, with_token, RedisServer, TestGateway, TOKEN};
 
