@@ -39,7 +39,9 @@ use tokio::task::JoinHandle;
 
 use crate::config::Config;
 use crate::flush::{Flusher, ReadThrough, Supabase, SupabaseError};
-use crate::http::{admin::Admin, api::Api, proxy::Upstreams, ConnectionLimits};
+use crate::http::admin::Admin;
+use crate::http::state::{Api, Upstreams};
+use crate::http::ConnectionLimits;
 use crate::quota::Quotas;
 use crate::session::Sessions;
 use crate::store::{Store, StoreConfig, StoreError};

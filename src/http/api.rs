@@ -1,9 +1,9 @@
 //! The public session API (contract, "Public endpoints"): routing and handlers.
 //!
 //! Routing is a plain `match` on the canonical path (see [`crate::path`]), set before
-//! anything looks at it: a trailing slash is ignored and the
-//! plural `/api/sessions/...` aliases map onto the same routes. Each handler reads what it
-//! needs from the request, calls [`Sessions`] once, and writes the response and cookie.
+//! anything looks at it: a trailing slash is ignored and the plural `/api/sessions/...`
+//! aliases map onto the same routes. Each handler reads what it needs from the request,
+//! calls [`crate::session::Sessions`] once, and writes the response and cookie.
 //! Paths that are not the API's own fall through to the gateway-mode route table
 //! ([`proxy`]); CORS headers, when configured, are added here for the API's answers.
 
@@ -14,45 +14,21 @@ use std::time::Instant;
 use http::{Method, StatusCode};
 use hyper::body::Incoming;
 use hyper::{Request, Response};
-use ipnet::IpNet;
 use serde::ser::SerializeMap;
 use serde::{Serialize, Serializer};
 use uuid::Uuid;
 
 use super::cors;
 use super::error::ApiError;
-use super::proxy::{self, Upstreams};
+use super::proxy;
 use super::request::{canonicalize, client_ip, client_session_id, current_session, json_body};
 use super::response::{json, json_text, set_session_cookie, timestamp};
+use super::state::Api;
 use super::Body;
-use crate::config::{CookieConfig, CorsConfig};
-use crate::flush::ReadThrough;
 use crate::model::session::{Session, SessionRecord, Usage};
 use crate::preferences::{self, PreferencesError};
 use crate::quota::Quotas;
-use crate::routes::{Lookup, RouteTable};
-use crate::session::Sessions;
-
-/// What the public and internal handlers share.
-pub struct Api {
-    pub sessions: Sessions,
-    pub quotas: Quotas,
-    /// Write-through on demand; `None` without Supabase.
-    pub read_through: Option<ReadThrough>,
-    pub cookie: CookieConfig,
-    /// `None`: no CORS headers.
-    pub cors: Option<CorsConfig>,
-    pub body_limit: usize,
-    pub body_read_timeout: std::time::Duration,
-    pub trusted_proxies: Vec<IpNet>,
-    /// `None` disables the internal API.
-    pub service_token: Option<String>,
-    /// Whether `/internal/` is served here (else on its own listener, or not at all).
-    pub internal_here: bool,
-    /// Gateway mode: what the public listener forwards, and the client it forwards with.
-    pub routes: RouteTable,
-    pub upstreams: Upstreams,
-}
+use crate::routes::Lookup;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Route {

@@ -21,10 +21,10 @@ use serde::Serialize;
 use simd_json::prelude::*;
 use subtle::ConstantTimeEq;
 
-use super::api::Api;
 use super::error::ApiError;
 use super::request::{current_session, json_body, SESSION_HEADER};
 use super::response::{json, timestamp};
+use super::state::Api;
 use super::Body;
 use crate::model::quota::{Policy, QuotaStatus};
 use crate::model::session::{parse_id, Usage};

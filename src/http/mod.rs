@@ -17,6 +17,7 @@ pub mod internal;
 pub mod proxy;
 pub mod request;
 mod response;
+pub mod state;
 
 use std::convert::Infallible;
 use std::future::Future;

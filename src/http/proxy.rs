@@ -19,47 +19,26 @@ use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{ready, Context, Poll};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use http::header;
 use http::uri::PathAndQuery;
 use http::{HeaderMap, Method, Request, Response, StatusCode};
 use hyper::body::Incoming;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::client::legacy::Client;
-use hyper_util::rt::{TokioExecutor, TokioTimer};
 use uuid::Uuid;
 
-use super::api::Api;
 use super::error::ApiError;
 use super::forwarded::{prepare_request, prepare_response, Forwarding};
 use super::internal::{answer_response, rate_limit_headers};
 use super::request::{client_ip, current_session, named_sessions, Named};
 use super::response::set_session_cookie;
+use super::state::Api;
 use super::Body;
 use crate::model::quota::Policy;
 use crate::model::session::short_id;
 use crate::routes::{Metering, MissingSession, Route};
 use crate::store::{QuotaAnswer, QuotaOutcome};
 use crate::telemetry;
-
-/// The pooled client every route shares.
-pub struct Upstreams {
-    client: Client<HttpConnector, Incoming>,
-}
-
-impl Default for Upstreams {
-    fn default() -> Self {
-        let mut connector = HttpConnector::new();
-        connector.set_nodelay(true);
-        connector.set_connect_timeout(Some(Duration::from_secs(5)));
-        let client = Client::builder(TokioExecutor::new())
-            .pool_timer(TokioTimer::new())
-            .pool_idle_timeout(Duration::from_secs(60))
-            .build(connector);
-        Upstreams { client }
-    }
-}
 
 /// A reservation taken for one request, settled once the upstream has answered.
 struct Reservation<'a> {
@@ -363,7 +342,7 @@ async fn send(
         "the route table refuses CONNECT"
     );
     let upstream = Request::from_parts(parts, body);
-    match tokio::time::timeout(route.timeout, api.upstreams.client.request(upstream)).await {
+    match tokio::time::timeout(route.timeout, api.upstreams.request(upstream)).await {
         Err(_) => Err(("upstream_timeout", ApiError::gateway_timeout())),
         Ok(Err(error)) => {
             tracing::warn!(%error, route = %route.pattern, "upstream request failed");

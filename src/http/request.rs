@@ -14,7 +14,7 @@ use simd_json::prelude::*;
 use simd_json::OwnedValue;
 use uuid::Uuid;
 
-use super::api::Api;
+use super::state::Api;
 use super::ApiError;
 use crate::model::session::parse_id;
 use crate::path;

@@ -1,0 +1,64 @@
+//! What the handlers of the public and internal listeners share: the use cases, the
+//! settings they read, and the pooled client gateway mode forwards with. Built once by the
+//! composition root ([`crate::start`]); it holds no logic, so every handler module can
+//! depend on it without depending on another.
+
+use std::time::Duration;
+
+use hyper::body::Incoming;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::{Client, ResponseFuture};
+use hyper_util::rt::{TokioExecutor, TokioTimer};
+use ipnet::IpNet;
+
+use crate::config::{CookieConfig, CorsConfig};
+use crate::flush::ReadThrough;
+use crate::quota::Quotas;
+use crate::routes::RouteTable;
+use crate::session::Sessions;
+
+/// What the public and internal handlers share.
+pub struct Api {
+    pub sessions: Sessions,
+    pub quotas: Quotas,
+    /// Write-through on demand; `None` without Supabase.
+    pub read_through: Option<ReadThrough>,
+    pub cookie: CookieConfig,
+    /// `None`: no CORS headers.
+    pub cors: Option<CorsConfig>,
+    pub body_limit: usize,
+    pub body_read_timeout: std::time::Duration,
+    pub trusted_proxies: Vec<IpNet>,
+    /// `None` disables the internal API.
+    pub service_token: Option<String>,
+    /// Whether `/internal/` is served here (else on its own listener, or not at all).
+    pub internal_here: bool,
+    /// Gateway mode: what the public listener forwards, and the client it forwards with.
+    pub routes: RouteTable,
+    pub upstreams: Upstreams,
+}
+
+/// The pooled client every route shares.
+pub struct Upstreams {
+    client: Client<HttpConnector, Incoming>,
+}
+
+impl Default for Upstreams {
+    fn default() -> Self {
+        let mut connector = HttpConnector::new();
+        connector.set_nodelay(true);
+        connector.set_connect_timeout(Some(Duration::from_secs(5)));
+        let client = Client::builder(TokioExecutor::new())
+            .pool_timer(TokioTimer::new())
+            .pool_idle_timeout(Duration::from_secs(60))
+            .build(connector);
+        Upstreams { client }
+    }
+}
+
+impl Upstreams {
+    /// Sends a request upstream on a pooled connection.
+    pub fn request(&self, request: hyper::Request<Incoming>) -> ResponseFuture {
+        self.client.request(request)
+    }
+}
