@@ -9,9 +9,9 @@ use hyper::body::Incoming;
 use hyper::{Request, Response};
 use serde::Serialize;
 
+use super::body::Body;
 use super::error::ApiError;
 use super::response::json;
-use super::Body;
 use crate::store::Store;
 use crate::telemetry;
 

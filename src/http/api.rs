@@ -18,13 +18,13 @@ use serde::ser::SerializeMap;
 use serde::{Serialize, Serializer};
 use uuid::Uuid;
 
+use super::body::Body;
 use super::cors;
 use super::error::ApiError;
 use super::proxy;
 use super::request::{canonicalize, client_ip, client_session_id, current_session, json_body};
 use super::response::{json, json_text, set_session_cookie, timestamp};
 use super::state::Api;
-use super::Body;
 use crate::model::session::{Session, SessionRecord, Usage};
 use crate::preferences::{self, PreferencesError};
 use crate::quota::Quotas;

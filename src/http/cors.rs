@@ -12,7 +12,7 @@
 use http::header::{self, HeaderValue};
 use http::{HeaderMap, Method, Response, StatusCode};
 
-use super::Body;
+use super::body::Body;
 use crate::config::CorsConfig;
 
 /// Headers a page may send besides the CORS-safelisted ones.

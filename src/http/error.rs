@@ -8,8 +8,8 @@ use http::{header, HeaderValue, StatusCode};
 use hyper::Response;
 use serde::Serialize;
 
+use super::body::Body;
 use super::response::json;
-use super::Body;
 use crate::session::SessionError;
 use crate::store::StoreError;
 

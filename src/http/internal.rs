@@ -21,11 +21,11 @@ use serde::Serialize;
 use simd_json::prelude::*;
 use subtle::ConstantTimeEq;
 
+use super::body::Body;
 use super::error::ApiError;
 use super::request::{current_session, json_body, SESSION_HEADER};
 use super::response::{json, timestamp};
 use super::state::Api;
-use super::Body;
 use crate::model::quota::{Policy, QuotaStatus};
 use crate::model::session::{parse_id, Usage};
 use crate::store::{QuotaAnswer, QuotaOutcome, QuotaRequest};
@@ -63,7 +63,7 @@ pub async fn handle_listener(
     ApiError::route_not_found().into_response()
 }
 
-/// Entry point for every request under [`PREFIX`].
+/// Entry point for every request under `PREFIX`.
 pub async fn handle(api: &Api, request: Request<Incoming>) -> Response<Body> {
     let started = std::time::Instant::now();
     let method = request.method().clone();

@@ -27,13 +27,13 @@ use http::{HeaderMap, Method, Request, Response, StatusCode};
 use hyper::body::Incoming;
 use uuid::Uuid;
 
+use super::body::Body;
 use super::error::ApiError;
 use super::forwarded::{prepare_request, prepare_response, Forwarding};
 use super::internal::{answer_response, rate_limit_headers};
 use super::request::{client_ip, current_session, named_sessions, Named};
 use super::response::set_session_cookie;
 use super::state::Api;
-use super::Body;
 use crate::model::quota::Policy;
 use crate::model::session::short_id;
 use crate::routes::{Metering, MissingSession, Route};

@@ -46,7 +46,7 @@ pub fn canonicalize<B>(request: &mut Request<B>) -> Result<(), ApiError> {
 const MAX_NAMED: usize = 4;
 
 /// The session ids a request names, in precedence order: its session cookies, then
-/// `X-Session-Id` (at most [`MAX_NAMED`]).
+/// `X-Session-Id` (at most `MAX_NAMED`).
 #[derive(Debug, PartialEq, Eq)]
 pub enum Named {
     None,

@@ -7,7 +7,7 @@ use hyper::Response;
 use serde::Serialize;
 use uuid::Uuid;
 
-use super::Body;
+use super::body::Body;
 use crate::config::CookieConfig;
 
 /// Serialises `body` into one buffer and wraps it with the common headers. Session data is

@@ -7,7 +7,10 @@ use fred::prelude::*;
 use fred::types::Value;
 use uuid::Uuid;
 
-use super::{shard_prefix, snapshot, snapshot_fields, Store, StoreError};
+use super::client::Store;
+use super::codec::{snapshot, snapshot_fields};
+use super::error::StoreError;
+use super::keys::shard_prefix;
 use crate::model::session::Snapshot;
 
 const DEAD_LETTER: &str = "sg:dead-letter";

@@ -4,7 +4,9 @@
 use fred::types::Value;
 use uuid::Uuid;
 
-use super::{Store, StoreError};
+use super::client::{Lua, Store};
+use super::error::StoreError;
+use super::keys::quota_field;
 use crate::model::quota::{Counter, Policy, QuotaStatus, Window};
 use crate::model::session::Usage;
 
@@ -36,11 +38,6 @@ pub struct QuotaRequest<'a> {
     /// Whether the policy's usage counter moves with the window. Gateway mode reserves
     /// without it and moves the counter only on [`Store::commit`].
     pub counts_usage: bool,
-}
-
-/// The session hash field holding a policy's window state.
-pub(super) fn field(policy: &Policy) -> String {
-    format!("q:{}", policy.operation)
 }
 
 impl Store {
@@ -81,7 +78,7 @@ impl Store {
 
     async fn quota_call(
         &self,
-        script: &super::Lua,
+        script: &Lua,
         action: &str,
         id: &Uuid,
         request: &QuotaRequest<'_>,
@@ -105,7 +102,7 @@ impl Store {
             _ => "",
         };
         args.extend([
-            Value::from(field(policy)),
+            Value::from(quota_field(policy)),
             Value::from(kind),
             Value::from(param),
             Value::from(policy.limit as i64),

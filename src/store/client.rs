@@ -1,0 +1,345 @@
+//! The connection pool and the session operations: connect, warm up, and one round trip per
+//! request-path operation (`HMGET` for reads, `EVALSHA` of a loaded script per mutation).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use fred::prelude::*;
+use fred::types::scripts::Script;
+use fred::types::Value;
+use uuid::Uuid;
+
+use super::codec::record;
+use super::error::StoreError;
+use super::keys::{quota_field, session_key, shard_of, shard_prefix, FIELDS, SHARDS_KEY};
+use crate::model::quota::Policy;
+use crate::model::session::SessionRecord;
+use crate::telemetry;
+
+/// Settings of the store.
+#[derive(Clone, Debug)]
+pub struct StoreConfig {
+    pub url: String,
+    pub timeout: Duration,
+    pub pool_size: usize,
+    pub session_ttl: Duration,
+    pub touch_interval: Duration,
+    /// Policies whose state every read returns, in this order.
+    pub policies: Vec<Policy>,
+    pub shards: u32,
+    /// Record changes in the outbox (write-behind configured).
+    pub outbox: bool,
+    /// Outbox size per shard at which session creation is refused.
+    pub max_dirty_per_shard: u64,
+}
+
+/// A cheap-to-clone handle on the Redis connection pool and the loaded scripts.
+#[derive(Clone)]
+pub struct Store {
+    pub(super) inner: Arc<Inner>,
+}
+
+pub(super) struct Inner {
+    pub(super) pool: Pool,
+    pub(super) timeout: Duration,
+    pub(super) ttl_secs: u64,
+    pub(super) touch_interval_secs: u64,
+    pub(super) shards: u32,
+    pub(super) outbox: bool,
+    pub(super) max_dirty_per_shard: u64,
+    pub(super) scripts: Scripts,
+    /// `FIELDS` followed by the quota field of every policy: what a read fetches.
+    pub(super) read_fields: Vec<String>,
+}
+
+/// A Lua script and the operation name its calls are measured under.
+pub(super) struct Lua {
+    pub(super) op: &'static str,
+    pub(super) script: Script,
+}
+
+impl Lua {
+    fn new(op: &'static str, source: String) -> Lua {
+        Lua {
+            op,
+            script: Script::from_lua(source),
+        }
+    }
+}
+
+pub(super) struct Scripts {
+    pub(super) create: Lua,
+    pub(super) touch: Lua,
+    pub(super) set_preferences: Lua,
+    pub(super) consume: Lua,
+    pub(super) refund: Lua,
+    pub(super) commit: Lua,
+    pub(super) claim: Lua,
+    pub(super) settle: Lua,
+    pub(super) restore: Lua,
+}
+
+impl Scripts {
+    fn all(&self) -> [&Lua; 9] {
+        [
+            &self.create,
+            &self.touch,
+            &self.set_preferences,
+            &self.consume,
+            &self.refund,
+            &self.commit,
+            &self.claim,
+            &self.settle,
+            &self.restore,
+        ]
+    }
+}
+
+impl Store {
+    /// Builds the pool and starts connecting in the background. Start-up does not wait for
+    /// Redis: a gateway started before Redis serves 503 until Redis appears, then recovers.
+    pub fn connect(config: &StoreConfig) -> Result<Store, StoreError> {
+        let redis_config = Config::from_url(&config.url)?;
+        let pool = Builder::from_config(redis_config)
+            .with_config(|c| c.fail_fast = false)
+            .with_performance_config(|p| p.default_command_timeout = config.timeout)
+            .with_connection_config(|c| {
+                c.connection_timeout = config.timeout.max(Duration::from_secs(1));
+                c.internal_command_timeout = config.timeout.max(Duration::from_secs(1));
+                c.max_command_attempts = 2;
+            })
+            // Unlimited attempts, 10 ms doubling to 500 ms: back within half a second of Redis.
+            .set_policy(ReconnectPolicy::new_exponential(0, 10, 500, 2))
+            .build_pool(config.pool_size)?;
+        pool.connect();
+        let with_session_lib =
+            |script: &str| format!("{}\n{script}", include_str!("session_lib.lua"));
+        let with_quota_lib = |script: &str| {
+            with_session_lib(&format!("{}\n{script}", include_str!("quota_lib.lua")))
+        };
+        Ok(Store {
+            inner: Arc::new(Inner {
+                pool,
+                timeout: config.timeout,
+                ttl_secs: config.session_ttl.as_secs(),
+                touch_interval_secs: config.touch_interval.as_secs(),
+                shards: config.shards.max(1),
+                outbox: config.outbox,
+                max_dirty_per_shard: config.max_dirty_per_shard,
+                scripts: Scripts {
+                    create: Lua::new("create", with_session_lib(include_str!("create.lua"))),
+                    touch: Lua::new("touch", with_session_lib(include_str!("touch.lua"))),
+                    set_preferences: Lua::new(
+                        "set_preferences",
+                        with_session_lib(include_str!("set_preferences.lua")),
+                    ),
+                    consume: Lua::new("consume", with_quota_lib(include_str!("consume.lua"))),
+                    refund: Lua::new("refund", with_quota_lib(include_str!("refund.lua"))),
+                    commit: Lua::new("commit", with_session_lib(include_str!("commit.lua"))),
+                    claim: Lua::new("claim", include_str!("claim.lua").to_string()),
+                    settle: Lua::new("settle", include_str!("settle.lua").to_string()),
+                    restore: Lua::new("restore", include_str!("restore.lua").to_string()),
+                },
+                read_fields: FIELDS
+                    .iter()
+                    .map(|f| f.to_string())
+                    .chain(config.policies.iter().map(quota_field))
+                    .collect(),
+            }),
+        })
+    }
+
+    /// Waits (bounded) for the first connection, checks that the data in Redis was written
+    /// with the configured shard count, and loads the scripts so the first requests do not
+    /// pay for `SCRIPT LOAD`. Redis being unreachable is reported but not fatal; a shard
+    /// mismatch is, since every session would look missing.
+    pub async fn warm_up(&self, within: Duration) -> Result<(), StoreError> {
+        let inner = &self.inner;
+        self.bounded_by(within, async {
+            inner.pool.wait_for_connect().await?;
+            let client = inner.pool.next_connected();
+            let _: Value = client
+                .set(SHARDS_KEY, inner.shards, None, Some(SetOptions::NX), false)
+                .await?;
+            let found: u32 = client.get(SHARDS_KEY).await?;
+            if found != inner.shards {
+                return Err(StoreError::ShardMismatch {
+                    found,
+                    configured: inner.shards,
+                });
+            }
+            for lua in inner.scripts.all() {
+                lua.script.load(client).await?;
+            }
+            Ok(())
+        })
+        .await
+    }
+
+    /// Closes the connections; used on shutdown.
+    pub async fn close(&self) {
+        let _ = self.inner.pool.quit().await;
+    }
+
+    /// `PING`, for readiness.
+    pub async fn ping(&self) -> Result<(), StoreError> {
+        self.bounded("ping", async {
+            Ok(self.inner.pool.next_connected().ping::<()>(None).await?)
+        })
+        .await
+    }
+
+    /// The key of a session's hash.
+    pub fn session_key(&self, id: &Uuid) -> String {
+        session_key(id, self.inner.shards)
+    }
+
+    /// Creates a session under `id`; `None` if the id is already taken.
+    pub async fn create(&self, id: &Uuid) -> Result<Option<i64>, StoreError> {
+        let (mut keys, mut args) = self.session_call(id);
+        keys.push(format!(
+            "{}inflight",
+            shard_prefix(shard_of(id, self.inner.shards))
+        ));
+        args.push(Value::from(
+            i64::try_from(self.inner.max_dirty_per_shard).unwrap_or(i64::MAX),
+        ));
+        match self.eval(&self.inner.scripts.create, keys, args).await? {
+            Value::Null => Ok(None),
+            Value::Integer(now) => Ok(Some(now)),
+            Value::String(s) if &*s == "backlog" => Err(StoreError::Backlog),
+            _ => Err(StoreError::Reply("create.lua returned an unexpected value")),
+        }
+    }
+
+    /// Reads a session and records activity on it (script; for requests that write anyway).
+    pub async fn touch(&self, id: &Uuid) -> Result<Option<SessionRecord>, StoreError> {
+        let (keys, args) = self.session_call(id);
+        let reply = self.eval(&self.inner.scripts.touch, keys, args).await?;
+        record(reply)
+    }
+
+    /// Reads a session without writing: one plain `HMGET`.
+    pub async fn read(&self, id: &Uuid) -> Result<Option<SessionRecord>, StoreError> {
+        let key = self.session_key(id);
+        let reply: Value = self
+            .bounded("read", async {
+                let client = self.inner.pool.next_connected();
+                Ok(client.hmget(key, self.inner.read_fields.clone()).await?)
+            })
+            .await?;
+        record(reply)
+    }
+
+    /// Whether a read at `now` should also record activity.
+    pub fn is_stale(&self, last_active: i64, now: i64) -> bool {
+        now - last_active >= self.inner.touch_interval_secs as i64
+    }
+
+    /// Replaces the preferences (`""` = default); `None` if the session does not exist.
+    pub async fn set_preferences(
+        &self,
+        id: &Uuid,
+        preferences: &str,
+    ) -> Result<Option<i64>, StoreError> {
+        let (keys, mut args) = self.session_call(id);
+        args.push(Value::from(preferences));
+        match self
+            .eval(&self.inner.scripts.set_preferences, keys, args)
+            .await?
+        {
+            Value::Null => Ok(None),
+            Value::Integer(now) => Ok(Some(now)),
+            _ => Err(StoreError::Reply(
+                "set_preferences.lua returned neither nil nor an integer",
+            )),
+        }
+    }
+
+    /// The keys and leading arguments every session script takes (see `session_lib.lua`).
+    pub(super) fn session_call(&self, id: &Uuid) -> (Vec<String>, Vec<Value>) {
+        let prefix = shard_prefix(shard_of(id, self.inner.shards));
+        let keys = vec![
+            format!("{prefix}{}", id.hyphenated()),
+            format!("{prefix}dirty"),
+        ];
+        let args = vec![
+            Value::from(id.hyphenated().to_string()),
+            Value::from(self.inner.ttl_secs as i64),
+            Value::from(self.inner.touch_interval_secs as i64),
+            Value::from(if self.inner.outbox { "1" } else { "0" }),
+        ];
+        (keys, args)
+    }
+
+    /// Whether a connection to Redis is up (for `/readyz` and `sessiongate_redis_up`).
+    pub fn is_connected(&self) -> bool {
+        self.inner.pool.next_connected().is_connected()
+    }
+
+    /// `EVALSHA`, loading the script and retrying once if Redis has forgotten it.
+    pub(super) async fn eval(
+        &self,
+        lua: &Lua,
+        keys: Vec<String>,
+        args: Vec<Value>,
+    ) -> Result<Value, StoreError> {
+        let script = &lua.script;
+        self.bounded(lua.op, async {
+            let client = self.inner.pool.next_connected();
+            match client
+                .evalsha(script.sha1().clone(), keys.clone(), args.clone())
+                .await
+            {
+                Err(error) if error.details().starts_with("NOSCRIPT") => {
+                    tracing::info!(op = lua.op, "script missing in redis, reloading");
+                    telemetry::script_reloaded();
+                    script.load(client).await?;
+                    Ok(client.evalsha(script.sha1().clone(), keys, args).await?)
+                }
+                result => Ok(result?),
+            }
+        })
+        .await
+    }
+
+    /// Runs one Redis call within the configured timeout, measuring it as `op`.
+    ///
+    /// The call is boxed before anything else: a fred command future is about 5 KiB, and
+    /// every async layer that held it inline would copy it again on each request (the
+    /// profile showed those copies as a tenth of the gateway's CPU time).
+    pub(super) fn bounded<'a, T: 'a>(
+        &'a self,
+        op: &'static str,
+        work: impl std::future::Future<Output = Result<T, StoreError>> + Send + 'a,
+    ) -> impl std::future::Future<Output = Result<T, StoreError>> + Send + 'a {
+        let work = Box::pin(work);
+        let limit = self.inner.timeout;
+        async move {
+            let started = std::time::Instant::now();
+            let result = match tokio::time::timeout(limit, work).await {
+                Ok(result) => result,
+                Err(_) => Err(StoreError::Timeout(limit)),
+            };
+            telemetry::redis_call(op, started.elapsed());
+            match &result {
+                Err(StoreError::Timeout(_)) => telemetry::redis_error("timeout"),
+                Err(StoreError::Redis(_)) => telemetry::redis_error("redis"),
+                Err(StoreError::Reply(_)) => telemetry::redis_error("reply"),
+                _ => {}
+            }
+            result
+        }
+    }
+
+    async fn bounded_by<T>(
+        &self,
+        limit: Duration,
+        work: impl std::future::Future<Output = Result<T, StoreError>>,
+    ) -> Result<T, StoreError> {
+        match tokio::time::timeout(limit, work).await {
+            Ok(result) => result,
+            Err(_) => Err(StoreError::Timeout(limit)),
+        }
+    }
+}
