@@ -163,14 +163,15 @@ impl Quotas {
         Ok(Some((status, record.usage)))
     }
 
-    /// Every policy's state in a record read with [`Store::read`], in policy order.
+    /// Every policy's state in a record read with [`Store::read`], in policy order, each
+    /// looked up by the policy's operation.
     pub fn statuses<'a>(
         &'a self,
         record: &'a SessionRecord,
     ) -> impl Iterator<Item = (&'a Policy, QuotaStatus)> + 'a {
         let now = now_ms();
-        self.policies.iter().enumerate().map(move |(i, policy)| {
-            let state = record.quota_states.get(i).and_then(Option::as_deref);
+        self.policies.iter().map(move |policy| {
+            let state = record.quota_state(&policy.operation);
             (policy, policy.status(state, now))
         })
     }

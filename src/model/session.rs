@@ -2,6 +2,8 @@
 //! Plain data and the rules of its spelling; it imports nothing else of the crate and never
 //! does I/O.
 
+use std::sync::Arc;
+
 use serde::Serialize;
 use uuid::Uuid;
 
@@ -21,9 +23,20 @@ pub struct SessionRecord {
     pub usage: Usage,
     /// Compact JSON object; `None` means the default `{}`.
     pub preferences: Option<String>,
-    /// Stored window state of each configured quota policy, in policy order; empty when
-    /// the operation that produced the record did not read them.
-    pub quota_states: Vec<Option<String>>,
+    /// Stored window state of the configured quota policies, by operation (absent: never
+    /// used, or lapsed); empty when the operation that produced the record did not read
+    /// them. Kept with its name, so no reader depends on the order of two lists.
+    pub quota_states: Vec<(Arc<str>, Option<String>)>,
+}
+
+impl SessionRecord {
+    /// The stored window state of `operation`'s policy, when it was read and is set.
+    pub fn quota_state(&self, operation: &str) -> Option<&str> {
+        self.quota_states
+            .iter()
+            .find(|(name, _)| &**name == operation)
+            .and_then(|(_, state)| state.as_deref())
+    }
 }
 
 /// Everything stored about a session: what the system of record keeps, and what a
@@ -80,5 +93,24 @@ mod tests {
         assert!(parse_id("urn:uuid:6f9619ff-8b86-4011-b42d-00cf4fc964ff").is_none());
         assert!(parse_id("").is_none());
         assert!(parse_id("6f9619ff-8b86-4011-b42d-00cf4fc964fg").is_none());
+    }
+
+    #[test]
+    fn quota_states_are_found_by_operation_in_any_order() {
+        let record = SessionRecord {
+            created_at: 0,
+            last_active: 0,
+            usage: Usage::default(),
+            preferences: None,
+            quota_states: vec![
+                (Arc::from("concept_storage"), Some("200:1".to_string())),
+                (Arc::from("concept_generation"), Some("100:7".to_string())),
+                (Arc::from("concept_refinement"), None),
+            ],
+        };
+        assert_eq!(record.quota_state("concept_generation"), Some("100:7"));
+        assert_eq!(record.quota_state("concept_storage"), Some("200:1"));
+        assert_eq!(record.quota_state("concept_refinement"), None);
+        assert_eq!(record.quota_state("unknown"), None);
     }
 }

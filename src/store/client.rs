@@ -50,6 +50,9 @@ pub(super) struct Inner {
     pub(super) scripts: Scripts,
     /// `FIELDS` followed by the quota field of every policy: what a read fetches.
     pub(super) read_fields: Vec<String>,
+    /// The operation of each quota field in `read_fields`, in the same order: the one
+    /// place where a reply's states are paired with their names.
+    pub(super) quota_operations: Vec<Arc<str>>,
 }
 
 /// A Lua script and the operation name its calls are measured under.
@@ -145,6 +148,11 @@ impl Store {
                     .map(|f| f.to_string())
                     .chain(config.policies.iter().map(quota_field))
                     .collect(),
+                quota_operations: config
+                    .policies
+                    .iter()
+                    .map(|policy| Arc::from(policy.operation.as_str()))
+                    .collect(),
             }),
         })
     }
@@ -216,7 +224,7 @@ impl Store {
     pub async fn touch(&self, id: &Uuid) -> Result<Option<SessionRecord>, StoreError> {
         let (keys, args) = self.session_call(id);
         let reply = self.eval(&self.inner.scripts.touch, keys, args).await?;
-        record(reply)
+        record(reply, &[])
     }
 
     /// Reads a session without writing: one plain `HMGET`.
@@ -228,7 +236,7 @@ impl Store {
                 Ok(client.hmget(key, self.inner.read_fields.clone()).await?)
             })
             .await?;
-        record(reply)
+        record(reply, &self.inner.quota_operations)
     }
 
     /// Whether a read at `now` should also record activity.

@@ -1,6 +1,8 @@
 //! Codec: Redis replies to the model's records and snapshots, and snapshots back to hash
 //! fields (the one-letter fields of the module doc of [`crate::store`]). No I/O.
 
+use std::sync::Arc;
+
 use fred::types::Value;
 use uuid::Uuid;
 
@@ -8,9 +10,12 @@ use super::error::StoreError;
 use super::keys::FIELDS;
 use crate::model::session::{SessionRecord, Snapshot, Usage};
 
-/// Decodes an `HMGET c a g r s p [q:...]` reply; nil `c` (or a script's `false`) means no
-/// session.
-pub(super) fn record(reply: Value) -> Result<Option<SessionRecord>, StoreError> {
+/// Decodes an `HMGET c a g r s p [q:...]` reply, the quota fields being those of
+/// `quota_operations` in order; nil `c` (or a script's `false`) means no session.
+pub(super) fn record(
+    reply: Value,
+    quota_operations: &[Arc<str>],
+) -> Result<Option<SessionRecord>, StoreError> {
     let fields = match reply {
         Value::Null => return Ok(None),
         Value::Array(fields) if fields.len() >= FIELDS.len() => fields,
@@ -28,10 +33,11 @@ pub(super) fn record(reply: Value) -> Result<Option<SessionRecord>, StoreError> 
             concepts_stored: counter(&fields[4])?,
         },
         preferences: text(&fields[5])?,
-        quota_states: fields[FIELDS.len()..]
+        quota_states: quota_operations
             .iter()
-            .map(text)
-            .collect::<Result<_, _>>()?,
+            .zip(&fields[FIELDS.len()..])
+            .map(|(operation, state)| Ok((operation.clone(), text(state)?)))
+            .collect::<Result<_, StoreError>>()?,
     }))
 }
 
@@ -145,19 +151,22 @@ mod tests {
             Value::Null,
             Value::from("1700000000:3"),
         ]);
-        let record = record(reply).expect("valid").expect("present");
+        let record = record(reply, &[Arc::from("gen")])
+            .expect("valid")
+            .expect("present");
         assert_eq!((record.created_at, record.last_active), (100, 160));
         assert_eq!(record.usage.concepts_refined, 2);
         assert_eq!(record.usage.concepts_generated, 0);
         assert!(record.preferences.is_none());
-        assert_eq!(record.quota_states, vec![Some("1700000000:3".to_string())]);
+        assert_eq!(record.quota_state("gen"), Some("1700000000:3"));
+        assert_eq!(record.quota_state("other"), None);
     }
 
     #[test]
     fn missing_session_is_none() {
         let reply = Value::Array(vec![Value::Null; 6]);
-        assert!(record(reply).expect("valid").is_none());
-        assert!(record(Value::Null).expect("valid").is_none());
+        assert!(record(reply, &[]).expect("valid").is_none());
+        assert!(record(Value::Null, &[]).expect("valid").is_none());
     }
 
     #[test]
