@@ -11,7 +11,9 @@ use uuid::Uuid;
 
 use super::codec::record;
 use super::error::StoreError;
-use super::keys::{quota_field, session_key, shard_of, shard_prefix, FIELDS, SHARDS_KEY};
+use super::keys::{
+    inflight_key, quota_field, session_key, shard_of, shard_prefix, FIELDS, SHARDS_KEY,
+};
 use crate::model::quota::Policy;
 use crate::model::session::SessionRecord;
 use crate::telemetry;
@@ -205,10 +207,7 @@ impl Store {
     /// Creates a session under `id`; `None` if the id is already taken.
     pub async fn create(&self, id: &Uuid) -> Result<Option<i64>, StoreError> {
         let (mut keys, mut args) = self.session_call(id);
-        keys.push(format!(
-            "{}inflight",
-            shard_prefix(shard_of(id, self.inner.shards))
-        ));
+        keys.push(inflight_key(shard_of(id, self.inner.shards)));
         args.push(Value::from(
             i64::try_from(self.inner.max_dirty_per_shard).unwrap_or(i64::MAX),
         ));

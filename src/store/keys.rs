@@ -18,7 +18,8 @@ pub fn session_key(id: &Uuid, shards: u32) -> String {
     format!("{}{}", shard_prefix(shard_of(id, shards)), id.hyphenated())
 }
 
-pub(super) fn shard_of(id: &Uuid, shards: u32) -> u32 {
+/// The shard a session lives in.
+pub fn shard_of(id: &Uuid, shards: u32) -> u32 {
     (id.as_u128() % u128::from(shards.max(1))) as u32
 }
 
@@ -26,6 +27,22 @@ pub(super) fn shard_of(id: &Uuid, shards: u32) -> u32 {
 pub(super) fn shard_prefix(shard: u32) -> String {
     format!("sg:{{{shard}}}:")
 }
+
+/// A shard's outbox: sessions changed since their last flush.
+pub fn dirty_key(shard: u32) -> String {
+    format!("{}dirty", shard_prefix(shard))
+}
+
+/// A shard's sessions claimed by a flusher.
+pub fn inflight_key(shard: u32) -> String {
+    format!("{}inflight", shard_prefix(shard))
+}
+
+/// The stream of rows the system of record refused.
+pub const DEAD_LETTER_KEY: &str = "sg:dead-letter";
+
+/// A `SCAN` pattern that matches every session hash and nothing else.
+pub const SESSION_KEY_PATTERN: &str = "sg:{*}:????????-????-????-????-????????????";
 
 /// The hash field of a policy's window state: `q:<operation>`.
 pub(super) fn quota_field(policy: &Policy) -> String {

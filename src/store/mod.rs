@@ -46,6 +46,9 @@ mod quota;
 
 pub use client::{Store, StoreConfig};
 pub use error::StoreError;
-pub use keys::{session_key, DEFAULT_SHARDS};
+pub use keys::{
+    dirty_key, inflight_key, session_key, shard_of, DEAD_LETTER_KEY, DEFAULT_SHARDS,
+    SESSION_KEY_PATTERN,
+};
 pub use outbox::{Backlog, Claim};
 pub use quota::{QuotaAnswer, QuotaOutcome, QuotaRequest};

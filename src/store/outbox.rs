@@ -10,12 +10,11 @@ use uuid::Uuid;
 use super::client::Store;
 use super::codec::{snapshot, snapshot_fields};
 use super::error::StoreError;
-use super::keys::shard_prefix;
+use super::keys::{dirty_key, inflight_key, shard_prefix, DEAD_LETTER_KEY};
 use crate::model::session::Snapshot;
 
-const DEAD_LETTER: &str = "sg:dead-letter";
 /// Dead letters kept (approximately); older ones are trimmed.
-const DEAD_LETTER_MAX: i64 = 100_000;
+const DEAD_LETTER_KEY_MAX: i64 = 100_000;
 
 /// Sessions claimed from one shard, held until `deadline` (Unix ms).
 #[derive(Debug)]
@@ -49,7 +48,7 @@ impl Store {
     ) -> Result<Claim, StoreError> {
         const BAD: StoreError = StoreError::Reply("claim.lua returned an unexpected shape");
         let prefix = shard_prefix(shard);
-        let keys = vec![format!("{prefix}dirty"), format!("{prefix}inflight")];
+        let keys = vec![dirty_key(shard), inflight_key(shard)];
         let args = vec![
             Value::from(prefix),
             Value::from(batch as i64),
@@ -85,8 +84,7 @@ impl Store {
         if ids.is_empty() {
             return Ok(());
         }
-        let prefix = shard_prefix(claim.shard);
-        let keys = vec![format!("{prefix}dirty"), format!("{prefix}inflight")];
+        let keys = vec![dirty_key(claim.shard), inflight_key(claim.shard)];
         let mut args = vec![
             Value::from(claim.deadline),
             Value::from(if written { "ack" } else { "retry" }),
@@ -108,8 +106,10 @@ impl Store {
         ];
         self.bounded("dead_letter", async {
             let client = self.inner.pool.next_connected();
-            let trim = ("MAXLEN", "~", DEAD_LETTER_MAX);
-            let _: Value = client.xadd(DEAD_LETTER, false, trim, "*", fields).await?;
+            let trim = ("MAXLEN", "~", DEAD_LETTER_KEY_MAX);
+            let _: Value = client
+                .xadd(DEAD_LETTER_KEY, false, trim, "*", fields)
+                .await?;
             Ok(())
         })
         .await
@@ -118,7 +118,12 @@ impl Store {
     /// The number of dead-lettered rows kept.
     pub async fn dead_letters(&self) -> Result<u64, StoreError> {
         self.bounded("dead_letter", async {
-            Ok(self.inner.pool.next_connected().xlen(DEAD_LETTER).await?)
+            Ok(self
+                .inner
+                .pool
+                .next_connected()
+                .xlen(DEAD_LETTER_KEY)
+                .await?)
         })
         .await
     }
@@ -127,14 +132,13 @@ impl Store {
     pub async fn backlog(&self) -> Result<Backlog, StoreError> {
         let mut backlog = Backlog::default();
         for shard in 0..self.inner.shards {
-            let prefix = shard_prefix(shard);
             let (dirty, inflight, oldest): (u64, u64, Vec<(String, f64)>) = self
                 .bounded("backlog", async {
                     let pipeline = self.inner.pool.next_connected().pipeline();
-                    let _: () = pipeline.zcard(format!("{prefix}dirty")).await?;
-                    let _: () = pipeline.zcard(format!("{prefix}inflight")).await?;
+                    let _: () = pipeline.zcard(dirty_key(shard)).await?;
+                    let _: () = pipeline.zcard(inflight_key(shard)).await?;
                     let _: () = pipeline
-                        .zrange(format!("{prefix}dirty"), 0, 0, None, false, None, true)
+                        .zrange(dirty_key(shard), 0, 0, None, false, None, true)
                         .await?;
                     Ok(pipeline.all().await?)
                 })

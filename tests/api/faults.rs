@@ -166,7 +166,8 @@ fn client() -> reqwest::Client {
 }
 
 fn shard_of(id: &str) -> u64 {
-    (uuid::Uuid::parse_str(id).expect("uuid").as_u128() % u128::from(SHARDS)) as u64
+    let id = uuid::Uuid::parse_str(id).expect("uuid");
+    u64::from(sessiongate::store::shard_of(&id, SHARDS as u32))
 }
 
 /// Dirty and claimed (in-flight) sessions over all shards, read from Redis.
@@ -174,11 +175,11 @@ async fn outbox(redis: &Client) -> (u64, u64) {
     let (mut dirty, mut inflight) = (0, 0);
     for shard in 0..SHARDS {
         let d: u64 = redis
-            .zcard(format!("sg:{{{shard}}}:dirty"))
+            .zcard(sessiongate::store::dirty_key(shard as u32))
             .await
             .expect("ZCARD");
         let i: u64 = redis
-            .zcard(format!("sg:{{{shard}}}:inflight"))
+            .zcard(sessiongate::store::inflight_key(shard as u32))
             .await
             .expect("ZCARD");
         dirty += d;

@@ -26,7 +26,7 @@ async fn state(gw: &TestGateway) -> BTreeMap<String, HashMap<String, String>> {
         .redis
         .custom(
             fred::cmd!("KEYS"),
-            vec!["sg:{*}:????????-????-????-????-????????????"],
+            vec![sessiongate::store::SESSION_KEY_PATTERN],
         )
         .await
         .expect("KEYS");

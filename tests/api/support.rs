@@ -268,7 +268,7 @@ impl TestGateway {
 
     /// The number of sessions in this gateway's database.
     pub async fn session_count(&self) -> usize {
-        let pattern = "sg:{*}:????????-????-????-????-????????????";
+        let pattern = sessiongate::store::SESSION_KEY_PATTERN;
         let keys: Vec<String> = self
             .redis
             .custom(fred::cmd!("KEYS"), vec![pattern])

@@ -115,16 +115,16 @@ async fn postgrest_outage_loses_nothing() {
 async fn unflushed_while_down(gw: &TestGateway, ids: &[String]) -> Vec<String> {
     let mut dirty = Vec::new();
     for id in ids {
-        let key = session_key(id);
-        let shard = key.split(['{', '}']).nth(1).expect("hash tag").to_string();
+        let uuid = uuid::Uuid::parse_str(id).expect("a session id");
+        let shard = sessiongate::store::shard_of(&uuid, sessiongate::store::DEFAULT_SHARDS);
         let score: Option<f64> = gw
             .redis
-            .zscore(format!("sg:{{{shard}}}:dirty"), id)
+            .zscore(sessiongate::store::dirty_key(shard), id)
             .await
             .expect("ZSCORE");
         let inflight: Option<f64> = gw
             .redis
-            .zscore(format!("sg:{{{shard}}}:inflight"), id)
+            .zscore(sessiongate::store::inflight_key(shard), id)
             .await
             .expect("ZSCORE");
         if score.is_some() || inflight.is_some() {
@@ -180,12 +180,12 @@ async fn a_flusher_dying_between_upsert_and_ack_loses_nothing_and_applies_nothin
         || async {
             let inflight: u64 = flushing
                 .redis
-                .zcard(format!("sg:{{{shard}}}:inflight"))
+                .zcard(sessiongate::store::inflight_key(shard))
                 .await
                 .expect("ZCARD");
             let dirty: u64 = flushing
                 .redis
-                .zcard(format!("sg:{{{shard}}}:dirty"))
+                .zcard(sessiongate::store::dirty_key(shard))
                 .await
                 .expect("ZCARD");
             (inflight == 0 && dirty == 0).then_some(())
@@ -229,7 +229,7 @@ async fn a_refused_row_is_dead_lettered_while_the_rest_flush() {
         || async {
             let entries: Vec<(String, HashMap<String, String>)> = gw
                 .redis
-                .xrange("sg:dead-letter", "-", "+", None)
+                .xrange(sessiongate::store::DEAD_LETTER_KEY, "-", "+", None)
                 .await
                 .expect("XRANGE");
             entries
