@@ -6,28 +6,28 @@
 //! Tests that break Redis on purpose start a private one with [`RedisServer::start`].
 
 use std::future::Future;
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{Read, Write};
 use std::path::PathBuf;
-use std::process::{Child, ChildStdin, Command, Stdio};
+use std::process::Command;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use fred::prelude::*;
 
-use crate::services::{free_port, wait_until};
+use crate::services::{free_port, wait_until, Watchdog};
 use sessiongate::config::Config;
 use sessiongate::throttle::ThrottleConfig;
 use sessiongate::Gateway;
 
-/// A `redis-server` child process. It runs under a small shell watchdog that kills it when
-/// the test binary's end of the watchdog's stdin closes, so no server outlives the tests,
+/// A `redis-server` child process. It runs under a [`Watchdog`] that kills it when the test
+/// binary's end of the watchdog's stdin closes, so no server outlives the tests,
 /// even when the binary is killed.
 pub struct RedisServer {
     pub port: u16,
     dir: PathBuf,
     pid: u32,
-    watchdog: Option<(Child, ChildStdin)>,
+    watchdog: Option<Watchdog>,
 }
 
 static NEXT_DIR: AtomicU32 = AtomicU32::new(0);
@@ -64,25 +64,11 @@ impl RedisServer {
         std::fs::create_dir_all(&self.dir).expect("create redis temp dir");
         let script = r#"redis-server --bind 127.0.0.1 --port "$1" --dir "$2" --save "" --appendonly no \
             --databases 256 --enable-debug-command yes --logfile "$2/redis.log" & echo $!; read _; kill -9 $! 2>/dev/null; wait; rm -rf "$2""#;
-        let mut child = Command::new("sh")
-            .args([
-                "-c",
-                script,
-                "sh",
-                &self.port.to_string(),
-                &self.dir.to_string_lossy(),
-            ])
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .spawn()
-            .expect("redis-server must be installed (see README: the test command installs it)");
-        let stdin = child.stdin.take().expect("piped stdin");
-        let mut line = String::new();
-        BufReader::new(child.stdout.take().expect("piped stdout"))
-            .read_line(&mut line)
-            .expect("watchdog prints the pid");
-        self.pid = line.trim().parse().expect("pid");
-        self.watchdog = Some((child, stdin));
+        let port = self.port.to_string();
+        let dir = self.dir.to_string_lossy().into_owned();
+        let server = Watchdog::spawn(Command::new("sh"), script, &[&port, &dir]);
+        self.pid = server.pid();
+        self.watchdog = Some(server);
         wait_until(
             Duration::from_secs(10),
             "redis-server to accept connections",
@@ -123,10 +109,8 @@ impl RedisServer {
         let _ = Command::new("kill")
             .args(["-9", &self.pid.to_string()])
             .status();
-        if let Some((mut child, stdin)) = self.watchdog.take() {
-            drop(stdin);
-            let _ = child.wait();
-        }
+        // The watchdog waits for its shell when dropped.
+        drop(self.watchdog.take());
     }
 
     pub fn url(&self, db: u32) -> String {
