@@ -24,6 +24,7 @@ pub mod path;
 pub mod preferences;
 pub mod quota;
 pub mod routes;
+pub mod service_error;
 pub mod session;
 pub mod store;
 pub mod telemetry;

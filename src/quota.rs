@@ -20,8 +20,9 @@ use uuid::Uuid;
 use crate::flush::ReadThrough;
 use crate::model::quota::{Policy, QuotaStatus};
 use crate::model::session::{short_id, SessionRecord, Usage};
+use crate::service_error::ServiceError;
 use crate::session::or_read_through;
-use crate::store::{QuotaAnswer, QuotaOutcome, QuotaRequest, Store, StoreError};
+use crate::store::{QuotaAnswer, QuotaOutcome, QuotaRequest, Store};
 use crate::telemetry;
 
 /// The quota operations over a [`Store`], for the configured policies.
@@ -62,7 +63,7 @@ impl Quotas {
         &self,
         id: Uuid,
         request: &QuotaRequest<'_>,
-    ) -> Result<Option<QuotaAnswer>, StoreError> {
+    ) -> Result<Option<QuotaAnswer>, ServiceError> {
         let consume = || self.store.consume(&id, request);
         let answer = or_read_through(self.read_through.as_ref(), &id, consume).await?;
         if let Some(answer) = &answer {
@@ -95,7 +96,7 @@ impl Quotas {
         &self,
         id: Uuid,
         request: &QuotaRequest<'_>,
-    ) -> Result<Option<QuotaAnswer>, StoreError> {
+    ) -> Result<Option<QuotaAnswer>, ServiceError> {
         let refund = || self.store.refund(&id, request);
         let answer = or_read_through(self.read_through.as_ref(), &id, refund).await?;
         let operation = &request.policy.operation;
@@ -114,7 +115,7 @@ impl Quotas {
         id: Uuid,
         policy: &Policy,
         cost: u64,
-    ) -> Result<Option<QuotaAnswer>, StoreError> {
+    ) -> Result<Option<QuotaAnswer>, ServiceError> {
         let request = QuotaRequest {
             policy,
             cost,
@@ -125,7 +126,7 @@ impl Quotas {
     }
 
     /// Counts a reserved cost as usage: the upstream did the work.
-    pub async fn commit(&self, id: Uuid, policy: &Policy, cost: u64) -> Result<(), StoreError> {
+    pub async fn commit(&self, id: Uuid, policy: &Policy, cost: u64) -> Result<(), ServiceError> {
         if !self.store.commit(&id, policy, cost).await? {
             tracing::warn!(session = %short_id(&id), operation = %policy.operation, "session gone before its reservation was committed");
         }
@@ -133,7 +134,7 @@ impl Quotas {
     }
 
     /// Gives a reserved cost back: the upstream failed.
-    pub async fn release(&self, id: Uuid, policy: &Policy, cost: u64) -> Result<(), StoreError> {
+    pub async fn release(&self, id: Uuid, policy: &Policy, cost: u64) -> Result<(), ServiceError> {
         let request = QuotaRequest {
             policy,
             cost,
@@ -150,7 +151,7 @@ impl Quotas {
         &self,
         id: Uuid,
         policy: &Policy,
-    ) -> Result<Option<(QuotaStatus, Usage)>, StoreError> {
+    ) -> Result<Option<(QuotaStatus, Usage)>, ServiceError> {
         let read = || self.store.read(&id);
         let Some(record) = or_read_through(self.read_through.as_ref(), &id, read).await? else {
             return Ok(None);

@@ -9,24 +9,16 @@
 
 use std::net::IpAddr;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{SystemTime, UNIX_EPOCH};
 
 use uuid::Uuid;
 
 use crate::flush::ReadThrough;
 use crate::model::session::{Session, SessionRecord, Usage};
+use crate::service_error::ServiceError;
 use crate::store::{Store, StoreError};
 use crate::telemetry;
 use crate::throttle::{CreationThrottle, ThrottleConfig};
-
-/// Why a session operation failed.
-#[derive(Debug, thiserror::Error)]
-pub enum SessionError {
-    #[error(transparent)]
-    Store(#[from] StoreError),
-    #[error("too many sessions created from this address")]
-    Throttled { retry_after: Duration },
-}
 
 /// The session operations, over a [`Store`].
 #[derive(Clone)]
@@ -59,7 +51,7 @@ impl Sessions {
 
     /// The first of `ids` that names a live session (read-through included), for a request
     /// that names several: a stale or planted cookie must not shadow the live one.
-    pub async fn first_known(&self, ids: &[Uuid]) -> Result<Option<Uuid>, StoreError> {
+    pub async fn first_known(&self, ids: &[Uuid]) -> Result<Option<Uuid>, ServiceError> {
         for id in ids {
             if self.read(*id).await?.is_some() {
                 return Ok(Some(*id));
@@ -75,7 +67,7 @@ impl Sessions {
         current: Option<Uuid>,
         client: Option<Uuid>,
         origin: IpAddr,
-    ) -> Result<(Session, bool), SessionError> {
+    ) -> Result<(Session, bool), ServiceError> {
         for candidate in [current, client].into_iter().flatten() {
             if let Some(session) = self.touch(candidate).await? {
                 return Ok((session, false));
@@ -92,7 +84,7 @@ impl Sessions {
         current: Option<Uuid>,
         client: Uuid,
         origin: IpAddr,
-    ) -> Result<(Session, bool), SessionError> {
+    ) -> Result<(Session, bool), ServiceError> {
         if let Some(session) = self.touch(client).await? {
             telemetry::session_synced("adopted");
             return Ok((session, true));
@@ -111,7 +103,7 @@ impl Sessions {
     /// `GET /api/session/info` and other reads: one plain read. Activity is recorded in the
     /// background, and only when `last_active` is older than the touch interval, so a busy
     /// session costs Redis one write per interval instead of one per read.
-    pub async fn read(&self, id: Uuid) -> Result<Option<Session>, StoreError> {
+    pub async fn read(&self, id: Uuid) -> Result<Option<Session>, ServiceError> {
         let read = || self.store.read(&id);
         let Some(mut record) = or_read_through(self.read_through.as_ref(), &id, read).await? else {
             return Ok(None);
@@ -136,21 +128,21 @@ impl Sessions {
         &self,
         id: Uuid,
         preferences: &str,
-    ) -> Result<Option<()>, StoreError> {
+    ) -> Result<Option<()>, ServiceError> {
         let stored = if preferences == "{}" { "" } else { preferences };
         Ok(self.store.set_preferences(&id, stored).await?.map(|_| ()))
     }
 
-    async fn touch(&self, id: Uuid) -> Result<Option<Session>, StoreError> {
+    async fn touch(&self, id: Uuid) -> Result<Option<Session>, ServiceError> {
         let touch = || self.store.touch(&id);
         let record = or_read_through(self.read_through.as_ref(), &id, touch).await?;
         Ok(record.map(|record| Session { id, record }))
     }
 
-    async fn create(&self, origin: IpAddr) -> Result<Session, SessionError> {
+    async fn create(&self, origin: IpAddr) -> Result<Session, ServiceError> {
         if let Err(retry_after) = self.creations.check(origin) {
             telemetry::creation_throttled();
-            return Err(SessionError::Throttled { retry_after });
+            return Err(ServiceError::Throttled { retry_after });
         }
         for _ in 0..CREATE_ATTEMPTS {
             let id = Uuid::new_v4();
@@ -182,7 +174,7 @@ pub(crate) async fn or_read_through<T, F, Fut>(
     read_through: Option<&ReadThrough>,
     id: &Uuid,
     operation: F,
-) -> Result<Option<T>, StoreError>
+) -> Result<Option<T>, ServiceError>
 where
     F: Fn() -> Fut,
     Fut: std::future::Future<Output = Result<Option<T>, StoreError>>,
@@ -192,7 +184,7 @@ where
     }
     match read_through {
         // Boxed: the HTTP round trip to Supabase is a large future, and rare.
-        Some(read_through) if Box::pin(read_through.recover(id)).await? => operation().await,
+        Some(read_through) if Box::pin(read_through.recover(id)).await? => Ok(operation().await?),
         _ => Ok(None),
     }
 }

@@ -33,6 +33,7 @@ use uuid::Uuid;
 pub use supabase::{Supabase, SupabaseConfig, SupabaseError};
 
 use crate::model::session::{short_id, Snapshot};
+use crate::service_error::ServiceError;
 use crate::store::{Claim, Store, StoreError};
 use crate::telemetry;
 
@@ -320,10 +321,10 @@ impl ReadThrough {
     /// Restores `id` from Supabase if it is stored there and has not expired. Returns
     /// whether the session exists in Redis afterwards. Supabase being unreachable is an
     /// error (503 to the client, who retries), never "not found".
-    pub async fn recover(&self, id: &Uuid) -> Result<bool, StoreError> {
+    pub async fn recover(&self, id: &Uuid) -> Result<bool, ServiceError> {
         if self.budget.check().is_err() {
             telemetry::read_through("throttled");
-            return Err(StoreError::ReadThroughBusy);
+            return Err(ServiceError::ReadThroughBusy);
         }
         let row = match self.supabase.fetch(id).await {
             Ok(Some(row)) => row,
@@ -336,7 +337,7 @@ impl ReadThrough {
                 // quotas, because the system of record was briefly unreachable.
                 telemetry::read_through("error");
                 tracing::warn!(%error, session = %short_id(id), "read-through failed");
-                return Err(StoreError::RecordUnavailable);
+                return Err(ServiceError::RecordUnavailable);
             }
         };
         let Some(snapshot) = row::from_json(row).filter(|s| s.id == *id) else {

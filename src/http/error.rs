@@ -10,8 +10,7 @@ use serde::Serialize;
 
 use super::body::Body;
 use super::response::json;
-use crate::session::SessionError;
-use crate::store::StoreError;
+use crate::service_error::ServiceError;
 
 /// An error response, ready to be sent. Boxed: errors are rare next to successes, and a
 /// small `Result` keeps every handler's happy path cheap.
@@ -244,23 +243,17 @@ impl ApiError {
     }
 }
 
-impl From<SessionError> for ApiError {
-    fn from(error: SessionError) -> Self {
+impl From<ServiceError> for ApiError {
+    fn from(error: ServiceError) -> Self {
         match error {
-            SessionError::Store(error) => error.into(),
-            SessionError::Throttled { retry_after } => ApiError::too_many_sessions(retry_after),
-        }
-    }
-}
-
-impl From<StoreError> for ApiError {
-    fn from(error: StoreError) -> Self {
-        match error {
+            ServiceError::Throttled { retry_after } => {
+                return ApiError::too_many_sessions(retry_after)
+            }
             // Counted in metrics; a warning per refused lookup would flood the log.
-            StoreError::ReadThroughBusy => tracing::debug!(%error, "read-through refused"),
+            ServiceError::ReadThroughBusy => tracing::debug!(%error, "read-through refused"),
             // Logged where it happened, with the session's short id.
-            StoreError::RecordUnavailable => tracing::debug!(%error, "read-through unavailable"),
-            error => tracing::warn!(%error, "redis unavailable"),
+            ServiceError::RecordUnavailable => tracing::debug!(%error, "read-through unavailable"),
+            ServiceError::Store(error) => tracing::warn!(%error, "redis unavailable"),
         }
         ApiError::unavailable()
     }

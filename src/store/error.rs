@@ -13,14 +13,6 @@ pub enum StoreError {
     Reply(&'static str),
     #[error("the write-behind backlog is full")]
     Backlog,
-    /// Not Redis's doing: the read-through budget (see `flush::ReadThrough`) is spent. It
-    /// travels as a store error because it ends a session lookup the same way: 503.
-    #[error("too many sessions are being looked up in supabase")]
-    ReadThroughBusy,
-    /// Not Redis's doing either: a session missing from Redis could not be looked up in
-    /// the system of record (Supabase unreachable or failing). Also 503, for the same reason.
-    #[error("the system of record could not be asked for a session")]
-    RecordUnavailable,
     #[error("redis holds data sharded {found} ways, but redis.shards is {configured}")]
     ShardMismatch { found: u32, configured: u32 },
 }
