@@ -496,7 +496,7 @@ def references(path: str, directory: str) -> None:
     finish()
 
 
-# The SESSIONGATE_* variables of the README's configuration table (src/config.rs refuses others).
+# The SESSIONGATE_* variables of the README's configuration table (src/config/ refuses others).
 KNOWN_SESSIONGATE_VARIABLES = {
     "SESSIONGATE_LISTEN", "SESSIONGATE_ADMIN_LISTEN", "SESSIONGATE_ENV", "SESSIONGATE_CONFIG",
     "SESSIONGATE_REDIS_TIMEOUT_MS", "SESSIONGATE_BODY_LIMIT_BYTES", "SESSIONGATE_LOG_FORMAT",

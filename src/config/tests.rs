@@ -1,0 +1,274 @@
+//! Configuration: every source, every error naming its setting.
+
+use super::*;
+use crate::model::quota::{Counter, Window};
+
+fn vars(pairs: &[(&str, &str)]) -> HashMap<String, String> {
+    pairs
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
+}
+
+#[test]
+fn defaults_follow_the_contract() {
+    let config = Config::from_vars(&HashMap::new()).expect("defaults are valid");
+    assert_eq!(config.listen.to_string(), "127.0.0.1:8080");
+    assert_eq!(config.admin_listen.to_string(), "127.0.0.1:9090");
+    assert_eq!(config.redis_timeout, Duration::from_millis(250));
+    assert_eq!(config.body_limit, 16 * 1024);
+    assert_eq!(config.cookie.max_age.as_secs(), 2_592_000);
+    assert!(!config.cookie.secure);
+}
+
+#[test]
+fn production_turns_secure_cookies_on() {
+    let config = Config::from_vars(&vars(&[("SESSIONGATE_ENV", "production")])).expect("valid");
+    assert!(config.cookie.secure);
+    assert_eq!(config.log_format, LogFormat::Json);
+}
+
+#[test]
+fn errors_name_the_setting() {
+    let err = Config::from_vars(&vars(&[("SESSIONGATE_LISTEN", "nowhere")])).unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "invalid configuration: SESSIONGATE_LISTEN: \"nowhere\" is not an address of the form ip:port"
+    );
+    let links = vars(&[
+        ("SESSIONGATE_PORT", "tcp://10.0.0.1:8080"),
+        ("SESSIONGATE_SERVICE_HOST", "10.0.0.1"),
+    ]);
+    assert!(
+        Config::from_vars(&links).is_ok(),
+        "Kubernetes service links are not settings"
+    );
+    let err = Config::from_vars(&vars(&[("SESSIONGATE_LSITEN", "x")])).unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "invalid configuration: SESSIONGATE_LSITEN: unknown setting"
+    );
+    let err = Config::from_vars(&vars(&[("REDIS_URL", "http://x")])).unwrap_err();
+    assert!(
+        err.to_string()
+            .starts_with("invalid configuration: REDIS_URL:"),
+        "{err}"
+    );
+    let err = Config::from_vars(&vars(&[("SESSIONGATE_LOG_FORMAT", "xml")])).unwrap_err();
+    assert!(err.to_string().contains("SESSIONGATE_LOG_FORMAT"), "{err}");
+    let err = Config::from_vars(&vars(&[("SESSIONGATE_REDIS_TIMEOUT_MS", "0")])).unwrap_err();
+    assert!(err.to_string().contains("greater than zero"), "{err}");
+}
+
+#[test]
+fn toml_file_is_read_and_environment_wins() {
+    let config = Config::from_toml("listen = \"0.0.0.0:1234\"\n[cookie]\nsame_site = \"strict\"\n")
+        .expect("valid");
+    assert_eq!(config.listen.to_string(), "0.0.0.0:1234");
+    assert_eq!(config.cookie.same_site, cookie::SameSite::Strict);
+
+    let dir = std::env::temp_dir().join(format!("sessiongate-config-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    let path = dir.join("gateway.toml");
+    std::fs::write(
+        &path,
+        "listen = \"0.0.0.0:1234\"\n[redis]\ntimeout_ms = 100\n",
+    )
+    .expect("write");
+    let path = path.to_string_lossy().to_string();
+    let config = Config::from_vars(&vars(&[
+        ("SESSIONGATE_CONFIG", &path),
+        ("SESSIONGATE_LISTEN", "127.0.0.1:5555"),
+    ]))
+    .expect("valid");
+    assert_eq!(config.listen.to_string(), "127.0.0.1:5555");
+    assert_eq!(config.redis_timeout, Duration::from_millis(100));
+}
+
+#[test]
+fn quota_policies_parse_and_replace_the_defaults() {
+    let config = Config::from_toml(
+        r#"
+        [quotas.concept_generation]
+        limit = 5
+        window = "day"
+        counter = "concepts_generated"
+        [quotas.api-burst]
+        rate = 10
+        period = "1 second"
+        burst = 20
+        cost = 2
+        "#,
+    )
+    .expect("valid");
+    assert_eq!(config.policies.len(), 2);
+    let burst = &config.policies[0];
+    assert_eq!(burst.operation, "api-burst");
+    assert_eq!(
+        burst.window,
+        Window::Gcra {
+            interval: Duration::from_millis(100)
+        }
+    );
+    assert_eq!(
+        (burst.limit, burst.default_cost, burst.counter),
+        (20, 2, None)
+    );
+    assert_eq!(config.policies[1].counter, Some(Counter::ConceptsGenerated));
+
+    for (toml, message) in [
+        ("[quotas.x]\nlimit = 5\n", "give either"),
+        (
+            "[quotas.x]\nlimit = 5\nwindow = \"week\"\n",
+            "quotas.x.window",
+        ),
+        (
+            "[quotas.x]\nlimit = 0\nwindow = \"day\"\n",
+            "quotas.x.limit",
+        ),
+        (
+            "[quotas.X]\nlimit = 1\nwindow = \"day\"\n",
+            "operation names",
+        ),
+        (
+            "[quotas.x]\nlimit = 1\nwindow = \"day\"\ncounter = \"clicks\"\n",
+            "quotas.x.counter",
+        ),
+        (
+            "[quotas.x]\nlimit = 1\nwindow = \"day\"\ncost = 2\n",
+            "quotas.x.cost",
+        ),
+    ] {
+        let err = Config::from_toml(toml).unwrap_err().to_string();
+        assert!(err.contains(message), "{toml}: {err}");
+    }
+}
+
+#[test]
+fn service_token_and_proxies_are_checked() {
+    let err = Config::from_vars(&vars(&[("SESSIONGATE_SERVICE_TOKEN", "short")])).unwrap_err();
+    assert!(
+        err.to_string().contains("SESSIONGATE_SERVICE_TOKEN"),
+        "{err}"
+    );
+    let config = Config::from_toml("[http]\ntrusted_proxies = [\"10.0.0.0/8\", \"127.0.0.1\"]\n")
+        .expect("valid");
+    assert_eq!(config.trusted_proxies.len(), 2);
+    assert!(Config::from_toml("[http]\ntrusted_proxies = [\"nope\"]\n").is_err());
+}
+
+#[test]
+fn cors_origins_and_routes_are_checked() {
+    let config = Config::from_toml(
+        "internal_listen = \"127.0.0.1:8081\"\n[cors]\nallowed_origins = [\"https://app.example\", \"http://localhost:3000\"]\n",
+    )
+    .expect("valid");
+    assert_eq!(config.cors.map(|c| c.allowed_origins.len()), Some(2));
+    assert_eq!(config.internal_listen.map(|a| a.port()), Some(8081));
+    for origin in [
+        "*",
+        "https://app.example/",
+        "https://app.example/path",
+        "app.example",
+    ] {
+        let error = Config::from_toml(&format!("[cors]\nallowed_origins = [\"{origin}\"]\n"))
+            .expect_err(origin);
+        assert!(
+            error.to_string().contains("cors.allowed_origins"),
+            "{error}"
+        );
+    }
+    let error = Config::from_toml(
+        "[[routes]]\npath = \"/a\"\nupstream = \"http://a:1\"\noperation = \"unknown\"\n",
+    )
+    .expect_err("unknown operation");
+    assert!(error.to_string().contains("routes[0].operation"), "{error}");
+}
+
+#[test]
+fn supabase_needs_a_url_and_a_key() {
+    let config = Config::from_vars(&HashMap::new()).expect("valid");
+    assert!(config.supabase.is_none());
+    let config = Config::from_vars(&vars(&[
+        ("SUPABASE_URL", "https://example.supabase.co/"),
+        ("SUPABASE_SERVICE_ROLE_KEY", "secret"),
+    ]))
+    .expect("valid");
+    let supabase = config.supabase.expect("configured");
+    assert_eq!(supabase.rest_url, "https://example.supabase.co/rest/v1");
+    let config = Config::from_vars(&vars(&[
+        ("SUPABASE_URL", "https://ignored"),
+        ("SUPABASE_REST_URL", "http://127.0.0.1:3000"),
+        ("SUPABASE_SERVICE_ROLE_KEY", "secret"),
+    ]))
+    .expect("valid");
+    assert_eq!(
+        config.supabase.expect("configured").rest_url,
+        "http://127.0.0.1:3000"
+    );
+    let err = Config::from_vars(&vars(&[("SUPABASE_URL", "https://x.supabase.co")])).unwrap_err();
+    assert!(
+        err.to_string().contains("SUPABASE_SERVICE_ROLE_KEY"),
+        "{err}"
+    );
+    let err = Config::from_vars(&vars(&[
+        ("SUPABASE_REST_URL", "x"),
+        ("SUPABASE_SERVICE_ROLE_KEY", "k"),
+    ]))
+    .unwrap_err();
+    assert!(err.to_string().contains("SUPABASE_REST_URL"), "{err}");
+}
+
+#[test]
+fn gateway_hardening_settings_are_checked() {
+    let config = Config::from_toml(
+        "[http]\nmax_header_bytes = 16384\n[session]\ncreation_ipv6_prefix = 56\n\
+         creation_ipv4_prefix = 24\nmax_creations_per_second = 50\n\
+         [cookie]\nname = \"__Host-session\"\nsecure = true\n",
+    )
+    .expect("valid");
+    assert_eq!(config.max_header_bytes, 16384);
+    assert_eq!(config.creation_throttle.ipv6_prefix, 56);
+    assert_eq!(config.creation_throttle.ipv4_prefix, 24);
+    assert_eq!(config.creation_throttle.max_per_second.get(), 50);
+    let defaults = Config::default();
+    assert_eq!(defaults.max_header_bytes, 32 * 1024);
+    assert_eq!(defaults.creation_throttle.ipv6_prefix, 64);
+    assert_eq!(defaults.creation_throttle.ipv4_prefix, 32);
+    for (toml, setting) in [
+        ("[http]\nmax_header_bytes = 100\n", "http.max_header_bytes"),
+        (
+            "[session]\ncreation_ipv4_prefix = 33\n",
+            "session.creation_ipv4_prefix",
+        ),
+        (
+            "[session]\ncreation_ipv6_prefix = 0\n",
+            "session.creation_ipv6_prefix",
+        ),
+        (
+            "[session]\nmax_creations_per_second = 0\n",
+            "session.max_creations_per_second",
+        ),
+        ("[cookie]\nname = \"__Host-s\"\n", "cookie.secure"),
+        ("[cookie]\nname = \"__Secure-s\"\n", "cookie.secure"),
+        (
+            "[cookie]\nname = \"__Host-s\"\nsecure = true\npath = \"/app\"\n",
+            "cookie.path",
+        ),
+        (
+            "[cookie]\nname = \"__Host-s\"\nsecure = true\ndomain = \"example.com\"\n",
+            "cookie.domain",
+        ),
+    ] {
+        let err = Config::from_toml(toml).expect_err(toml);
+        assert!(err.to_string().contains(setting), "{toml}: {err}");
+    }
+}
+
+#[test]
+fn unknown_toml_keys_are_refused() {
+    let err = Config::from_toml("[redis]\nurll = \"redis://x\"\n").unwrap_err();
+    assert!(err.to_string().contains("unknown field `urll`"), "{err}");
+    let err = Config::from_toml("[cookie]\nsame_site = \"none\"\n").unwrap_err();
+    assert!(err.to_string().contains("cookie.same_site"), "{err}");
+}
