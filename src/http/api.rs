@@ -22,7 +22,9 @@ use super::body::Body;
 use super::cors;
 use super::error::ApiError;
 use super::proxy;
-use super::request::{canonicalize, client_ip, client_session_id, current_session, json_body};
+use super::request::{
+    canonicalize, client_ip, client_session_id, current_session, is_trusted_proxy, json_body,
+};
 use super::response::{json, json_text, set_session_cookie, timestamp};
 use super::state::Api;
 use crate::model::session::{Session, SessionRecord, Usage};
@@ -139,8 +141,7 @@ fn forwarded_scheme<'a>(
     headers: &'a http::HeaderMap,
     peer: SocketAddr,
 ) -> Option<&'a [u8]> {
-    let peer = peer.ip().to_canonical();
-    if !api.trusted_proxies.iter().any(|net| net.contains(&peer)) {
+    if !is_trusted_proxy(&api.trusted_proxies, peer.ip()) {
         return None;
     }
     headers

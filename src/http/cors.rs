@@ -34,13 +34,8 @@ pub fn from_foreign_page(
         let fetched_from = headers.get("sec-fetch-site").map(HeaderValue::as_bytes);
         return matches!(fetched_from, Some(b"cross-site" | b"same-site"));
     };
-    let origin = origin.as_bytes();
-    let allowed = cors.is_some_and(|cors| {
-        cors.allowed_origins
-            .iter()
-            .any(|allowed| allowed.as_bytes() == origin)
-    });
-    !allowed && !is_own_origin(origin, headers.get(header::HOST), scheme)
+    let allowed = cors.is_some_and(|cors| allowed_origin(cors, headers).is_some());
+    !allowed && !is_own_origin(origin.as_bytes(), headers.get(header::HOST), scheme)
 }
 
 /// `origin` is `<scheme>://<Host>` of the request itself.

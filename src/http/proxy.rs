@@ -31,7 +31,7 @@ use super::body::Body;
 use super::error::ApiError;
 use super::forwarded::{prepare_request, prepare_response, Forwarding};
 use super::internal::{answer_response, rate_limit_headers};
-use super::request::{client_ip, current_session, named_sessions, Named};
+use super::request::{client_ip, current_session, is_trusted_proxy, named_sessions, Named};
 use super::response::set_session_cookie;
 use super::state::Api;
 use crate::model::quota::Policy;
@@ -331,7 +331,7 @@ async fn send(
     let peer_ip = peer.ip().to_canonical();
     let forwarding = Forwarding {
         peer: peer_ip,
-        trusted: api.trusted_proxies.iter().any(|net| net.contains(&peer_ip)),
+        trusted: is_trusted_proxy(&api.trusted_proxies, peer_ip),
         session,
         cookie_name: &api.cookie.name,
     };

@@ -115,11 +115,17 @@ pub async fn current_session(api: &Api, headers: &HeaderMap) -> Result<Option<Uu
     }
 }
 
+/// Whether `peer` is one of `http.trusted_proxies`, whose forwarding headers are believed.
+pub fn is_trusted_proxy(trusted: &[IpNet], peer: IpAddr) -> bool {
+    let peer = peer.to_canonical();
+    trusted.iter().any(|net| net.contains(&peer))
+}
+
 /// The client's IP: the peer, unless the peer is a trusted proxy, in which case the
 /// `X-Forwarded-For` chain is walked from the right to the first hop that is not trusted
 /// (the left part of the chain is whatever the client wrote, so it is never believed).
 pub fn client_ip(headers: &HeaderMap, peer: IpAddr, trusted: &[IpNet]) -> IpAddr {
-    let is_trusted = |ip: &IpAddr| trusted.iter().any(|net| net.contains(ip));
+    let is_trusted = |ip: &IpAddr| is_trusted_proxy(trusted, *ip);
     let mut client = peer.to_canonical();
     if !is_trusted(&client) {
         return client;
