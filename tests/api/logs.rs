@@ -8,7 +8,7 @@ use serde_json::{json, Value};
 
 use crate::process::{one_shot, GatewayProcess};
 use crate::services::{shared_postgres, Postgrest};
-use crate::support::{eventually, RedisServer, TOKEN};
+use crate::support::{eventually, flush_db, RedisServer, TOKEN};
 use crate::upstreams::Upstream;
 
 /// Every UUID-shaped run of characters in `text`.
@@ -164,10 +164,7 @@ async fn no_log_line_holds_a_whole_session_id() {
         },
     )
     .await;
-    let _: () = redis_client
-        .custom(fred::cmd!("FLUSHDB"), Vec::<String>::new())
-        .await
-        .expect("FLUSHDB");
+    flush_db(&redis_client).await;
     postgrest.stop();
     let response = http
         .get(gw.url("/api/session/info"))

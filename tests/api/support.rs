@@ -211,6 +211,11 @@ impl TestGateway {
         format!("{}{path}", self.base)
     }
 
+    /// Empties the gateway's Redis database: Redis "loses" every session.
+    pub async fn lose_redis_data(&self) {
+        flush_db(&self.redis).await;
+    }
+
     /// The admin listener's `/metrics` text (metrics are process-wide: every gateway of this
     /// test binary shares one recorder).
     pub async fn scrape(&self) -> String {
@@ -365,4 +370,12 @@ pub async fn scrape(http: &reqwest::Client, url: &str) -> String {
         .text()
         .await
         .expect("scrape body")
+}
+
+/// `FLUSHDB` on the database `redis` is connected to.
+pub async fn flush_db(redis: &Client) {
+    let _: () = redis
+        .custom(fred::cmd!("FLUSHDB"), Vec::<String>::new())
+        .await
+        .expect("FLUSHDB");
 }

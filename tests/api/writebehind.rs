@@ -277,11 +277,7 @@ async fn sessions_come_back_from_supabase_with_their_counters_after_redis_loses_
     )
     .await;
 
-    let _: () = gw
-        .redis
-        .custom(fred::cmd!("FLUSHDB"), Vec::<String>::new())
-        .await
-        .expect("FLUSHDB");
+    gw.lose_redis_data().await;
     let response = gw
         .http
         .get(gw.url("/api/session/info"))
@@ -450,11 +446,7 @@ async fn an_unreachable_system_of_record_is_503_never_a_lost_session() {
     .await;
 
     // Redis loses the session while the system of record is down.
-    let _: () = gw
-        .redis
-        .custom(fred::cmd!("FLUSHDB"), Vec::<String>::new())
-        .await
-        .expect("FLUSHDB");
+    gw.lose_redis_data().await;
     postgrest.stop();
     let response = gw.get_as("/api/session/info", &id).await;
     assert!(response.headers().contains_key("retry-after"));
