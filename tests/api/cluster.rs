@@ -146,24 +146,30 @@ async fn a_master_failing_over_under_traffic_costs_a_short_503_window_and_no_cou
     // Steady traffic: consumes on the session whose master fails over.
     let granted = Arc::new(AtomicU64::new(0));
     let unavailable = Arc::new(std::sync::Mutex::new(Vec::<Instant>::new()));
+    let unexpected = Arc::new(std::sync::Mutex::new(Vec::new()));
     let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let traffic: Vec<_> = (0..4)
         .map(|_| {
-            let (gw, id, granted, unavailable, stop) = (
+            let (gw, id, granted, unavailable, unexpected, stop) = (
                 gw.clone(),
                 id.clone(),
                 granted.clone(),
                 unavailable.clone(),
+                unexpected.clone(),
                 stop.clone(),
             );
             tokio::spawn(async move {
                 while !stop.load(Ordering::Relaxed) {
-                    match gw.consume(&id, "work", None).await.0 {
-                        200 => {
+                    match gw.consume(&id, "work", None).await {
+                        (200, _) => {
                             granted.fetch_add(1, Ordering::Relaxed);
                         }
-                        503 => unavailable.lock().expect("lock").push(Instant::now()),
-                        other => panic!("unexpected status {other}"),
+                        (503, _) => unavailable.lock().expect("lock").push(Instant::now()),
+                        (status, body) => {
+                            let mut unexpected = unexpected.lock().expect("lock");
+                            unexpected.push((Instant::now(), status, body));
+                            stop.store(true, Ordering::Relaxed);
+                        }
                     }
                 }
             })
@@ -193,12 +199,24 @@ async fn a_master_failing_over_under_traffic_costs_a_short_503_window_and_no_cou
     eventually(
         Duration::from_secs(30),
         "grants to flow again through the new master",
-        || async { (granted.load(Ordering::Relaxed) > before + 100).then_some(()) },
+        || async {
+            let flowing = granted.load(Ordering::Relaxed) > before + 100;
+            (flowing || stop.load(Ordering::Relaxed)).then_some(())
+        },
     )
     .await;
     stop.store(true, Ordering::Relaxed);
     for task in traffic {
         task.await.expect("traffic task");
+    }
+    let unexpected = unexpected.lock().expect("lock").clone();
+    if let Some((at, status, body)) = unexpected.first() {
+        panic!(
+            "a consume answered {status} {body}, {:?} after the failover command; \
+             the cluster logged:\n{}",
+            at.saturating_duration_since(failover_started),
+            cluster.role_changes()
+        );
     }
 
     let unavailable = unavailable.lock().expect("lock").clone();

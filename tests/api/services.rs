@@ -517,15 +517,16 @@ impl RedisCluster {
         let dir = std::env::temp_dir().join(format!("sessiongate-cluster-{}", random_hex()));
         std::fs::create_dir_all(&dir).expect("cluster folder");
         // A node's cluster bus listens on its port + 10000, which must be a port too.
+        let bus_is_free = |port: u16| TcpListener::bind(("127.0.0.1", port + 10_000)).is_ok();
         let ports: Vec<u16> = (0..6)
             .map(|_| {
                 std::iter::repeat_with(free_port)
-                    .find(|p| *p <= 55_535)
+                    .find(|p| *p <= 55_535 && bus_is_free(*p))
                     .unwrap_or(7000)
             })
             .collect();
         let script = r#"redis-server --bind 127.0.0.1 --port "$1" --dir "$2" --save "" --appendonly no \
-            --cluster-enabled yes --cluster-config-file "nodes-$1.conf" --cluster-node-timeout 2000 \
+            --cluster-enabled yes --cluster-config-file "nodes-$1.conf" --cluster-node-timeout 5000 \
             --logfile "$2/redis-$1.log" & echo $!; read _; kill -9 $! 2>/dev/null; wait"#;
         let nodes: Vec<Watchdog> = ports
             .iter()
@@ -583,6 +584,24 @@ impl RedisCluster {
             .output()
             .expect("redis-cli");
         String::from_utf8_lossy(&output.stdout).into_owned()
+    }
+
+    /// What each node logged about roles, replication and failovers: the evidence to print
+    /// when a test sees the cluster misbehave.
+    pub fn role_changes(&self) -> String {
+        const TOPICS: [&str; 6] = ["fail", "master", "replica", "sync", "lost", "epoch"];
+        self.ports
+            .iter()
+            .map(|port| {
+                let log = std::fs::read_to_string(self.dir.join(format!("redis-{port}.log")))
+                    .unwrap_or_default();
+                let lines: Vec<&str> = log
+                    .lines()
+                    .filter(|line| TOPICS.iter().any(|t| line.to_lowercase().contains(t)))
+                    .collect();
+                format!("node {port}:\n{}\n", lines.join("\n"))
+            })
+            .collect()
     }
 }
 
