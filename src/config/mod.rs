@@ -130,9 +130,13 @@ impl Config {
             }
             config.redis_url = value;
         }
-        let timeout_ms = pick_u64(vars, "SESSIONGATE_REDIS_TIMEOUT_MS", file.redis.timeout_ms)?;
-        if let Some(ms) = timeout_ms {
-            config.redis_timeout = positive_millis("redis timeout", ms)?;
+        if let Some((name, ms)) = pick_u64(
+            vars,
+            "SESSIONGATE_REDIS_TIMEOUT_MS",
+            file.redis.timeout_ms,
+            "redis.timeout_ms",
+        )? {
+            config.redis_timeout = positive_millis(name, ms)?;
         }
         if let Some(size) = file.redis.pool_size {
             if !(1..=64).contains(&size) {
@@ -152,15 +156,16 @@ impl Config {
             }
             config.redis_shards = shards;
         }
-        if let Some(limit) = pick_u64(
+        if let Some((name, limit)) = pick_u64(
             vars,
             "SESSIONGATE_BODY_LIMIT_BYTES",
             file.http.body_limit_bytes.map(|v| v as u64),
+            "http.body_limit_bytes",
         )? {
             if !(64..=16 * 1024 * 1024).contains(&limit) {
                 return Err(ConfigError::new(
-                    "body limit",
-                    "must be between 64 bytes and 16 MiB",
+                    name,
+                    "must be from 64 to 16777216 (bytes)",
                 ));
             }
             config.body_limit = limit as usize;

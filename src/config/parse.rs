@@ -12,7 +12,7 @@ use super::error::ConfigError;
 use super::file::{CorsFile, PolicyFile, SessionFile};
 use super::settings::{CookieConfig, CorsConfig};
 use crate::flush::SupabaseConfig;
-use crate::model::quota::{self, Counter, Policy, Window};
+use crate::model::quota::{self, Policy, Window};
 use crate::throttle::ThrottleConfig;
 
 /// The `SESSIONGATE_*` names this version understands; any other is a typo worth stopping for.
@@ -197,14 +197,16 @@ pub(super) fn parse_policy(operation: String, file: PolicyFile) -> Result<Policy
     }
     let counter = match file.counter {
         None => None,
-        Some(counter) => Some(Counter::parse(&counter).ok_or_else(|| {
-            ConfigError::new(
+        Some(counter) if quota::is_counter_name(&counter) => Some(counter.into()),
+        Some(counter) => {
+            return Err(ConfigError::new(
                 setting("counter"),
                 format!(
-                    "{counter:?} is not concepts_generated, concepts_refined or concepts_stored"
+                    "{counter:?} is not a counter name: a lowercase letter, then up to 62 \
+                     lowercase letters, digits or underscores"
                 ),
-            )
-        })?),
+            ))
+        }
     };
     Ok(Policy {
         operation,
@@ -224,17 +226,20 @@ pub(super) fn parse_addr(name: &str, value: &str) -> Result<SocketAddr, ConfigEr
     })
 }
 
+/// A whole number from the variable `var`, else from the file's `file_key`; with the name
+/// of the one it came from, for errors about its value.
 pub(super) fn pick_u64(
     vars: &HashMap<String, String>,
-    var: &str,
+    var: &'static str,
     from_file: Option<u64>,
-) -> Result<Option<u64>, ConfigError> {
+    file_key: &'static str,
+) -> Result<Option<(&'static str, u64)>, ConfigError> {
     match vars.get(var) {
         Some(v) => v
             .parse()
-            .map(Some)
+            .map(|n| Some((var, n)))
             .map_err(|_| ConfigError::new(var, format!("{v:?} is not a whole number"))),
-        None => Ok(from_file),
+        None => Ok(from_file.map(|n| (file_key, n))),
     }
 }
 
