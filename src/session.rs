@@ -14,7 +14,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use uuid::Uuid;
 
 use crate::flush::ReadThrough;
-use crate::model::session::{Session, SessionRecord, Usage};
+use crate::model::session::Session;
 use crate::service_error::ServiceError;
 use crate::store::{Store, StoreError};
 use crate::telemetry;
@@ -151,15 +151,8 @@ impl Sessions {
                     telemetry::flush_refusal();
                 }
             })?;
-            if let Some(now) = created {
+            if let Some(record) = created {
                 telemetry::session_created();
-                let record = SessionRecord {
-                    created_at: now,
-                    last_active: now,
-                    usage: Usage::default(),
-                    preferences: None,
-                    quota_states: Vec::new(),
-                };
                 return Ok(Session { id, record });
             }
             tracing::warn!("a freshly drawn session id already existed; drawing another");

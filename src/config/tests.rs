@@ -1,7 +1,7 @@
 //! Configuration: every source, every error naming its setting.
 
 use super::*;
-use crate::model::quota::{Counter, Window};
+use crate::model::quota::Window;
 
 fn vars(pairs: &[(&str, &str)]) -> HashMap<String, String> {
     pairs
@@ -111,10 +111,13 @@ fn quota_policies_parse_and_replace_the_defaults() {
         }
     );
     assert_eq!(
-        (burst.limit, burst.default_cost, burst.counter),
+        (burst.limit, burst.default_cost, burst.counter.clone()),
         (20, 2, None)
     );
-    assert_eq!(config.policies[1].counter, Some(Counter::ConceptsGenerated));
+    assert_eq!(
+        config.policies[1].counter.as_deref(),
+        Some("concepts_generated")
+    );
 
     for (toml, message) in [
         ("[quotas.x]\nlimit = 5\n", "give either"),
@@ -131,7 +134,7 @@ fn quota_policies_parse_and_replace_the_defaults() {
             "operation names",
         ),
         (
-            "[quotas.x]\nlimit = 1\nwindow = \"day\"\ncounter = \"clicks\"\n",
+            "[quotas.x]\nlimit = 1\nwindow = \"day\"\ncounter = \"Clicks\"\n",
             "quotas.x.counter",
         ),
         (
@@ -271,4 +274,38 @@ fn unknown_toml_keys_are_refused() {
     assert!(err.to_string().contains("unknown field `urll`"), "{err}");
     let err = Config::from_toml("[cookie]\nsame_site = \"none\"\n").unwrap_err();
     assert!(err.to_string().contains("cookie.same_site"), "{err}");
+}
+
+#[test]
+fn errors_name_the_variable_or_the_key_that_was_set() {
+    for (var, value) in [
+        ("SESSIONGATE_REDIS_TIMEOUT_MS", "0"),
+        ("SESSIONGATE_BODY_LIMIT_BYTES", "1"),
+    ] {
+        let err = Config::from_vars(&vars(&[(var, value)])).unwrap_err();
+        assert!(
+            err.to_string()
+                .starts_with(&format!("invalid configuration: {var}: ")),
+            "{err}"
+        );
+    }
+    for (toml, key) in [
+        ("[redis]\ntimeout_ms = 0\n", "redis.timeout_ms"),
+        ("[http]\nbody_limit_bytes = 1\n", "http.body_limit_bytes"),
+    ] {
+        let err = Config::from_toml(toml).unwrap_err();
+        assert!(err.to_string().contains(key), "{err}");
+    }
+}
+
+#[test]
+fn any_well_formed_counter_name_is_a_counter() {
+    let config = Config::from_toml(
+        "[quotas.render]\nlimit = 3\nwindow = \"day\"\ncounter = \"images_rendered\"\n",
+    )
+    .expect("a new counter is configuration only");
+    assert_eq!(
+        config.policies[0].counter.as_deref(),
+        Some("images_rendered")
+    );
 }

@@ -1,4 +1,7 @@
-//! Rows of `public.sessions`: a session snapshot as JSON and back.
+//! Rows of `public.sessions`: a session snapshot as JSON and back. Usage counters travel
+//! as one JSON object, `usage` (migration 0002), so a new counter needs no new column.
+
+use std::sync::Arc;
 
 use chrono::DateTime;
 use serde::Serialize;
@@ -13,9 +16,8 @@ struct Row<'a> {
     id: &'a Uuid,
     created_at: String,
     last_active_at: String,
-    concepts_generated: u64,
-    concepts_refined: u64,
-    concepts_stored: u64,
+    /// Every counter the session has, by name (migration 0002).
+    usage: &'a Usage,
     preferences: OwnedValue,
     quota_state: OwnedValue,
     version: i64,
@@ -47,9 +49,7 @@ fn row(snapshot: &Snapshot) -> Row<'_> {
         id: &snapshot.id,
         created_at: timestamp(record.created_at),
         last_active_at: timestamp(record.last_active),
-        concepts_generated: record.usage.concepts_generated,
-        concepts_refined: record.usage.concepts_refined,
-        concepts_stored: record.usage.concepts_stored,
+        usage: &record.usage,
         preferences,
         quota_state,
         version: snapshot.version,
@@ -71,7 +71,16 @@ pub fn from_json(mut text: Vec<u8>) -> Option<Snapshot> {
         let text = row.get(name)?.as_str()?;
         Some(DateTime::parse_from_rfc3339(text).ok()?.timestamp())
     };
-    let count = |name: &str| row.get(name).and_then(|v| v.as_u64()).unwrap_or(0);
+    let usage = row
+        .get("usage")
+        .and_then(|u| u.as_object())
+        .map(|object| {
+            object
+                .iter()
+                .filter_map(|(name, count)| Some((Arc::from(name.as_ref()), count.as_u64()?)))
+                .collect()
+        })
+        .unwrap_or_default();
     let preferences = row
         .get("preferences")
         .filter(|p| p.as_object().is_some_and(|o| !o.is_empty()))
@@ -91,11 +100,7 @@ pub fn from_json(mut text: Vec<u8>) -> Option<Snapshot> {
         record: SessionRecord {
             created_at: time("created_at")?,
             last_active: time("last_active_at")?,
-            usage: Usage {
-                concepts_generated: count("concepts_generated"),
-                concepts_refined: count("concepts_refined"),
-                concepts_stored: count("concepts_stored"),
-            },
+            usage,
             preferences,
             quota_states: Vec::new(),
         },
@@ -115,11 +120,10 @@ mod tests {
             record: SessionRecord {
                 created_at: 1_700_000_000,
                 last_active: 1_700_000_060,
-                usage: Usage {
-                    concepts_generated: 3,
-                    concepts_refined: 1,
-                    concepts_stored: 0,
-                },
+                usage: [("concepts_generated", 3), ("images", 1)]
+                    .into_iter()
+                    .map(|(name, count)| (Arc::from(name), count))
+                    .collect(),
                 preferences: Some(r#"{"theme":"dark"}"#.to_string()),
                 quota_states: Vec::new(),
             },

@@ -13,6 +13,7 @@
 //! (`store/consume.lua`, same arithmetic); this module only reads states. Pure rules: it
 //! imports nothing else of the crate and never does I/O.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{DateTime, Datelike, NaiveDate, Utc};
@@ -48,23 +49,25 @@ pub enum Window {
     },
 }
 
-/// Usage counters a granted consume can feed (the fields of `usage_stats`).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Counter {
-    ConceptsGenerated,
-    ConceptsRefined,
-    ConceptsStored,
+/// Whether `name` may name a usage counter: `[a-z][a-z0-9_]{0,62}`, so it is safe as a JSON
+/// key, a Redis hash field suffix and a Prometheus label value alike.
+pub fn is_counter_name(name: &str) -> bool {
+    let mut chars = name.chars();
+    chars.next().is_some_and(|c| c.is_ascii_lowercase())
+        && name.len() <= 63
+        && chars.all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
 }
 
-impl Counter {
-    pub fn parse(name: &str) -> Option<Counter> {
-        match name {
-            "concepts_generated" => Some(Counter::ConceptsGenerated),
-            "concepts_refined" => Some(Counter::ConceptsRefined),
-            "concepts_stored" => Some(Counter::ConceptsStored),
-            _ => None,
+/// The usage counters the policies feed, each once, in the order the policies name them:
+/// the counters `usage_stats` shows.
+pub fn counters(policies: &[Policy]) -> Vec<Arc<str>> {
+    let mut names: Vec<Arc<str>> = Vec::new();
+    for counter in policies.iter().filter_map(|p| p.counter.as_ref()) {
+        if !names.contains(counter) {
+            names.push(counter.clone());
         }
     }
+    names
 }
 
 /// One configured quota policy.
@@ -76,7 +79,8 @@ pub struct Policy {
     pub window: Window,
     /// Cost of a request that names none.
     pub default_cost: u64,
-    pub counter: Option<Counter>,
+    /// The usage counter a granted request feeds (a name from [`is_counter_name`]).
+    pub counter: Option<Arc<str>>,
 }
 
 /// A policy's state as a client sees it.
@@ -163,28 +167,28 @@ fn first_of_month(year: i32, month: u32, fallback: i64) -> i64 {
 impl Policy {
     /// The contract's default policies.
     pub fn defaults() -> Vec<Policy> {
-        let policy = |operation: &str, window, counter| Policy {
+        let policy = |operation: &str, window, counter: &str| Policy {
             operation: operation.to_string(),
             limit: 10,
             window,
             default_cost: 1,
-            counter: Some(counter),
+            counter: Some(Arc::from(counter)),
         };
         vec![
             policy(
                 "concept_generation",
                 Window::Calendar(CalendarUnit::Month),
-                Counter::ConceptsGenerated,
+                "concepts_generated",
             ),
             policy(
                 "concept_refinement",
                 Window::Rolling(Duration::from_secs(86_400)),
-                Counter::ConceptsRefined,
+                "concepts_refined",
             ),
             policy(
                 "concept_storage",
                 Window::Calendar(CalendarUnit::Month),
-                Counter::ConceptsStored,
+                "concepts_stored",
             ),
         ]
     }
@@ -395,5 +399,30 @@ mod tests {
         assert_eq!(policy.window_secs(at(2028, 2, 10, 0, 0, 0)), 29 * 86_400);
         assert_eq!(policy.window_secs(at(2026, 1, 31, 23, 0, 0)), 31 * 86_400);
         assert_eq!(policy.window_secs(at(2026, 4, 1, 0, 0, 0)), 30 * 86_400);
+    }
+
+    #[test]
+    fn counter_names() {
+        for good in ["concepts_generated", "a", "x9_", &"a".repeat(63)] {
+            assert!(is_counter_name(good), "{good}");
+        }
+        for bad in ["", "9a", "_a", "A", "a-b", "a.b", "é", &"a".repeat(64)] {
+            assert!(!is_counter_name(bad), "{bad}");
+        }
+    }
+
+    #[test]
+    fn counters_come_once_in_policy_order() {
+        let mut policies = Policy::defaults();
+        policies[2].counter = policies[0].counter.clone();
+        policies.push(Policy {
+            counter: Some(Arc::from("images_rendered")),
+            ..policies[1].clone()
+        });
+        let names: Vec<String> = counters(&policies).iter().map(|n| n.to_string()).collect();
+        assert_eq!(
+            names,
+            ["concepts_generated", "concepts_refined", "images_rendered"]
+        );
     }
 }

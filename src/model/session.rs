@@ -4,15 +4,54 @@
 
 use std::sync::Arc;
 
-use serde::Serialize;
+use serde::ser::{Serialize, SerializeMap, Serializer};
 use uuid::Uuid;
 
-/// Usage counters of a session, as the API shows them.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
-pub struct Usage {
-    pub concepts_generated: u64,
-    pub concepts_refined: u64,
-    pub concepts_stored: u64,
+/// Usage counters of a session by name, in a fixed order (the configuration's, when read
+/// for a client): serialised as the JSON object of `usage_stats`.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Usage(Vec<(Arc<str>, u64)>);
+
+impl Usage {
+    /// The count of `name`; 0 when it was never used.
+    pub fn get(&self, name: &str) -> u64 {
+        self.0
+            .iter()
+            .find(|(counter, _)| &**counter == name)
+            .map_or(0, |(_, count)| *count)
+    }
+
+    /// Sets the count of `name`, adding the counter after the others when it is new.
+    pub fn set(&mut self, name: &Arc<str>, count: u64) {
+        match self.0.iter_mut().find(|(counter, _)| counter == name) {
+            Some((_, slot)) => *slot = count,
+            None => self.0.push((name.clone(), count)),
+        }
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = (&Arc<str>, u64)> {
+        self.0.iter().map(|(name, count)| (name, *count))
+    }
+}
+
+impl FromIterator<(Arc<str>, u64)> for Usage {
+    fn from_iter<I: IntoIterator<Item = (Arc<str>, u64)>>(counters: I) -> Usage {
+        let mut usage = Usage::default();
+        for (name, count) in counters {
+            usage.set(&name, count);
+        }
+        usage
+    }
+}
+
+impl Serialize for Usage {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let mut map = serializer.serialize_map(Some(self.0.len()))?;
+        for (name, count) in &self.0 {
+            map.serialize_entry(&**name, count)?;
+        }
+        map.end()
+    }
 }
 
 /// A session's state as stored; timestamps in Unix seconds.

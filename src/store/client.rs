@@ -9,12 +9,10 @@ use fred::types::scripts::Script;
 use fred::types::Value;
 use uuid::Uuid;
 
-use super::codec::record;
+use super::codec::{record, ReadShape};
 use super::error::StoreError;
-use super::keys::{
-    inflight_key, quota_field, session_key, shard_of, shard_prefix, FIELDS, SHARDS_KEY,
-};
-use crate::model::quota::Policy;
+use super::keys::{counter_field, inflight_key, session_key, shard_of, shard_prefix, SHARDS_KEY};
+use crate::model::quota::{counters, Policy};
 use crate::model::session::SessionRecord;
 use crate::telemetry;
 
@@ -26,7 +24,7 @@ pub struct StoreConfig {
     pub pool_size: usize,
     pub session_ttl: Duration,
     pub touch_interval: Duration,
-    /// Policies whose state every read returns, in this order.
+    /// Policies whose state (and usage counters) every read returns, in this order.
     pub policies: Vec<Policy>,
     pub shards: u32,
     /// Record changes in the outbox (write-behind configured).
@@ -50,11 +48,14 @@ pub(super) struct Inner {
     pub(super) outbox: bool,
     pub(super) max_dirty_per_shard: u64,
     pub(super) scripts: Scripts,
-    /// `FIELDS` followed by the quota field of every policy: what a read fetches.
+    /// The configured counters and quota states a read returns: the one place where a
+    /// reply's values are paired with their names.
+    pub(super) shape: ReadShape,
+    /// `shape`'s hash fields, as a read asks for them.
     pub(super) read_fields: Vec<String>,
-    /// The operation of each quota field in `read_fields`, in the same order: the one
-    /// place where a reply's states are paired with their names.
-    pub(super) quota_operations: Vec<Arc<str>>,
+    /// The field of every configured counter, in `shape`'s order: the quota scripts report
+    /// them (see `quota_lib.lua`).
+    pub(super) counter_fields: Vec<Value>,
 }
 
 /// A Lua script and the operation name its calls are measured under.
@@ -117,6 +118,14 @@ impl Store {
             .set_policy(ReconnectPolicy::new_exponential(0, 10, 500, 2))
             .build_pool(config.pool_size)?;
         pool.connect();
+        let shape = ReadShape {
+            counters: counters(&config.policies),
+            quota_operations: config
+                .policies
+                .iter()
+                .map(|policy| Arc::from(policy.operation.as_str()))
+                .collect(),
+        };
         let with_session_lib =
             |script: &str| format!("{}\n{script}", include_str!("session_lib.lua"));
         let with_quota_lib = |script: &str| {
@@ -145,16 +154,13 @@ impl Store {
                     settle: Lua::new("settle", include_str!("settle.lua").to_string()),
                     restore: Lua::new("restore", include_str!("restore.lua").to_string()),
                 },
-                read_fields: FIELDS
+                read_fields: shape.fields(),
+                counter_fields: shape
+                    .counters
                     .iter()
-                    .map(|f| f.to_string())
-                    .chain(config.policies.iter().map(quota_field))
+                    .map(|c| Value::from(counter_field(c)))
                     .collect(),
-                quota_operations: config
-                    .policies
-                    .iter()
-                    .map(|policy| Arc::from(policy.operation.as_str()))
-                    .collect(),
+                shape,
             }),
         })
     }
@@ -204,8 +210,8 @@ impl Store {
         session_key(id, self.inner.shards)
     }
 
-    /// Creates a session under `id`; `None` if the id is already taken.
-    pub async fn create(&self, id: &Uuid) -> Result<Option<i64>, StoreError> {
+    /// Creates a session under `id` and returns its record; `None` if the id is taken.
+    pub async fn create(&self, id: &Uuid) -> Result<Option<SessionRecord>, StoreError> {
         let (mut keys, mut args) = self.session_call(id);
         keys.push(inflight_key(shard_of(id, self.inner.shards)));
         args.push(Value::from(
@@ -213,7 +219,19 @@ impl Store {
         ));
         match self.eval(&self.inner.scripts.create, keys, args).await? {
             Value::Null => Ok(None),
-            Value::Integer(now) => Ok(Some(now)),
+            Value::Integer(now) => Ok(Some(SessionRecord {
+                created_at: now,
+                last_active: now,
+                usage: self
+                    .inner
+                    .shape
+                    .counters
+                    .iter()
+                    .map(|name| (name.clone(), 0))
+                    .collect(),
+                preferences: None,
+                quota_states: Vec::new(),
+            })),
             Value::String(s) if &*s == "backlog" => Err(StoreError::Backlog),
             _ => Err(StoreError::Reply("create.lua returned an unexpected value")),
         }
@@ -221,9 +239,15 @@ impl Store {
 
     /// Reads a session and records activity on it (script; for requests that write anyway).
     pub async fn touch(&self, id: &Uuid) -> Result<Option<SessionRecord>, StoreError> {
-        let (keys, args) = self.session_call(id);
+        let (keys, mut args) = self.session_call(id);
+        args.extend(
+            self.inner
+                .read_fields
+                .iter()
+                .map(|f| Value::from(f.as_str())),
+        );
         let reply = self.eval(&self.inner.scripts.touch, keys, args).await?;
-        record(reply, &[])
+        record(reply, &self.inner.shape)
     }
 
     /// Reads a session without writing: one plain `HMGET`.
@@ -235,7 +259,7 @@ impl Store {
                 Ok(client.hmget(key, self.inner.read_fields.clone()).await?)
             })
             .await?;
-        record(reply, &self.inner.quota_operations)
+        record(reply, &self.inner.shape)
     }
 
     /// Whether a read at `now` should also record activity.

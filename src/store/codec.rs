@@ -7,41 +7,71 @@ use fred::types::Value;
 use uuid::Uuid;
 
 use super::error::StoreError;
-use super::keys::FIELDS;
+use super::keys::{counter_field, counter_of_field, quota_field, FIELDS};
 use crate::model::session::{SessionRecord, Snapshot, Usage};
 
-/// Decodes an `HMGET c a g r s p [q:...]` reply, the quota fields being those of
-/// `quota_operations` in order; nil `c` (or a script's `false`) means no session.
-pub(super) fn record(
-    reply: Value,
-    quota_operations: &[Arc<str>],
-) -> Result<Option<SessionRecord>, StoreError> {
+/// What a read asks for after [`FIELDS`]: the configured usage counters, then the quota
+/// state of each policy, each list in configuration order.
+pub(super) struct ReadShape {
+    pub counters: Vec<Arc<str>>,
+    pub quota_operations: Vec<Arc<str>>,
+}
+
+impl ReadShape {
+    /// The hash fields of a read, in the order [`record`] decodes them.
+    pub fn fields(&self) -> Vec<String> {
+        let quota_fields = self.quota_operations.iter().map(|op| quota_field(op));
+        FIELDS
+            .iter()
+            .map(|f| f.to_string())
+            .chain(self.counters.iter().map(|c| counter_field(c)))
+            .chain(quota_fields)
+            .collect()
+    }
+}
+
+/// Decodes an `HMGET` of [`ReadShape::fields`]; nil `c` (or a script's `false`) means no
+/// session.
+pub(super) fn record(reply: Value, shape: &ReadShape) -> Result<Option<SessionRecord>, StoreError> {
     let fields = match reply {
         Value::Null => return Ok(None),
-        Value::Array(fields) if fields.len() >= FIELDS.len() => fields,
+        Value::Array(fields)
+            if fields.len()
+                == FIELDS.len() + shape.counters.len() + shape.quota_operations.len() =>
+        {
+            fields
+        }
         _ => return Err(StoreError::Reply("expected the session fields")),
     };
     if fields[0].is_null() {
         return Ok(None);
     }
+    let (counts, states) = fields[FIELDS.len()..].split_at(shape.counters.len());
     Ok(Some(SessionRecord {
         created_at: int(&fields[0])?,
         last_active: int(&fields[1])?,
-        usage: Usage {
-            concepts_generated: counter(&fields[2])?,
-            concepts_refined: counter(&fields[3])?,
-            concepts_stored: counter(&fields[4])?,
-        },
-        preferences: text(&fields[5])?,
-        quota_states: quota_operations
+        preferences: text(&fields[2])?,
+        usage: usage(&shape.counters, counts)?,
+        quota_states: shape
+            .quota_operations
             .iter()
-            .zip(&fields[FIELDS.len()..])
+            .zip(states)
             .map(|(operation, state)| Ok((operation.clone(), text(state)?)))
             .collect::<Result<_, StoreError>>()?,
     }))
 }
 
-/// Decodes an `HGETALL` of a session into everything the system of record keeps.
+/// The counters named in `names`, from their values in the same order.
+pub(super) fn usage(names: &[Arc<str>], values: &[Value]) -> Result<Usage, StoreError> {
+    names
+        .iter()
+        .zip(values)
+        .map(|(name, value)| Ok((name.clone(), counter(value)?)))
+        .collect()
+}
+
+/// Decodes an `HGETALL` of a session into everything the system of record keeps, every
+/// usage counter included (configured or not: the system of record keeps them all).
 pub(super) fn snapshot(id: Uuid, fields: Vec<Value>) -> Result<Snapshot, StoreError> {
     let mut snapshot = Snapshot {
         id,
@@ -64,13 +94,14 @@ pub(super) fn snapshot(id: Uuid, fields: Vec<Value>) -> Result<Snapshot, StoreEr
         match &*name {
             "c" => record.created_at = int(&value)?,
             "a" => record.last_active = int(&value)?,
-            "g" => record.usage.concepts_generated = counter(&value)?,
-            "r" => record.usage.concepts_refined = counter(&value)?,
-            "s" => record.usage.concepts_stored = counter(&value)?,
             "p" => record.preferences = text(&value)?,
             "v" => snapshot.version = int(&value)?,
             other => {
-                if let (Some(operation), Some(state)) = (other.strip_prefix("q:"), text(&value)?) {
+                if let Some(name) = counter_of_field(other) {
+                    record.usage.set(&Arc::from(name), counter(&value)?);
+                } else if let (Some(operation), Some(state)) =
+                    (other.strip_prefix("q:"), text(&value)?)
+                {
                     snapshot.quotas.push((operation.to_string(), state));
                 }
             }
@@ -90,13 +121,9 @@ pub(super) fn snapshot_fields(snapshot: &Snapshot) -> Vec<Value> {
         "v".into(),
         snapshot.version.into(),
     ];
-    for (name, count) in [
-        ("g", record.usage.concepts_generated),
-        ("r", record.usage.concepts_refined),
-        ("s", record.usage.concepts_stored),
-    ] {
+    for (name, count) in record.usage.iter() {
         if count > 0 {
-            fields.extend([Value::from(name), Value::from(count as i64)]);
+            fields.extend([Value::from(counter_field(name)), Value::from(count as i64)]);
         }
     }
     if let Some(preferences) = &record.preferences {
@@ -140,33 +167,47 @@ fn text(value: &Value) -> Result<Option<String>, StoreError> {
 mod tests {
     use super::*;
 
+    fn shape() -> ReadShape {
+        ReadShape {
+            counters: vec![Arc::from("concepts_generated"), Arc::from("images")],
+            quota_operations: vec![Arc::from("gen")],
+        }
+    }
+
     #[test]
     fn absent_counters_read_as_zero() {
         let reply = Value::Array(vec![
             Value::from("100"),
             Value::from("160"),
             Value::Null,
+            Value::Null,
             Value::from("2"),
-            Value::Null,
-            Value::Null,
             Value::from("1700000000:3"),
         ]);
-        let record = record(reply, &[Arc::from("gen")])
-            .expect("valid")
-            .expect("present");
+        let record = record(reply, &shape()).expect("valid").expect("present");
         assert_eq!((record.created_at, record.last_active), (100, 160));
-        assert_eq!(record.usage.concepts_refined, 2);
-        assert_eq!(record.usage.concepts_generated, 0);
+        assert_eq!(record.usage.get("images"), 2);
+        assert_eq!(record.usage.get("concepts_generated"), 0);
+        let names: Vec<&str> = record.usage.iter().map(|(name, _)| &**name).collect();
+        assert_eq!(names, ["concepts_generated", "images"]);
         assert!(record.preferences.is_none());
         assert_eq!(record.quota_state("gen"), Some("1700000000:3"));
         assert_eq!(record.quota_state("other"), None);
     }
 
     #[test]
+    fn fields_follow_the_shape() {
+        assert_eq!(
+            shape().fields(),
+            ["c", "a", "p", "g", "u:images", "q:gen"].map(String::from)
+        );
+    }
+
+    #[test]
     fn missing_session_is_none() {
         let reply = Value::Array(vec![Value::Null; 6]);
-        assert!(record(reply, &[]).expect("valid").is_none());
-        assert!(record(Value::Null, &[]).expect("valid").is_none());
+        assert!(record(reply, &shape()).expect("valid").is_none());
+        assert!(record(Value::Null, &shape()).expect("valid").is_none());
     }
 
     #[test]
@@ -179,6 +220,8 @@ mod tests {
             "160",
             "g",
             "3",
+            "u:images",
+            "4",
             "p",
             "{\"x\":1}",
             "v",
@@ -191,7 +234,8 @@ mod tests {
         .collect();
         let snapshot = snapshot(id, fields).expect("valid");
         assert_eq!(snapshot.version, 7);
-        assert_eq!(snapshot.record.usage.concepts_generated, 3);
+        assert_eq!(snapshot.record.usage.get("concepts_generated"), 3);
+        assert_eq!(snapshot.record.usage.get("images"), 4);
         assert_eq!(
             snapshot.quotas,
             vec![("gen".to_string(), "200:3".to_string())]

@@ -2,8 +2,8 @@
 -- window update, the usage counter and the activity touch are one script, one round trip.
 -- A refused request changes no counter (counters stop at the limit).
 -- Arguments: session_lib.lua and quota_lib.lua.
--- Returns {outcome, limit, remaining, reset_at, retry_after, g, r, s, replayed}
--- with outcome granted | denied | missing.
+-- Returns {outcome, limit, remaining, reset_at, retry_after, replayed, counters...} with
+-- outcome granted | denied | missing.
 local prior = replay()
 if prior then return prior end
 local last_active, state, usage = load_session()

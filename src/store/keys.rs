@@ -3,13 +3,20 @@
 
 use uuid::Uuid;
 
-use crate::model::quota::Policy;
-
 /// The default number of keyspace shards.
 pub const DEFAULT_SHARDS: u32 = 64;
 
-/// The session fields every read returns, in this order.
-pub(super) const FIELDS: [&str; 6] = ["c", "a", "g", "r", "s", "p"];
+/// The session fields every read returns first, in this order (usage counters and quota
+/// states follow).
+pub(super) const FIELDS: [&str; 3] = ["c", "a", "p"];
+
+/// The default counters' one-letter fields: v1 stored them there, and sessions written
+/// then must keep their counts.
+const V1_COUNTERS: [(&str, &str); 3] = [
+    ("concepts_generated", "g"),
+    ("concepts_refined", "r"),
+    ("concepts_stored", "s"),
+];
 
 pub(super) const SHARDS_KEY: &str = "sg:shards";
 
@@ -45,8 +52,24 @@ pub const DEAD_LETTER_KEY: &str = "sg:dead-letter";
 pub const SESSION_KEY_PATTERN: &str = "sg:{*}:????????-????-????-????-????????????";
 
 /// The hash field of a policy's window state: `q:<operation>`.
-pub(super) fn quota_field(policy: &Policy) -> String {
-    format!("q:{}", policy.operation)
+pub(super) fn quota_field(operation: &str) -> String {
+    format!("q:{operation}")
+}
+
+/// The hash field of a usage counter: `u:<counter>` (or v1's letter for a default counter).
+pub(super) fn counter_field(counter: &str) -> String {
+    match V1_COUNTERS.iter().find(|(name, _)| *name == counter) {
+        Some((_, field)) => field.to_string(),
+        None => format!("u:{counter}"),
+    }
+}
+
+/// The usage counter a hash field holds, if it holds one.
+pub(super) fn counter_of_field(field: &str) -> Option<&str> {
+    match V1_COUNTERS.iter().find(|(_, letter)| *letter == field) {
+        Some((name, _)) => Some(name),
+        None => field.strip_prefix("u:"),
+    }
 }
 
 #[cfg(test)]
@@ -65,5 +88,15 @@ mod tests {
             session_key(&id, 1),
             "sg:{0}:6f9619ff-8b86-4011-b42d-00cf4fc964ff"
         );
+    }
+
+    #[test]
+    fn counter_fields_round_trip() {
+        for counter in ["concepts_generated", "concepts_stored", "images_rendered"] {
+            assert_eq!(counter_of_field(&counter_field(counter)), Some(counter));
+        }
+        assert_eq!(counter_field("concepts_refined"), "r");
+        assert_eq!(counter_field("images_rendered"), "u:images_rendered");
+        assert_eq!(counter_of_field("q:concept_generation"), None);
     }
 }

@@ -22,7 +22,7 @@
 //! |---|---|
 //! | `c` | created at, Unix seconds (Redis `TIME`) |
 //! | `a` | last active, Unix seconds, rewritten at most once per touch interval |
-//! | `g`, `r`, `s` | usage counters: concepts generated, refined, stored (absent = 0) |
+//! | `u:<counter>` | a usage counter named by configuration (absent = 0); the default counters keep v1's `g`, `r`, `s` (concepts generated, refined, stored), so hashes written by v1 read the same |
 //! | `p` | preferences as compact JSON (absent = `{}`) |
 //! | `q:<operation>` | quota window state of one policy (see [`crate::model::quota`]) |
 //! | `v` | version, bumped by every change; the system of record keeps the newest |

@@ -1,13 +1,16 @@
 //! The quota scripts (`consume.lua`, `refund.lua`, `commit.lua`): arguments out, answers
 //! back.
 
+use std::sync::Arc;
+
 use fred::types::Value;
 use uuid::Uuid;
 
 use super::client::{Lua, Store};
+use super::codec::usage;
 use super::error::StoreError;
-use super::keys::quota_field;
-use crate::model::quota::{Counter, Policy, QuotaStatus, Window};
+use super::keys::{counter_field, quota_field};
+use crate::model::quota::{Policy, QuotaStatus, Window};
 use crate::model::session::Usage;
 
 /// What a quota script answered.
@@ -19,7 +22,7 @@ pub enum QuotaOutcome {
 }
 
 /// A quota script's answer for an existing session.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct QuotaAnswer {
     pub outcome: QuotaOutcome,
     pub status: QuotaStatus,
@@ -64,7 +67,7 @@ impl Store {
     /// Moves the policy's usage counter by `cost` after a reservation (see `commit.lua`);
     /// `false` if the session has gone. A policy without a counter has nothing to commit.
     pub async fn commit(&self, id: &Uuid, policy: &Policy, cost: u64) -> Result<bool, StoreError> {
-        let Some(counter) = policy.counter else {
+        let Some(counter) = &policy.counter else {
             return Ok(true);
         };
         let (keys, mut args) = self.session_call(id);
@@ -97,41 +100,45 @@ impl Store {
             Window::Rolling(length) => ("rolling", length.as_secs().to_string()),
             Window::Gcra { interval } => ("gcra", interval.as_millis().to_string()),
         };
-        let counter = match policy.counter {
+        let counter = match &policy.counter {
             Some(counter) if request.counts_usage => counter_field(counter),
-            _ => "",
+            _ => String::new(),
         };
         args.extend([
-            Value::from(quota_field(policy)),
+            Value::from(quota_field(&policy.operation)),
             Value::from(kind),
             Value::from(param),
             Value::from(policy.limit as i64),
             Value::from(request.cost as i64),
             Value::from(counter),
         ]);
-        answer(self.eval(script, keys, args).await?)
+        args.extend(self.inner.counter_fields.iter().cloned());
+        answer(
+            self.eval(script, keys, args).await?,
+            &self.inner.shape.counters,
+        )
     }
 }
 
-fn counter_field(counter: Counter) -> &'static str {
-    match counter {
-        Counter::ConceptsGenerated => "g",
-        Counter::ConceptsRefined => "r",
-        Counter::ConceptsStored => "s",
-    }
-}
-
-/// Decodes `{outcome, limit, remaining, reset_at, retry_after, g, r, s, replayed}`.
-fn answer(reply: Value) -> Result<Option<QuotaAnswer>, StoreError> {
+/// Decodes `{outcome, limit, remaining, reset_at, retry_after, replayed, counters...}`, the
+/// counters being those of `counters`, in order.
+fn answer(reply: Value, counters: &[Arc<str>]) -> Result<Option<QuotaAnswer>, StoreError> {
     const BAD: StoreError = StoreError::Reply("a quota script returned an unexpected shape");
     let Value::Array(items) = reply else {
         return Err(BAD);
     };
-    if items.len() != 9 {
+    if items
+        .first()
+        .and_then(|outcome| outcome.as_str())
+        .as_deref()
+        == Some("missing")
+    {
+        return Ok(None);
+    }
+    if items.len() != 6 + counters.len() {
         return Err(BAD);
     }
     let outcome = match items[0].as_str().as_deref() {
-        Some("missing") => return Ok(None),
         Some("granted") => QuotaOutcome::Granted,
         Some("denied") => QuotaOutcome::Denied,
         Some("refunded") => QuotaOutcome::Refunded,
@@ -147,11 +154,7 @@ fn answer(reply: Value) -> Result<Option<QuotaAnswer>, StoreError> {
             reset_at: number(3)?,
         },
         retry_after: count(4)?,
-        usage: Usage {
-            concepts_generated: count(5)?,
-            concepts_refined: count(6)?,
-            concepts_stored: count(7)?,
-        },
-        replayed: number(8)? == 1,
+        replayed: number(5)? == 1,
+        usage: usage(counters, &items[6..])?,
     }))
 }

@@ -5,10 +5,12 @@
 -- ARGV[5]  quota field             ARGV[6]  kind: calendar | rolling | gcra
 -- ARGV[7]  calendar unit | rolling length (s) | gcra interval (ms)
 -- ARGV[8]  limit (bucket size for gcra)   ARGV[9]  cost
--- ARGV[10] usage counter field (g, r, s) or ''
+-- ARGV[10] the usage counter field this request feeds, or ''
+-- ARGV[11...] the field of every configured usage counter, reported in this order
 local RECORD = KEYS[3]
 local FIELD, KIND, PARAM = ARGV[5], ARGV[6], ARGV[7]
 local LIMIT, COST, COUNTER = tonumber(ARGV[8]), tonumber(ARGV[9]), ARGV[10]
+local COUNTERS = {unpack(ARGV, 11)}
 
 -- Days since 1970-01-01 of a civil date, and back (H. Hinnant's algorithms), so month
 -- windows end at the first instant of the next month, leap years included.
@@ -60,15 +62,35 @@ local function fresh_window_end(now)
   return now + tonumber(PARAM)
 end
 
+-- The configured usage counters, by field, from an HMGET reply that lists them from `from`.
+local function counts(fields, from)
+  local usage = {}
+  for i, field in ipairs(COUNTERS) do
+    usage[field] = tonumber(fields[from + i - 1]) or 0
+  end
+  return usage
+end
+
+-- The common reply: the decision, then the usage counters in configured order.
+local function reply(outcome, limit, remaining, reset_at, retry, replayed, usage)
+  local result = {outcome, limit, remaining, reset_at, retry, replayed}
+  for _, field in ipairs(COUNTERS) do
+    result[#result + 1] = usage[field]
+  end
+  return result
+end
+
 -- The idempotency record's earlier answer, as a reply, or nil.
 local function replay()
   if not RECORD then return nil end
   local prior = redis.call('GET', RECORD)
   if not prior then return nil end
   local outcome, limit, remaining, reset_at, retry = string.match(prior, '^(%a+) (%d+) (%d+) (%d+) (%d+)$')
-  local usage = redis.call('HMGET', SESSION, 'g', 'r', 's')
-  return {outcome, tonumber(limit), tonumber(remaining), tonumber(reset_at), tonumber(retry),
-          tonumber(usage[1]) or 0, tonumber(usage[2]) or 0, tonumber(usage[3]) or 0, 1}
+  local usage = {}
+  if #COUNTERS > 0 then
+    usage = counts(redis.call('HMGET', SESSION, unpack(COUNTERS)), 1)
+  end
+  return reply(outcome, tonumber(limit), tonumber(remaining), tonumber(reset_at), tonumber(retry), 1, usage)
 end
 
 -- Builds the reply and, with an idempotency record, keeps it until the window resets.
@@ -77,14 +99,15 @@ local function answer(now, outcome, remaining, reset_at, retry, usage)
     local keep = math.max(reset_at - now, 60)
     redis.call('SET', RECORD, table.concat({outcome, LIMIT, remaining, reset_at, retry}, ' '), 'EX', keep)
   end
-  return {outcome, LIMIT, remaining, reset_at, retry, usage.g, usage.r, usage.s, 0}
+  return reply(outcome, LIMIT, remaining, reset_at, retry, 0, usage)
 end
 
--- The session's activity, quota state and usage counters; nil for an unknown session.
+-- The session's activity, quota state and usage counters (by field); nil for an unknown
+-- session.
 local function load_session()
-  local fields = redis.call('HMGET', SESSION, 'c', 'a', FIELD, 'g', 'r', 's')
+  local fields = redis.call('HMGET', SESSION, 'c', 'a', FIELD, unpack(COUNTERS))
   if not fields[1] then return nil end
-  return fields[2], fields[3], {g = tonumber(fields[4]) or 0, r = tonumber(fields[5]) or 0, s = tonumber(fields[6]) or 0}
+  return fields[2], fields[3], counts(fields, 4)
 end
 
-local MISSING = {'missing', 0, 0, 0, 0, 0, 0, 0, 0}
+local MISSING = {'missing', 0, 0, 0, 0, 0}

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use serde_json::json;
-use sessiongate::model::quota::{Counter, Policy, Window};
+use sessiongate::model::quota::{Policy, Window};
 
 use crate::services::{shared_cluster, shared_postgrest, RedisCluster};
 use crate::support::{eventually, split, with_token, writing_to, TestGateway};
@@ -79,7 +79,7 @@ async fn write_behind_on_a_cluster_with_two_gateways() {
                     .ok()?;
                 flushed += rows
                     .iter()
-                    .filter(|row| row["concepts_generated"] == 1)
+                    .filter(|row| row["usage"]["concepts_generated"] == 1)
                     .count();
             }
             (flushed == ids.len()).then_some(())
@@ -129,7 +129,7 @@ async fn a_master_failing_over_under_traffic_costs_a_short_503_window_and_no_cou
                 limit: 1_000_000,
                 window: Window::Calendar(sessiongate::model::quota::CalendarUnit::Month),
                 default_cost: 1,
-                counter: Some(Counter::ConceptsGenerated),
+                counter: Some("concepts_generated".into()),
             }];
         })
         .await,

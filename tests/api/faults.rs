@@ -244,17 +244,17 @@ async fn row_differences(
             ("last_active_at", time("last_active_at"), number("a")),
             (
                 "concepts_generated",
-                row["concepts_generated"].as_i64(),
+                row["usage"]["concepts_generated"].as_i64().or(Some(0)),
                 number("g"),
             ),
             (
                 "concepts_refined",
-                row["concepts_refined"].as_i64(),
+                row["usage"]["concepts_refined"].as_i64().or(Some(0)),
                 number("r"),
             ),
             (
                 "concepts_stored",
-                row["concepts_stored"].as_i64(),
+                row["usage"]["concepts_stored"].as_i64().or(Some(0)),
                 number("s"),
             ),
         ] {

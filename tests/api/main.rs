@@ -12,6 +12,7 @@ mod binary;
 mod browser;
 mod cluster;
 mod contract;
+mod counters;
 mod failures;
 mod faults;
 mod gateway;

@@ -18,10 +18,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
-const MIGRATION: &str = concat!(
-    env!("CARGO_MANIFEST_DIR"),
-    "/deploy/supabase/migrations/0001_sessions.sql"
-);
+const MIGRATIONS: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/deploy/supabase/migrations");
 const POSTGREST: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/.tools/postgrest/postgrest");
 const STARTUP_LIMIT: Duration = Duration::from_secs(30);
 
@@ -109,7 +106,14 @@ pub struct Postgres {
 static NEXT_DIR: AtomicU32 = AtomicU32::new(0);
 
 impl Postgres {
+    /// A server with every migration applied.
     pub fn start() -> Postgres {
+        Postgres::start_at(usize::MAX)
+    }
+
+    /// A server with the first `migrations` migrations applied: the schema of an earlier
+    /// release, for upgrade tests.
+    pub fn start_at(migrations: usize) -> Postgres {
         let bin = postgres_bin_dir();
         // A free port can be taken between our probe and the server's bind; then the server
         // exits, and we start over on another port.
@@ -117,7 +121,7 @@ impl Postgres {
         for _ in 0..5 {
             match Self::try_start(&bin, free_port()) {
                 Ok(postgres) => {
-                    postgres.apply_migration();
+                    postgres.apply_migrations(migrations);
                     run(postgres.psql_command().args([
                         "-c",
                         &format!(
@@ -185,9 +189,18 @@ impl Postgres {
         })
     }
 
-    /// Applies `deploy/supabase/migrations/0001_sessions.sql` in one transaction.
-    pub fn apply_migration(&self) {
-        run(self.psql_command().args(["-1", "-f", MIGRATION]));
+    /// Applies the first `count` files of `deploy/supabase/migrations`, in order, each in
+    /// one transaction.
+    pub fn apply_migrations(&self, count: usize) {
+        let mut files: Vec<PathBuf> = std::fs::read_dir(MIGRATIONS)
+            .expect("the migrations folder")
+            .filter_map(|entry| Some(entry.ok()?.path()))
+            .filter(|path| path.extension().is_some_and(|e| e == "sql"))
+            .collect();
+        files.sort();
+        for file in files.iter().take(count) {
+            run(self.psql_command().arg("-1").arg("-f").arg(file));
+        }
     }
 
     /// Runs one SQL statement as the superuser.

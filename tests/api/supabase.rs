@@ -1,5 +1,5 @@
-//! Write-behind groundwork: `deploy/supabase/migrations/0001_sessions.sql` on a real
-//! PostgreSQL behind a real PostgREST 12, driven with the requests the gateway will send.
+//! Write-behind groundwork: `deploy/supabase/migrations/` on a real PostgreSQL behind a
+//! real PostgREST 12, driven with the requests the gateway sends.
 //! Needs `scripts/install-test-services` to have run (`scripts/test` does).
 
 use std::time::Duration;
@@ -9,15 +9,17 @@ use chrono::{DateTime, FixedOffset};
 use serde_json::{json, Value};
 use uuid::Uuid;
 
-/// A session row as the gateway will write it.
+/// A session row as the gateway writes it.
 fn session(id: Uuid, version: i64, concepts_generated: i64) -> Value {
     json!({
         "id": id,
         "created_at": "2024-05-01T10:00:00Z",
         "last_active_at": "2024-05-01T10:05:00Z",
-        "concepts_generated": concepts_generated,
-        "concepts_refined": 1,
-        "concepts_stored": 2,
+        "usage": {
+            "concepts_generated": concepts_generated,
+            "concepts_refined": 1,
+            "images_rendered": 2,
+        },
         "preferences": { "theme": "dark" },
         "quota_state": { "window_start": 1714557600, "used": 3 },
         "version": version,
@@ -109,15 +111,7 @@ async fn upserted_sessions_are_stored_as_sent() {
 
     for (id, sent) in ids.iter().zip(&rows) {
         let row = stored(rest, *id).await.expect("the upserted row");
-        for column in [
-            "id",
-            "concepts_generated",
-            "concepts_refined",
-            "concepts_stored",
-            "preferences",
-            "quota_state",
-            "version",
-        ] {
+        for column in ["id", "usage", "preferences", "quota_state", "version"] {
             assert_eq!(row[column], sent[column], "{column} of {id}");
         }
         for column in ["created_at", "last_active_at"] {
@@ -147,7 +141,7 @@ async fn only_newer_versions_overwrite_a_session() {
     upsert_ok(rest, &[session(id, 6, 60)]).await;
     let newer = stored(rest, id).await.expect("row at version 6");
     assert_eq!(newer["version"], 6);
-    assert_eq!(newer["concepts_generated"], 60);
+    assert_eq!(newer["usage"]["concepts_generated"], 60);
     assert!(
         updated_at(&newer) > updated_at(&first),
         "updated_at moves on"
@@ -160,7 +154,7 @@ async fn only_newer_versions_overwrite_a_session() {
     assert_eq!(stored(rest, id).await.as_ref(), Some(&newer));
     let other_row = stored(rest, other).await.expect("other row");
     assert_eq!(other_row["version"], 2);
-    assert_eq!(other_row["concepts_generated"], 2);
+    assert_eq!(other_row["usage"]["concepts_generated"], 2);
 }
 
 #[tokio::test]
@@ -206,23 +200,30 @@ async fn anon_and_authenticated_cannot_touch_sessions() {
 async fn rows_breaking_constraints_are_refused_with_json_errors() {
     let rest = shared_postgrest();
     let token = rest.token("service_role");
+    // (column, a valid value, a value its constraint refuses): the rows of one batch must
+    // have the same keys.
     let cases = [
         (
             "concepts_stored",
+            json!(0),
             json!(-1),
             "sessions_concepts_stored_nonnegative",
         ),
         (
             "preferences",
+            json!({}),
             json!(["dark"]),
             "sessions_preferences_is_object",
         ),
+        ("usage", json!({}), json!([1]), "sessions_usage_is_object"),
     ];
-    for (column, value, constraint) in cases {
+    for (column, valid, value, constraint) in cases {
         let (good_id, bad_id) = (Uuid::new_v4(), Uuid::new_v4());
+        let mut good = session(good_id, 1, 1);
+        good[column] = valid;
         let mut bad = session(bad_id, 1, 1);
         bad[column] = value;
-        let (status, body) = upsert(rest, Some(&token), &[session(good_id, 1, 1), bad])
+        let (status, body) = upsert(rest, Some(&token), &[good, bad])
             .await
             .expect("upsert request");
         assert_eq!(status, 400, "{body}");
@@ -264,7 +265,7 @@ async fn migration_applies_again_without_touching_data() {
     upsert_ok(rest, &[session(id, 3, 3)]).await;
     let before = stored(rest, id).await.expect("row");
 
-    shared_postgres().apply_migration();
+    shared_postgres().apply_migrations(usize::MAX);
 
     assert_eq!(stored(rest, id).await.as_ref(), Some(&before));
     // The guard, grants and policy are all still in force.

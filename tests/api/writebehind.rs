@@ -31,8 +31,8 @@ async fn unflushed(gw: &TestGateway, postgrest: &Postgrest, ids: &[String]) -> V
         };
         let matches = rows.get(id).is_some_and(|row| {
             row["version"].as_i64() == Some(number("v"))
-                && row["concepts_generated"].as_i64() == Some(number("g"))
-                && row["concepts_refined"].as_i64() == Some(number("r"))
+                && row["usage"]["concepts_generated"].as_i64().unwrap_or(0) == number("g")
+                && row["usage"]["concepts_refined"].as_i64().unwrap_or(0) == number("r")
                 && row["last_active_at"].is_string()
         });
         if !matches {
@@ -82,7 +82,7 @@ async fn ten_thousand_updates_over_a_thousand_sessions_all_reach_postgres() {
     assert_eq!(rows.len(), 1000);
     assert!(rows
         .values()
-        .all(|r| r["concepts_generated"] == 6 && r["concepts_refined"] == 3));
+        .all(|r| r["usage"]["concepts_generated"] == 6 && r["usage"]["concepts_refined"] == 3));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -197,7 +197,7 @@ async fn a_flusher_dying_between_upsert_and_ack_loses_nothing_and_applies_nothin
         again, first,
         "the replay changed nothing, updated_at included"
     );
-    assert_eq!(first["concepts_generated"], 1);
+    assert_eq!(first["usage"]["concepts_generated"], 1);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -304,7 +304,7 @@ async fn sessions_come_back_from_supabase_with_their_counters_after_redis_loses_
     )
     .await;
     assert_eq!(
-        rows(postgrest, std::slice::from_ref(&id)).await[&id]["concepts_generated"],
+        rows(postgrest, std::slice::from_ref(&id)).await[&id]["usage"]["concepts_generated"],
         4
     );
 }
@@ -333,7 +333,7 @@ async fn persist_makes_a_session_durable_before_answering() {
         .remove(&id)
         .expect("the row exists at once");
     assert_eq!(row["version"], body["version"]);
-    assert_eq!(row["concepts_stored"], 1);
+    assert_eq!(row["usage"]["concepts_stored"], 1);
     let unknown = "0b0a5f2e-3c1d-4e5f-8a9b-0c1d2e3f4a5b";
     let response = gw
         .http
