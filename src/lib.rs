@@ -18,6 +18,7 @@
 
 pub mod config;
 pub mod flush;
+pub mod health;
 pub mod http;
 pub mod model;
 pub mod path;
@@ -40,6 +41,7 @@ use tokio::task::JoinHandle;
 
 use crate::config::Config;
 use crate::flush::{Flusher, ReadThrough, Supabase, SupabaseError};
+use crate::health::Health;
 use crate::http::admin::Admin;
 use crate::http::state::{Api, Upstreams};
 use crate::http::ConnectionLimits;
@@ -154,8 +156,7 @@ pub async fn start(config: Config) -> Result<Gateway, StartError> {
         upstreams: Upstreams::default(),
     });
     let admin_state = Arc::new(Admin {
-        store: store.clone(),
-        write_behind: config.supabase.is_some(),
+        health: Health::new(store.clone(), config.supabase.is_some()),
     });
     let mut tasks = Vec::new();
     if let Some(internal) = internal {

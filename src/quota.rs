@@ -18,11 +18,12 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use uuid::Uuid;
 
 use crate::flush::ReadThrough;
+use crate::model::decision::{QuotaAnswer, QuotaOutcome, QuotaRequest};
 use crate::model::quota::{Policy, QuotaStatus};
 use crate::model::session::{short_id, SessionRecord, Usage};
 use crate::service_error::ServiceError;
 use crate::session::or_read_through;
-use crate::store::{QuotaAnswer, QuotaOutcome, QuotaRequest, Store};
+use crate::store::Store;
 use crate::telemetry;
 
 /// The quota operations over a [`Store`], for the configured policies.

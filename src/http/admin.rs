@@ -12,24 +12,12 @@ use serde::Serialize;
 use super::body::Body;
 use super::error::ApiError;
 use super::response::json;
-use crate::store::Store;
+use crate::health::Health;
 use crate::telemetry;
 
 /// Refreshes the gauges that are read rather than counted, then renders every metric.
 async fn metrics(admin: &Admin) -> Response<Body> {
-    telemetry::redis_up(admin.store.is_connected());
-    if admin.write_behind {
-        match admin.store.backlog().await {
-            Ok(backlog) => {
-                let now_ms = chrono::Utc::now().timestamp_millis();
-                let oldest = backlog
-                    .oldest_ms
-                    .map_or(0, |ms| (now_ms - ms).max(0) as u64);
-                telemetry::flush_backlog(backlog.dirty, std::time::Duration::from_millis(oldest));
-            }
-            Err(error) => tracing::debug!(%error, "cannot read the write-behind backlog"),
-        }
-    }
+    admin.health.refresh_gauges().await;
     let mut response = Response::new(Body::from(telemetry::render()));
     let headers = response.headers_mut();
     headers.insert(
@@ -45,9 +33,7 @@ async fn metrics(admin: &Admin) -> Response<Body> {
 
 /// What the admin handlers share.
 pub struct Admin {
-    pub store: Store,
-    /// Report the write-behind backlog (Supabase configured).
-    pub write_behind: bool,
+    pub health: Health,
 }
 
 #[derive(Serialize)]
@@ -66,12 +52,9 @@ pub async fn handle(admin: Arc<Admin>, request: Request<Incoming>) -> Response<B
     }
     match path {
         "/healthz" => json(StatusCode::OK, &Status { status: "ok" }),
-        "/readyz" => match admin.store.ping().await {
+        "/readyz" => match admin.health.ready().await {
             Ok(()) => json(StatusCode::OK, &Status { status: "ready" }),
-            Err(error) => {
-                tracing::debug!(%error, "not ready");
-                ApiError::unavailable().into_response()
-            }
+            Err(_) => ApiError::unavailable().into_response(),
         },
         "/metrics" => metrics(&admin).await,
         _ => ApiError::route_not_found().into_response(),

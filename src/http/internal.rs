@@ -26,9 +26,9 @@ use super::error::ApiError;
 use super::request::{current_session, json_body, SESSION_HEADER};
 use super::response::{json, timestamp};
 use super::state::Api;
+use crate::model::decision::{QuotaAnswer, QuotaOutcome, QuotaRequest};
 use crate::model::quota::{Policy, QuotaStatus};
 use crate::model::session::{parse_id, Usage};
-use crate::store::{QuotaAnswer, QuotaOutcome, QuotaRequest};
 
 pub(super) const PREFIX: &str = "/internal/";
 

@@ -34,10 +34,10 @@ use super::internal::{answer_response, rate_limit_headers};
 use super::request::{client_ip, current_session, is_trusted_proxy, named_sessions, Named};
 use super::response::set_session_cookie;
 use super::state::Api;
+use crate::model::decision::{QuotaAnswer, QuotaOutcome};
 use crate::model::quota::Policy;
 use crate::model::session::short_id;
 use crate::routes::{Metering, MissingSession, Route};
-use crate::store::{QuotaAnswer, QuotaOutcome};
 use crate::telemetry;
 
 /// A reservation taken for one request, settled once the upstream has answered.

@@ -51,4 +51,3 @@ pub use keys::{
     SESSION_KEY_PATTERN,
 };
 pub use outbox::{Backlog, Claim};
-pub use quota::{QuotaAnswer, QuotaOutcome, QuotaRequest};

@@ -10,38 +10,8 @@ use super::client::{Lua, Store};
 use super::codec::usage;
 use super::error::StoreError;
 use super::keys::{counter_field, quota_field};
+use crate::model::decision::{QuotaAnswer, QuotaOutcome, QuotaRequest};
 use crate::model::quota::{Policy, QuotaStatus, Window};
-use crate::model::session::Usage;
-
-/// What a quota script answered.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum QuotaOutcome {
-    Granted,
-    Denied,
-    Refunded,
-}
-
-/// A quota script's answer for an existing session.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct QuotaAnswer {
-    pub outcome: QuotaOutcome,
-    pub status: QuotaStatus,
-    /// Seconds until a denied request could succeed; 0 otherwise.
-    pub retry_after: u64,
-    pub usage: Usage,
-    /// The answer is a repeat of an earlier one with the same idempotency key.
-    pub replayed: bool,
-}
-
-/// One call of the quota scripts.
-pub struct QuotaRequest<'a> {
-    pub policy: &'a Policy,
-    pub cost: u64,
-    pub idempotency_key: Option<&'a str>,
-    /// Whether the policy's usage counter moves with the window. Gateway mode reserves
-    /// without it and moves the counter only on [`Store::commit`].
-    pub counts_usage: bool,
-}
 
 impl Store {
     /// Consumes quota (see `consume.lua`); `None` if the session does not exist.
