@@ -5,7 +5,6 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::Command;
-use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
@@ -13,14 +12,8 @@ use serde_json::Value;
 use crate::services::{wait_until, Watchdog};
 use crate::support::{eventually, metric, scrape};
 
-static NEXT_DIR: AtomicU32 = AtomicU32::new(0);
-
 pub fn temp_dir(what: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!(
-        "sessiongate-faults-{what}-{}-{}",
-        std::process::id(),
-        NEXT_DIR.fetch_add(1, Ordering::Relaxed)
-    ));
+    let dir = crate::services::temp_path(what);
     std::fs::create_dir_all(&dir).expect("temp dir");
     dir
 }

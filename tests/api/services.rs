@@ -105,6 +105,17 @@ pub struct Postgres {
 
 static NEXT_DIR: AtomicU32 = AtomicU32::new(0);
 
+/// A fresh path under the system's temporary folder, `sessiongate-<what>-<pid>-<n>`, not yet
+/// created: unique within the run and across parallel runs, and easy to find when a test
+/// leaves something behind.
+pub fn temp_path(what: &str) -> PathBuf {
+    std::env::temp_dir().join(format!(
+        "sessiongate-{what}-{}-{}",
+        std::process::id(),
+        NEXT_DIR.fetch_add(1, Ordering::Relaxed)
+    ))
+}
+
 impl Postgres {
     /// A server with every migration applied.
     pub fn start() -> Postgres {
@@ -139,11 +150,7 @@ impl Postgres {
 
     /// The cluster on `port`, or the server's log when it exited instead.
     fn try_start(bin: &Path, port: u16) -> Result<Postgres, String> {
-        let dir = std::env::temp_dir().join(format!(
-            "sessiongate-supabase-{}-{}",
-            std::process::id(),
-            NEXT_DIR.fetch_add(1, Ordering::Relaxed)
-        ));
+        let dir = temp_path("supabase");
         // The shell owns the folder's whole life, so that it goes even when the test binary
         // is killed mid-initdb. Then the pid goes to a closed pipe (hence SIGPIPE ignored),
         // and the stop comes at once: SIGINT (fast shutdown) is lost if it beats postgres's
@@ -469,7 +476,7 @@ pub struct Prometheus {
 
 impl Prometheus {
     pub fn start(target: std::net::SocketAddr, rules: &Path) -> Prometheus {
-        let dir = std::env::temp_dir().join(format!("sessiongate-prometheus-{}", random_hex()));
+        let dir = temp_path("prometheus");
         std::fs::create_dir_all(&dir).expect("prometheus folder");
         let config = format!(
             "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\n\
@@ -527,7 +534,7 @@ pub struct RedisCluster {
 
 impl RedisCluster {
     pub fn start() -> RedisCluster {
-        let dir = std::env::temp_dir().join(format!("sessiongate-cluster-{}", random_hex()));
+        let dir = temp_path("cluster");
         std::fs::create_dir_all(&dir).expect("cluster folder");
         // A node's cluster bus listens on its port + 10000, which must be a port too.
         let bus_is_free = |port: u16| TcpListener::bind(("127.0.0.1", port + 10_000)).is_ok();
@@ -634,7 +641,7 @@ pub struct Sentinel {
 
 impl Sentinel {
     pub fn start(master_port: u16) -> Sentinel {
-        let dir = std::env::temp_dir().join(format!("sessiongate-sentinel-{}", random_hex()));
+        let dir = temp_path("sentinel");
         std::fs::create_dir_all(&dir).expect("sentinel folder");
         let port = free_port();
         // Sentinel rewrites its configuration file, so it gets one of its own.

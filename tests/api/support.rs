@@ -30,15 +30,9 @@ pub struct RedisServer {
     watchdog: Option<Watchdog>,
 }
 
-static NEXT_DIR: AtomicU32 = AtomicU32::new(0);
-
 impl RedisServer {
     pub fn start() -> RedisServer {
-        let dir = std::env::temp_dir().join(format!(
-            "sessiongate-test-{}-{}",
-            std::process::id(),
-            NEXT_DIR.fetch_add(1, Ordering::Relaxed)
-        ));
+        let dir = crate::services::temp_path("redis");
         let mut server = RedisServer {
             port: 0,
             dir,

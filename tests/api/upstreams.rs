@@ -220,7 +220,7 @@ impl Nginx {
 
     /// Starts nginx with the `http` block contents `server(port)` returns.
     fn start(server: impl Fn(u16) -> String) -> Nginx {
-        let dir = std::env::temp_dir().join(format!("sessiongate-nginx-{}", uuid::Uuid::new_v4()));
+        let dir = crate::services::temp_path("nginx");
         std::fs::create_dir_all(&dir).expect("nginx dir");
         for _ in 0..5 {
             let port = free_port();

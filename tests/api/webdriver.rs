@@ -5,7 +5,6 @@
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
@@ -19,8 +18,6 @@ pub const COOKIE: &str = "concept_session";
 /// gets 10 s of it), so that a stuck browser fails the test instead of hanging it.
 const STARTUP_LIMIT: Duration = Duration::from_secs(30);
 const COMMAND_LIMIT: Duration = Duration::from_secs(30);
-
-static NEXT_DIR: AtomicU32 = AtomicU32::new(0);
 
 /// chromedriver on a free loopback port, with a folder of its own for its log and the
 /// browser's profile.
@@ -48,11 +45,7 @@ impl ChromeDriver {
         // and we start over on another port.
         for _ in 0..5 {
             let port = free_port();
-            let dir = std::env::temp_dir().join(format!(
-                "sessiongate-browser-{}-{}",
-                std::process::id(),
-                NEXT_DIR.fetch_add(1, Ordering::Relaxed)
-            ));
+            let dir = crate::services::temp_path("browser");
             // chromedriver leads a process group of its own, which holds the browser it
             // starts: stopping the group stops them all (TERM, then KILL after 5 s).
             let script = r#"trap '' PIPE
