@@ -23,7 +23,8 @@ async fn row(postgrest: &Postgrest, id: &str) -> Option<Value> {
     rows.as_array()?.first().cloned()
 }
 
-async fn usage_stats(gw: &TestGateway, id: &str) -> (u16, String) {
+/// `GET /api/session/info` as `id`: the status and the body as sent, to check key order.
+async fn info_text(gw: &TestGateway, id: &str) -> (u16, String) {
     let response = gw.get_as("/api/session/info", id).await;
     let status = response.status().as_u16();
     let text = response.text().await.expect("body");
@@ -58,7 +59,7 @@ async fn a_counter_named_by_configuration_is_counted_shown_and_written_behind() 
     }
 
     // Every configured counter, in configuration order, the new one after the defaults.
-    let (status, text) = usage_stats(&gw, &id).await;
+    let (status, text) = info_text(&gw, &id).await;
     assert_eq!(status, 200, "{text}");
     assert!(
         text.contains(
@@ -76,7 +77,7 @@ async fn a_counter_named_by_configuration_is_counted_shown_and_written_behind() 
     assert_eq!(flushed["usage"], json!({"images_rendered": 2}));
 
     gw.lose_redis_data().await;
-    let (status, text) = usage_stats(&gw, &id).await;
+    let (status, text) = info_text(&gw, &id).await;
     assert_eq!(status, 200, "{text}");
     let body: Value = serde_json::from_str(&text).expect("JSON");
     assert_eq!(body["usage_stats"]["images_rendered"], 2, "{body}");
@@ -102,7 +103,7 @@ async fn v1_rows_keep_their_counts_through_the_usage_migration() {
 
     // Redis has never seen the session: it comes back from the migrated row.
     let gw = TestGateway::start_with(writing_to(&postgrest)).await;
-    let (status, text) = usage_stats(&gw, &id.to_string()).await;
+    let (status, text) = info_text(&gw, &id.to_string()).await;
     assert_eq!(status, 200, "{text}");
     assert!(
         text.contains(
