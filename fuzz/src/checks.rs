@@ -537,6 +537,7 @@ pub fn config(data: &[u8]) {
             && ![
                 "SESSIONGATE_LISTEN",
                 "SESSIONGATE_ADMIN_LISTEN",
+                "SESSIONGATE_INTERNAL_LISTEN",
                 "SESSIONGATE_ENV",
                 "SESSIONGATE_CONFIG",
                 "SESSIONGATE_REDIS_TIMEOUT_MS",

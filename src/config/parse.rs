@@ -1,32 +1,140 @@
-//! Parsers and rules of single settings: addresses, durations, networks, policies, cookies,
-//! CORS origins, the creation throttle, Supabase. Each error names the setting it is about.
+//! Checks of one setting's value, each returning the reason a value is refused (the caller
+//! names the setting) or, for the sections, errors naming their own keys.
 
-use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::num::NonZeroU32;
 use std::time::Duration;
 
 use ipnet::IpNet;
+use serde::de::DeserializeOwned;
 
 use super::error::ConfigError;
-use super::file::{CorsFile, PolicyFile, SessionFile};
-use super::settings::{CookieConfig, CorsConfig};
-use crate::flush::SupabaseConfig;
+use super::file::{CorsFile, PolicyFile};
+use super::settings::{CookieConfig, CorsConfig, Environment, LogFormat};
 use crate::model::quota::{self, Policy, Window};
-use crate::throttle::ThrottleConfig;
 
-/// The `SESSIONGATE_*` names this version understands; any other is a typo worth stopping for.
-pub(super) const KNOWN_VARIABLES: &[&str] = &[
-    "SESSIONGATE_LISTEN",
-    "SESSIONGATE_ADMIN_LISTEN",
-    "SESSIONGATE_INTERNAL_LISTEN",
-    "SESSIONGATE_ENV",
-    "SESSIONGATE_CONFIG",
-    "SESSIONGATE_REDIS_TIMEOUT_MS",
-    "SESSIONGATE_BODY_LIMIT_BYTES",
-    "SESSIONGATE_LOG_FORMAT",
-    "SESSIONGATE_SERVICE_TOKEN",
-];
+pub(super) fn environment(value: &str) -> Result<Environment, String> {
+    match value {
+        "development" | "dev" | "local" => Ok(Environment::Development),
+        "production" | "prod" => Ok(Environment::Production),
+        other => Err(format!("{other:?} is not one of development, production")),
+    }
+}
+
+pub(super) fn log_format(value: &str) -> Result<LogFormat, String> {
+    match value {
+        "json" => Ok(LogFormat::Json),
+        "text" => Ok(LogFormat::Text),
+        other => Err(format!("{other:?} is not one of json, text")),
+    }
+}
+
+pub(super) fn address(value: &str) -> Result<SocketAddr, String> {
+    value
+        .parse()
+        .map_err(|_| format!("{value:?} is not an address of the form ip:port"))
+}
+
+pub(super) fn redis_url(value: String) -> Result<String, String> {
+    let known_scheme = [
+        "redis://",
+        "rediss://",
+        "redis-cluster://",
+        "redis-sentinel://",
+    ]
+    .iter()
+    .any(|scheme| value.starts_with(scheme));
+    if !known_scheme || fred::types::config::Config::from_url(&value).is_err() {
+        return Err(format!(
+            "{value:?} is not a redis://, rediss://, redis-cluster:// or redis-sentinel:// URL"
+        ));
+    }
+    Ok(value)
+}
+
+/// The REST root or project URL of the system of record, without a trailing slash.
+pub(super) fn http_url(value: &str) -> Result<String, String> {
+    if !(value.starts_with("http://") || value.starts_with("https://")) {
+        return Err("must be an http:// or https:// URL".to_string());
+    }
+    Ok(value.trim_end_matches('/').to_string())
+}
+
+/// Shortest service token accepted: a guessable token would open the internal API.
+const MIN_TOKEN_LEN: usize = 16;
+
+pub(super) fn service_token(token: String) -> Result<String, String> {
+    if token.len() < MIN_TOKEN_LEN || token.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        return Err(format!(
+            "must be at least {MIN_TOKEN_LEN} characters without spaces"
+        ));
+    }
+    Ok(token)
+}
+
+pub(super) fn networks(items: &[String]) -> Result<Vec<IpNet>, String> {
+    items
+        .iter()
+        .map(|text| {
+            text.parse::<IpNet>()
+                .or_else(|_| text.parse::<std::net::IpAddr>().map(IpNet::from))
+                .map_err(|_| format!("{text:?} is not an IP address or CIDR block"))
+        })
+        .collect()
+}
+
+/// A count the table has already checked to be at least 1.
+pub(super) fn at_least_one(n: u64) -> NonZeroU32 {
+    NonZeroU32::new(u32::try_from(n).unwrap_or(u32::MAX)).unwrap_or(NonZeroU32::MIN)
+}
+
+pub(super) fn cookie_name(name: String) -> Result<String, String> {
+    if name.is_empty()
+        || !name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+    {
+        return Err("must be non-empty ASCII letters, digits, '_' or '-'".to_string());
+    }
+    Ok(name)
+}
+
+pub(super) fn cookie_path(path: String) -> Result<String, String> {
+    if !path.starts_with('/') || path.bytes().any(|b| b.is_ascii_control() || b == b';') {
+        return Err("must start with '/' and hold no ';' or control characters".to_string());
+    }
+    Ok(path)
+}
+
+pub(super) fn cookie_domain(domain: String) -> Result<String, String> {
+    if domain.is_empty()
+        || domain
+            .bytes()
+            .any(|b| b.is_ascii_control() || b == b';' || b == b' ')
+    {
+        return Err("must be a host name".to_string());
+    }
+    Ok(domain)
+}
+
+pub(super) fn same_site(value: &str) -> Result<cookie::SameSite, String> {
+    match value.to_ascii_lowercase().as_str() {
+        "lax" => Ok(cookie::SameSite::Lax),
+        "strict" => Ok(cookie::SameSite::Strict),
+        "none" => Ok(cookie::SameSite::None),
+        other => Err(format!("{other:?} is not one of lax, strict, none")),
+    }
+}
+
+/// A TOML section read into its serde shape; its unknown keys are refused by that shape.
+pub(super) fn section<T: DeserializeOwned>(
+    key: &str,
+    value: toml::Value,
+) -> Result<T, ConfigError> {
+    value
+        .try_into()
+        .map_err(|e: toml::de::Error| ConfigError::new(key, e.message()))
+}
 
 /// Kubernetes injects `<SERVICE>_PORT...` and `<SERVICE>_SERVICE_HOST/PORT...` for every
 /// Service in the namespace; a Service named `sessiongate` produces these. They are not
@@ -36,14 +144,6 @@ pub(super) fn is_service_link(name: &str) -> bool {
         || name.starts_with("SESSIONGATE_SERVICE_HOST")
         || name.starts_with("SESSIONGATE_SERVICE_PORT")
 }
-
-/// Bounds of `http.max_header_bytes`: a browser's head with its cookies needs a few KiB;
-/// past 1 MiB a head is an attack, not a request.
-pub(super) const MIN_HEADER_BYTES: usize = 4 * 1024;
-pub(super) const MAX_HEADER_BYTES: usize = 1024 * 1024;
-
-/// Shortest service token accepted: a guessable token would open the internal API.
-pub(super) const MIN_TOKEN_LEN: usize = 16;
 
 /// Browsers set a `__Secure-` cookie only with `Secure`, and a `__Host-` one only with
 /// `Secure`, `Path=/` and no `Domain` (so no sibling subdomain or deeper path can plant a
@@ -72,39 +172,7 @@ pub(super) fn cookie_prefix_rules(cookie: &CookieConfig) -> Result<(), ConfigErr
     Ok(())
 }
 
-/// `SUPABASE_REST_URL` (or `SUPABASE_URL` + `/rest/v1`) and `SUPABASE_SERVICE_ROLE_KEY`.
-pub(super) fn supabase(
-    vars: &HashMap<String, String>,
-    timeout_ms: Option<u64>,
-) -> Result<Option<SupabaseConfig>, ConfigError> {
-    let (name, rest_url) = match (vars.get("SUPABASE_REST_URL"), vars.get("SUPABASE_URL")) {
-        (Some(rest), _) => ("SUPABASE_REST_URL", rest.trim_end_matches('/').to_string()),
-        (None, Some(base)) => (
-            "SUPABASE_URL",
-            format!("{}/rest/v1", base.trim_end_matches('/')),
-        ),
-        (None, None) => return Ok(None),
-    };
-    if !(rest_url.starts_with("http://") || rest_url.starts_with("https://")) {
-        return Err(ConfigError::new(name, "must be an http:// or https:// URL"));
-    }
-    let key = vars
-        .get("SUPABASE_SERVICE_ROLE_KEY")
-        .filter(|k| !k.is_empty())
-        .ok_or_else(|| {
-            ConfigError::new(
-                "SUPABASE_SERVICE_ROLE_KEY",
-                format!("is required when {name} is set"),
-            )
-        })?;
-    Ok(Some(SupabaseConfig {
-        rest_url,
-        service_role_key: key.clone(),
-        request_timeout: positive_millis("flush.request_timeout_ms", timeout_ms.unwrap_or(10_000))?,
-    }))
-}
-
-pub(super) fn parse_cors(file: CorsFile) -> Result<CorsConfig, ConfigError> {
+pub(super) fn cors(file: CorsFile) -> Result<CorsConfig, ConfigError> {
     for origin in &file.allowed_origins {
         let uri: Option<http::Uri> = origin.parse().ok();
         let exact = !origin.ends_with('/')
@@ -127,18 +195,7 @@ pub(super) fn parse_cors(file: CorsFile) -> Result<CorsConfig, ConfigError> {
     })
 }
 
-pub(super) fn parse_net(text: &str) -> Result<IpNet, ConfigError> {
-    text.parse::<IpNet>()
-        .or_else(|_| text.parse::<std::net::IpAddr>().map(IpNet::from))
-        .map_err(|_| {
-            ConfigError::new(
-                "http.trusted_proxies",
-                format!("{text:?} is not an IP address or CIDR block"),
-            )
-        })
-}
-
-pub(super) fn parse_policy(operation: String, file: PolicyFile) -> Result<Policy, ConfigError> {
+pub(super) fn policy(operation: String, file: PolicyFile) -> Result<Policy, ConfigError> {
     let name = format!("quotas.{operation}");
     let valid_name = !operation.is_empty()
         && operation.len() <= 64
@@ -215,68 +272,4 @@ pub(super) fn parse_policy(operation: String, file: PolicyFile) -> Result<Policy
         default_cost,
         counter,
     })
-}
-
-pub(super) fn parse_addr(name: &str, value: &str) -> Result<SocketAddr, ConfigError> {
-    value.parse().map_err(|_| {
-        ConfigError::new(
-            name,
-            format!("{value:?} is not an address of the form ip:port"),
-        )
-    })
-}
-
-/// A whole number from the variable `var`, else from the file's `file_key`; with the name
-/// of the one it came from, for errors about its value.
-pub(super) fn pick_u64(
-    vars: &HashMap<String, String>,
-    var: &'static str,
-    from_file: Option<u64>,
-    file_key: &'static str,
-) -> Result<Option<(&'static str, u64)>, ConfigError> {
-    match vars.get(var) {
-        Some(v) => v
-            .parse()
-            .map(|n| Some((var, n)))
-            .map_err(|_| ConfigError::new(var, format!("{v:?} is not a whole number"))),
-        None => Ok(from_file.map(|n| (file_key, n))),
-    }
-}
-
-pub(super) fn positive_millis(name: &str, ms: u64) -> Result<Duration, ConfigError> {
-    if ms == 0 {
-        return Err(ConfigError::new(name, "must be greater than zero"));
-    }
-    Ok(Duration::from_millis(ms))
-}
-
-/// The `[session]` keys of the creation throttle.
-pub(super) fn creation_throttle(file: &SessionFile) -> Result<ThrottleConfig, ConfigError> {
-    let mut throttle = ThrottleConfig::default();
-    let at_least_one = |key: &str, n: u32| {
-        NonZeroU32::new(n).ok_or_else(|| ConfigError::new(key, "must be at least 1"))
-    };
-    if let Some(n) = file.creations_per_minute {
-        throttle.per_minute = at_least_one("session.creations_per_minute", n)?;
-    }
-    if let Some(n) = file.creation_burst {
-        throttle.burst = at_least_one("session.creation_burst", n)?;
-    }
-    if let Some(n) = file.max_creations_per_second {
-        throttle.max_per_second = at_least_one("session.max_creations_per_second", n)?;
-    }
-    let prefix = |key: &str, bits: u8, max: u8| match bits {
-        1.. if bits <= max => Ok(bits),
-        _ => Err(ConfigError::new(
-            key,
-            format!("must be a prefix length from 1 to {max}"),
-        )),
-    };
-    if let Some(bits) = file.creation_ipv4_prefix {
-        throttle.ipv4_prefix = prefix("session.creation_ipv4_prefix", bits, 32)?;
-    }
-    if let Some(bits) = file.creation_ipv6_prefix {
-        throttle.ipv6_prefix = prefix("session.creation_ipv6_prefix", bits, 128)?;
-    }
-    Ok(throttle)
 }

@@ -57,7 +57,11 @@ fn errors_name_the_setting() {
     let err = Config::from_vars(&vars(&[("SESSIONGATE_LOG_FORMAT", "xml")])).unwrap_err();
     assert!(err.to_string().contains("SESSIONGATE_LOG_FORMAT"), "{err}");
     let err = Config::from_vars(&vars(&[("SESSIONGATE_REDIS_TIMEOUT_MS", "0")])).unwrap_err();
-    assert!(err.to_string().contains("greater than zero"), "{err}");
+    assert_eq!(
+        err.to_string(),
+        "invalid configuration: SESSIONGATE_REDIS_TIMEOUT_MS: expected a whole number of \
+         milliseconds from 1 to 60000, got \"0\""
+    );
 }
 
 #[test]
@@ -271,7 +275,27 @@ fn gateway_hardening_settings_are_checked() {
 #[test]
 fn unknown_toml_keys_are_refused() {
     let err = Config::from_toml("[redis]\nurll = \"redis://x\"\n").unwrap_err();
-    assert!(err.to_string().contains("unknown field `urll`"), "{err}");
+    assert_eq!(
+        err.to_string(),
+        "invalid configuration: redis.urll: unknown key; known here: pool_size, shards, \
+         timeout_ms, url"
+    );
+    let err = Config::from_toml("lissen = \"127.0.0.1:1\"\n").unwrap_err();
+    assert!(
+        err.to_string()
+            .contains("lissen: unknown key; known here: admin_listen, cookie, cors, env,"),
+        "{err}"
+    );
+    let err = Config::from_toml("redis = 5\n").unwrap_err();
+    assert!(
+        err.to_string().contains("redis: expected a table [redis]"),
+        "{err}"
+    );
+    let err = Config::from_toml("[quotas.x]\nlimit = 1\nwindow = \"day\"\nlimt = 2\n").unwrap_err();
+    assert!(
+        err.to_string().contains("quotas: unknown field `limt`"),
+        "{err}"
+    );
     let err = Config::from_toml("[cookie]\nsame_site = \"none\"\n").unwrap_err();
     assert!(err.to_string().contains("cookie.same_site"), "{err}");
 }
@@ -308,4 +332,155 @@ fn any_well_formed_counter_name_is_a_counter() {
         config.policies[0].counter.as_deref(),
         Some("images_rendered")
     );
+}
+
+#[test]
+fn a_value_of_the_wrong_type_names_the_key_and_the_accepted_form() {
+    for (toml, message) in [
+        (
+            "[redis]\ntimeout_ms = \"250\"\n",
+            "redis.timeout_ms: expected a whole number of milliseconds from 1 to 60000, got \"250\"",
+        ),
+        (
+            "[flush]\nenabled = \"yes\"\n",
+            "flush.enabled: expected true or false, got \"yes\"",
+        ),
+        (
+            "listen = 8080\n",
+            "listen: expected an address of the form ip:port, got 8080",
+        ),
+        (
+            "[http]\ntrusted_proxies = \"10.0.0.0/8\"\n",
+            "http.trusted_proxies: expected a list of IP addresses or CIDR blocks",
+        ),
+        (
+            "near_limit_fraction = 1.5\n",
+            "near_limit_fraction: expected a number greater than 0 and at most 1, got 1.5",
+        ),
+        (
+            "[redis]\npool_size = -1\n",
+            "redis.pool_size: expected a whole number of connections from 1 to 64, got -1",
+        ),
+    ] {
+        let err = Config::from_toml(toml).expect_err(toml).to_string();
+        assert!(err.contains(message), "{toml}: {err}");
+    }
+}
+
+#[test]
+fn a_syntax_error_says_on_which_line() {
+    for (toml, message) in [
+        (
+            "listen = \"127.0.0.1:1\"\n\n[redis]\nurl = \"redis://a\"\nurl = \"redis://b\"\n",
+            "line 5: duplicate key",
+        ),
+        ("[redis]\ntimeout_ms = 1\n[http\n", "line 3: "),
+    ] {
+        let err = Config::from_toml(toml).expect_err(toml).to_string();
+        assert!(err.contains(message), "{toml}: {err}");
+    }
+}
+
+/// `[section]\nleaf = value` for a dotted key, `key = value` for a top-level one.
+fn toml_setting(key: &str, value: &str) -> String {
+    match key.rsplit_once('.') {
+        Some((section, leaf)) => format!("[{section}]\n{leaf} = {value}\n"),
+        None => format!("{key} = {value}\n"),
+    }
+}
+
+#[test]
+fn every_number_is_checked_against_its_range_wherever_it_is_set() {
+    let mut checked = 0;
+    for setting in table::SETTINGS {
+        let form::Form::Whole { min, max, .. } = setting.form else {
+            continue;
+        };
+        let range = format!("from {min} to {max}, got");
+        let mut outside = vec![max + 1];
+        outside.extend(min.checked_sub(1));
+        if let Some(key) = setting.key {
+            for n in [min, max] {
+                let toml = toml_setting(key, &n.to_string());
+                assert!(Config::from_toml(&toml).is_ok(), "{toml}");
+            }
+            for n in &outside {
+                let toml = toml_setting(key, &n.to_string());
+                let err = Config::from_toml(&toml).expect_err(&toml).to_string();
+                assert!(
+                    err.contains(&format!("{key}: expected")) && err.contains(&range),
+                    "{err}"
+                );
+            }
+        }
+        if let Some(var) = setting.var {
+            for n in [min, max] {
+                assert!(
+                    Config::from_vars(&vars(&[(var, &n.to_string())])).is_ok(),
+                    "{var}={n}"
+                );
+            }
+            for n in &outside {
+                let err = Config::from_vars(&vars(&[(var, &n.to_string())]))
+                    .expect_err(var)
+                    .to_string();
+                assert!(
+                    err.contains(&format!("{var}: expected")) && err.contains(&range),
+                    "{err}"
+                );
+            }
+        }
+        checked += 1;
+    }
+    assert!(
+        checked >= 20,
+        "only {checked} numeric settings in the table"
+    );
+    for toml in ["[flush]\nmax_backlog = 0\n", "[cookie]\nmax_age_secs = 0\n"] {
+        assert!(Config::from_toml(toml).is_err(), "{toml} is accepted");
+    }
+}
+
+#[test]
+fn the_readme_lists_every_setting_of_the_table_and_no_other() {
+    let readme = include_str!("../../README.md");
+    let rows = readme
+        .split("| environment | TOML key |")
+        .nth(1)
+        .and_then(|rest| rest.split("\n\n").next())
+        .expect("the README has a configuration table");
+    let mut listed: Vec<String> = Vec::new();
+    for row in rows.lines().skip(2) {
+        let columns: Vec<&str> = row.split('|').collect();
+        for column in columns.iter().skip(1).take(2) {
+            listed.extend(column.split('`').skip(1).step_by(2).map(|name| {
+                // `[quotas.<operation>]` and `[[routes]]` are the sections `quotas` and `routes`.
+                let name = name.trim_matches(['[', ']']);
+                name.split(".<").next().unwrap_or(name).to_string()
+            }));
+        }
+    }
+    let names: Vec<&str> = table::SETTINGS
+        .iter()
+        .flat_map(|s| s.key.into_iter().chain(s.var))
+        .chain([CONFIG_FILE_VAR])
+        .collect();
+    let covers = |name: &str, listed: &str| {
+        listed == name
+            || listed
+                .strip_prefix(name)
+                .is_some_and(|rest| rest.starts_with('.'))
+    };
+    for name in &names {
+        assert!(
+            listed.iter().any(|l| covers(name, l)),
+            "the README does not list {name}"
+        );
+    }
+    for listed in &listed {
+        assert!(
+            names.iter().any(|n| covers(n, listed)),
+            "the README lists {listed}, which is no setting"
+        );
+    }
 }
