@@ -43,7 +43,7 @@ use crate::config::Config;
 use crate::flush::{Flusher, ReadThrough, Supabase, SupabaseError};
 use crate::health::Health;
 use crate::http::admin::Admin;
-use crate::http::state::{Api, Upstreams};
+use crate::http::state::{Api, Browser, Forwarding, Intake, Internal, Upstreams};
 use crate::http::ConnectionLimits;
 use crate::quota::Quotas;
 use crate::session::Sessions;
@@ -145,15 +145,23 @@ pub async fn start(config: Config) -> Result<Gateway, StartError> {
             config.near_limit,
         ),
         read_through,
-        cookie: config.cookie.clone(),
-        cors: config.cors.clone(),
-        body_limit: config.body_limit,
-        body_read_timeout: config.body_read_timeout,
-        trusted_proxies: config.trusted_proxies.clone(),
-        service_token: config.service_token.clone(),
-        internal_here: internal.is_none(),
-        routes: config.routes.clone(),
-        upstreams: Upstreams::default(),
+        browser: Browser {
+            cookie: config.cookie.clone(),
+            cors: config.cors.clone(),
+        },
+        intake: Intake {
+            body_limit: config.body_limit,
+            body_read_timeout: config.body_read_timeout,
+            trusted_proxies: config.trusted_proxies.clone(),
+        },
+        internal: Internal {
+            token: config.service_token.clone(),
+            served_here: internal.is_none(),
+        },
+        forwarding: Forwarding {
+            routes: config.routes.clone(),
+            upstreams: Upstreams::default(),
+        },
     });
     let admin_state = Arc::new(Admin {
         health: Health::new(store.clone(), config.supabase.is_some()),

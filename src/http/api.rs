@@ -91,24 +91,25 @@ pub async fn handle(
         );
         return response;
     }
-    if api.internal_here && request.uri().path().starts_with(super::internal::PREFIX) {
+    if api.internal.served_here && request.uri().path().starts_with(super::internal::PREFIX) {
         return super::internal::handle(&api, request).await;
     }
     let started = Instant::now();
     let method = request.method().clone();
     let route = Route::parse(request.uri().path());
     let origin = api
+        .browser
         .cors
         .as_ref()
         .and_then(|cors| cors::allowed_origin(cors, request.headers()).cloned());
     let changes_state = matches!(method, Method::POST | Method::PUT | Method::DELETE);
     let foreign = || {
         let scheme = forwarded_scheme(&api, request.headers(), peer);
-        cors::from_foreign_page(request.headers(), api.cors.as_ref(), scheme)
+        cors::from_foreign_page(request.headers(), api.browser.cors.as_ref(), scheme)
     };
     let result = match (route, &method) {
         (Some(_), _) if changes_state && foreign() => Err(ApiError::forbidden_origin()),
-        (None, _) => match api.routes.find(&method, request.uri().path()) {
+        (None, _) => match api.forwarding.routes.find(&method, request.uri().path()) {
             Lookup::Found(route) => return proxy::forward(&api, route, request, peer).await,
             Lookup::MethodNotAllowed(allow) => Err(ApiError::method_not_allowed(allow)),
             Lookup::NotFound => Err(ApiError::route_not_found()),
@@ -119,7 +120,7 @@ pub async fn handle(
         (Some(Route::Preferences), &Method::GET) => get_preferences(&api, request).await,
         (Some(Route::Preferences), &Method::PUT) => put_preferences(&api, request).await,
         (Some(route), &Method::OPTIONS) if cors::is_preflight(&method, request.headers()) => {
-            match &api.cors {
+            match &api.browser.cors {
                 Some(config) => Ok(cors::preflight(config, origin.as_ref(), route.allow())),
                 None => Err(ApiError::method_not_allowed(route.allow())),
             }
@@ -127,7 +128,7 @@ pub async fn handle(
         (Some(route), _) => Err(ApiError::method_not_allowed(route.allow())),
     };
     let mut response = result.unwrap_or_else(ApiError::into_response);
-    if api.cors.is_some() {
+    if api.browser.cors.is_some() {
         cors::decorate(&mut response, origin.as_ref());
     }
     let route = route.map_or("unmatched", Route::template);
@@ -141,7 +142,7 @@ fn forwarded_scheme<'a>(
     headers: &'a http::HeaderMap,
     peer: SocketAddr,
 ) -> Option<&'a [u8]> {
-    if !is_trusted_proxy(&api.trusted_proxies, peer.ip()) {
+    if !is_trusted_proxy(&api.intake.trusted_proxies, peer.ip()) {
         return None;
     }
     headers
@@ -211,7 +212,7 @@ async fn create_or_get(
     let current = current_session(api, &parts.headers).await?;
     let body = json_body(&parts.headers, body, api).await?;
     let client = client_session_id(body.as_ref(), false)?;
-    let origin = client_ip(&parts.headers, peer.ip(), &api.trusted_proxies);
+    let origin = client_ip(&parts.headers, peer.ip(), &api.intake.trusted_proxies);
     let (session, is_new) = api.sessions.create_or_get(current, client, origin).await?;
     let record = &session.record;
     let body = SessionBody {
@@ -234,7 +235,7 @@ async fn sync(
     let body = json_body(&parts.headers, body, api).await?;
     let client = client_session_id(body.as_ref(), true)?
         .ok_or_else(|| ApiError::invalid_field("client_session_id", "This field is required"))?;
-    let origin = client_ip(&parts.headers, peer.ip(), &api.trusted_proxies);
+    let origin = client_ip(&parts.headers, peer.ip(), &api.intake.trusted_proxies);
     let (session, is_synced) = api.sessions.sync(current, client, origin).await?;
     let message = if is_synced {
         "Sessions synchronized successfully"
@@ -315,7 +316,7 @@ async fn read_current(api: &Api, request: &Request<Incoming>) -> Result<Session,
 /// Every successful session response (re)sets the cookie, which slides its expiry in the
 /// browser as activity slides it in Redis.
 fn with_cookie(api: &Api, mut response: Response<Body>, id: &Uuid) -> Response<Body> {
-    set_session_cookie(&mut response, id, &api.cookie);
+    set_session_cookie(&mut response, id, &api.browser.cookie);
     response
 }
 

@@ -83,7 +83,7 @@ pub async fn handle(api: &Api, request: Request<Incoming>) -> Response<Body> {
 }
 
 async fn route(api: &Api, request: Request<Incoming>) -> Result<Response<Body>, ApiError> {
-    let Some(token) = api.service_token.as_deref() else {
+    let Some(token) = api.internal.token.as_deref() else {
         return Err(ApiError::route_not_found());
     };
     if !authorized(request.headers(), token) {

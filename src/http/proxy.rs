@@ -108,7 +108,7 @@ async fn forward_unmetered(
 /// sessions, so a missing, malformed or unknown id, or Redis being unavailable, forwards the
 /// request without one rather than refusing it.
 async fn checked_session(api: &Api, headers: &HeaderMap) -> Option<Uuid> {
-    let named = match named_sessions(headers, &api.cookie.name) {
+    let named = match named_sessions(headers, &api.browser.cookie.name) {
         Ok(Named::None) | Err(_) => return None,
         Ok(Named::One(id)) => vec![id],
         Ok(Named::Several(ids)) => ids,
@@ -273,7 +273,7 @@ async fn reserve<'a>(
     if metering.missing_session == MissingSession::Reject {
         return Err(ApiError::session_not_found());
     }
-    let origin = client_ip(request.headers(), peer.ip(), &api.trusted_proxies);
+    let origin = client_ip(request.headers(), peer.ip(), &api.intake.trusted_proxies);
     let (session, _) = api.sessions.create_or_get(None, None, origin).await?;
     let answer = api
         .quotas
@@ -305,7 +305,7 @@ fn with_session(
     reservation: &Reservation<'_>,
 ) -> Response<Body> {
     if reservation.created {
-        set_session_cookie(&mut response, &reservation.id, &api.cookie);
+        set_session_cookie(&mut response, &reservation.id, &api.browser.cookie);
     }
     response
 }
@@ -331,9 +331,9 @@ async fn send(
     let peer_ip = peer.ip().to_canonical();
     let forwarding = Forwarding {
         peer: peer_ip,
-        trusted: is_trusted_proxy(&api.trusted_proxies, peer_ip),
+        trusted: is_trusted_proxy(&api.intake.trusted_proxies, peer_ip),
         session,
-        cookie_name: &api.cookie.name,
+        cookie_name: &api.browser.cookie.name,
     };
     prepare_request(&mut parts.headers, &forwarding);
     debug_assert_ne!(
@@ -342,7 +342,7 @@ async fn send(
         "the route table refuses CONNECT"
     );
     let upstream = Request::from_parts(parts, body);
-    match tokio::time::timeout(route.timeout, api.upstreams.request(upstream)).await {
+    match tokio::time::timeout(route.timeout, api.forwarding.upstreams.request(upstream)).await {
         Err(_) => Err(("upstream_timeout", ApiError::gateway_timeout())),
         Ok(Err(error)) => {
             tracing::warn!(%error, route = %route.pattern, "upstream request failed");

@@ -105,7 +105,7 @@ pub fn named_sessions(headers: &HeaderMap, cookie_name: &str) -> Result<Named, A
 /// The request's current session id: the one it names, or of several the first that is
 /// live (or, when none is, the first).
 pub async fn current_session(api: &Api, headers: &HeaderMap) -> Result<Option<Uuid>, ApiError> {
-    match named_sessions(headers, &api.cookie.name)? {
+    match named_sessions(headers, &api.browser.cookie.name)? {
         Named::None => Ok(None),
         Named::One(id) => Ok(Some(id)),
         Named::Several(ids) => {
@@ -148,7 +148,7 @@ pub fn client_ip(headers: &HeaderMap, peer: IpAddr, trusted: &[IpNet]) -> IpAddr
     client
 }
 
-/// Reads a JSON body of at most `api.body_limit` bytes within `api.body_read_timeout`.
+/// Reads a JSON body of at most `api.intake.body_limit` bytes within `api.intake.body_read_timeout`.
 /// `Ok(None)` for an empty body. A body must say `Content-Type: application/json` (415
 /// otherwise, also when it says nothing): a browser can then send a body to another origin
 /// only after a CORS preflight. A client that stalls mid-body gets 408, so it can't hold a
@@ -158,7 +158,7 @@ pub async fn json_body(
     body: Incoming,
     api: &Api,
 ) -> Result<Option<OwnedValue>, ApiError> {
-    let limit = api.body_limit;
+    let limit = api.intake.body_limit;
     let declared = headers
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
@@ -176,7 +176,10 @@ pub async fn json_body(
     if declared.is_some_and(|len| len > limit as u64) {
         return Err(too_large(limit));
     }
-    let reading = tokio::time::timeout(api.body_read_timeout, Limited::new(body, limit).collect());
+    let reading = tokio::time::timeout(
+        api.intake.body_read_timeout,
+        Limited::new(body, limit).collect(),
+    );
     let Ok(read) = reading.await else {
         return Err(ApiError::request_timeout());
     };

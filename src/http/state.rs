@@ -17,23 +17,43 @@ use crate::quota::Quotas;
 use crate::routes::RouteTable;
 use crate::session::Sessions;
 
-/// What the public and internal handlers share.
+/// What the public and internal handlers share: the use cases, and the settings they read,
+/// grouped by the concern that reads them.
 pub struct Api {
     pub sessions: Sessions,
     pub quotas: Quotas,
     /// Write-through on demand; `None` without Supabase.
     pub read_through: Option<ReadThrough>,
+    pub browser: Browser,
+    pub intake: Intake,
+    pub internal: Internal,
+    pub forwarding: Forwarding,
+}
+
+/// What browsers are told: the session cookie's attributes and cross-origin access.
+pub struct Browser {
     pub cookie: CookieConfig,
     /// `None`: no CORS headers.
     pub cors: Option<CorsConfig>,
+}
+
+/// How requests are read: body bounds, and whose forwarding headers are believed.
+pub struct Intake {
     pub body_limit: usize,
-    pub body_read_timeout: std::time::Duration,
+    pub body_read_timeout: Duration,
     pub trusted_proxies: Vec<IpNet>,
+}
+
+/// The internal API's access.
+pub struct Internal {
     /// `None` disables the internal API.
-    pub service_token: Option<String>,
-    /// Whether `/internal/` is served here (else on its own listener, or not at all).
-    pub internal_here: bool,
-    /// Gateway mode: what the public listener forwards, and the client it forwards with.
+    pub token: Option<String>,
+    /// Whether `/internal/` is served on this listener (else on its own, or not at all).
+    pub served_here: bool,
+}
+
+/// Gateway mode: what the public listener forwards, and the client it forwards with.
+pub struct Forwarding {
     pub routes: RouteTable,
     pub upstreams: Upstreams,
 }
