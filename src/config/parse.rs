@@ -46,10 +46,21 @@ pub(super) fn redis_url(value: String) -> Result<String, String> {
     .any(|scheme| value.starts_with(scheme));
     if !known_scheme || fred::types::config::Config::from_url(&value).is_err() {
         return Err(format!(
-            "{value:?} is not a redis://, rediss://, redis-cluster:// or redis-sentinel:// URL"
+            "{:?} is not a redis://, rediss://, redis-cluster:// or redis-sentinel:// URL",
+            without_credentials(&value)
         ));
     }
     Ok(value)
+}
+
+/// A URL as an error may show it: whatever precedes its last '@' after the scheme (a user
+/// and password, however mistyped the scheme is) replaced by `***`.
+fn without_credentials(url: &str) -> String {
+    let Some(at) = url.rfind('@') else {
+        return url.to_string();
+    };
+    let start = url.find("//").map_or(0, |i| i + 2).min(at);
+    format!("{}***{}", &url[..start], &url[at..])
 }
 
 /// The REST root or project URL of the system of record, without a trailing slash.

@@ -484,3 +484,24 @@ fn the_readme_lists_every_setting_of_the_table_and_no_other() {
         );
     }
 }
+
+#[test]
+fn a_redis_url_error_never_shows_the_password() {
+    for (url, shown) in [
+        (
+            "rediss//:S3cr3tP4ss@redis.internal:6380",
+            "\"rediss//***@redis.internal:6380\"",
+        ),
+        (
+            "http://user:S3cr3tP4ss@redis.internal",
+            "\"http://***@redis.internal\"",
+        ),
+        ("S3cr3tP4ss@redis.internal", "\"***@redis.internal\""),
+    ] {
+        let err = Config::from_vars(&vars(&[("REDIS_URL", url)]))
+            .expect_err(url)
+            .to_string();
+        assert!(!err.contains("S3cr3tP4ss"), "{err}");
+        assert!(err.contains(shown), "{err}");
+    }
+}
