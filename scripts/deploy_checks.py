@@ -496,12 +496,11 @@ def references(path: str, directory: str) -> None:
     finish()
 
 
-# The SESSIONGATE_* variables of the README's configuration table (src/config/ refuses others).
-KNOWN_SESSIONGATE_VARIABLES = {
-    "SESSIONGATE_LISTEN", "SESSIONGATE_ADMIN_LISTEN", "SESSIONGATE_ENV", "SESSIONGATE_CONFIG",
-    "SESSIONGATE_REDIS_TIMEOUT_MS", "SESSIONGATE_BODY_LIMIT_BYTES", "SESSIONGATE_LOG_FORMAT",
-    "SESSIONGATE_SERVICE_TOKEN",
-}
+# The SESSIONGATE_* variables of the README's configuration table, which a unit test keeps
+# equal to the code's (src/config/table.rs refuses others).
+KNOWN_SESSIONGATE_VARIABLES = set(
+    re.findall(r"^\| `(SESSIONGATE_[A-Z_]+)`", (Path(__file__).parent.parent / "README.md").read_text(), re.M)
+)
 
 
 # --- shutdown: every grace period covers the gateway's own ---------------------------------

@@ -155,7 +155,12 @@ pub async fn start(config: Config) -> Result<Gateway, StartError> {
             trusted_proxies: config.trusted_proxies.clone(),
         },
         internal: Internal {
-            token: config.service_token.clone(),
+            tokens: config
+                .service_token
+                .iter()
+                .chain(&config.service_token_next)
+                .cloned()
+                .collect(),
             served_here: internal.is_none(),
         },
         forwarding: Forwarding {

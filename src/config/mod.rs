@@ -113,6 +113,12 @@ impl Draft {
                 request_timeout: self.supabase_timeout,
             });
         }
+        if config.service_token_next.is_some() && config.service_token.is_none() {
+            return Err(ConfigError::new(
+                "SESSIONGATE_SERVICE_TOKEN_NEXT",
+                "is accepted beside SESSIONGATE_SERVICE_TOKEN, which is not set",
+            ));
+        }
         if config.cookie.same_site == cookie::SameSite::None && !config.cookie.secure {
             return Err(ConfigError::new(
                 "cookie.same_site",

@@ -74,6 +74,8 @@ pub struct Config {
     pub near_limit: f64,
     /// Bearer token of the internal API; `None` disables the internal routes.
     pub service_token: Option<String>,
+    /// A second token accepted beside it while clients move from one to the other.
+    pub service_token_next: Option<String>,
     /// Session creations allowed per client network, and per gateway process.
     pub creation_throttle: ThrottleConfig,
     /// Peers whose `X-Forwarded-For` is believed when finding a client's IP.
@@ -130,6 +132,7 @@ impl Default for Config {
             policies: Policy::defaults(),
             near_limit: 0.8,
             service_token: None,
+            service_token_next: None,
             creation_throttle: ThrottleConfig::default(),
             trusted_proxies: Vec::new(),
             supabase: None,

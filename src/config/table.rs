@@ -89,6 +89,16 @@ pub(super) const SETTINGS: &[Setting] = &[
         },
     },
     Setting {
+        key: None,
+        var: Some("SESSIONGATE_SERVICE_TOKEN_NEXT"),
+        form: Text {
+            what: "a token of at least 16 characters without spaces",
+            set: |d, v| {
+                parse::service_token(v).map(|value| d.config.service_token_next = Some(value))
+            },
+        },
+    },
+    Setting {
         key: Some("redis.url"),
         var: Some("REDIS_URL"),
         form: Text {

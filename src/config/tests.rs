@@ -505,3 +505,27 @@ fn a_redis_url_error_never_shows_the_password() {
         assert!(err.contains(shown), "{err}");
     }
 }
+
+#[test]
+fn a_next_service_token_is_accepted_only_beside_the_current_one() {
+    let current = ("SESSIONGATE_SERVICE_TOKEN", "current-token-0123456789");
+    let next = ("SESSIONGATE_SERVICE_TOKEN_NEXT", "next-token-0123456789");
+    let config = Config::from_vars(&vars(&[current, next])).expect("valid");
+    assert_eq!(config.service_token.as_deref(), Some(current.1));
+    assert_eq!(config.service_token_next.as_deref(), Some(next.1));
+    let err = Config::from_vars(&vars(&[next])).unwrap_err().to_string();
+    assert!(
+        err.contains("SESSIONGATE_SERVICE_TOKEN_NEXT: is accepted beside"),
+        "{err}"
+    );
+    let err = Config::from_vars(&vars(&[
+        current,
+        ("SESSIONGATE_SERVICE_TOKEN_NEXT", "short"),
+    ]))
+    .unwrap_err()
+    .to_string();
+    assert!(
+        err.contains("SESSIONGATE_SERVICE_TOKEN_NEXT: must be at least 16"),
+        "{err}"
+    );
+}

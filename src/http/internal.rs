@@ -83,10 +83,10 @@ pub async fn handle(api: &Api, request: Request<Incoming>) -> Response<Body> {
 }
 
 async fn route(api: &Api, request: Request<Incoming>) -> Result<Response<Body>, ApiError> {
-    let Some(token) = api.internal.token.as_deref() else {
+    if api.internal.tokens.is_empty() {
         return Err(ApiError::route_not_found());
-    };
-    if !authorized(request.headers(), token) {
+    }
+    if !authorized(request.headers(), &api.internal.tokens) {
         return Err(ApiError::unauthorized());
     }
     let path = request.uri().path();
@@ -310,7 +310,9 @@ fn known_policy<'a>(api: &'a Api, operation: &str) -> Result<&'a Policy, ApiErro
     })
 }
 
-fn authorized(headers: &HeaderMap, token: &str) -> bool {
+/// Whether the request bears one of `tokens`. Every token is compared, in constant time, so
+/// the answer's timing says nothing about which one came close.
+fn authorized(headers: &HeaderMap, tokens: &[String]) -> bool {
     let Some(value) = headers
         .get(header::AUTHORIZATION)
         .map(HeaderValue::as_bytes)
@@ -320,7 +322,10 @@ fn authorized(headers: &HeaderMap, token: &str) -> bool {
     let Some((scheme, presented)) = value.split_at_checked(7) else {
         return false;
     };
-    scheme.eq_ignore_ascii_case(b"bearer ") && bool::from(presented.ct_eq(token.as_bytes()))
+    let matches = tokens.iter().fold(subtle::Choice::from(0), |any, token| {
+        any | presented.ct_eq(token.as_bytes())
+    });
+    scheme.eq_ignore_ascii_case(b"bearer ") && bool::from(matches)
 }
 
 /// `{"cost": n, "idempotency_key": "..."}`, both optional.
@@ -498,19 +503,30 @@ mod tests {
 
     #[test]
     fn bearer_tokens_are_compared_exactly() {
-        let token = "0123456789abcdef-secret";
+        let tokens = [
+            "0123456789abcdef-secret".to_string(),
+            "next-token-0123456789".to_string(),
+        ];
         let mut headers = HeaderMap::new();
-        assert!(!authorized(&headers, token));
+        assert!(!authorized(&headers, &tokens));
         for (value, expected) in [
             ("Bearer 0123456789abcdef-secret", true),
             ("bearer 0123456789abcdef-secret", true),
+            ("Bearer next-token-0123456789", true),
             ("Bearer 0123456789abcdef-secreT", false),
             ("Bearer 0123456789abcdef-secret ", false),
+            ("Bearer next-token-0123456789next-token-0123456789", false),
             ("Basic 0123456789abcdef-secret", false),
             ("Bearer", false),
         ] {
             headers.insert(header::AUTHORIZATION, value.parse().expect("header"));
-            assert_eq!(authorized(&headers, token), expected, "{value}");
+            assert_eq!(authorized(&headers, &tokens), expected, "{value}");
+            assert_eq!(
+                authorized(&headers, &tokens[..1]),
+                expected && value.contains("abcdef"),
+                "{value} against the current token only"
+            );
         }
+        assert!(!authorized(&headers, &[]));
     }
 }

@@ -46,8 +46,9 @@ pub struct Intake {
 
 /// The internal API's access.
 pub struct Internal {
-    /// `None` disables the internal API.
-    pub token: Option<String>,
+    /// The bearer tokens accepted (the current one, and the next while clients move to it);
+    /// none disables the internal API.
+    pub tokens: Vec<String>,
     /// Whether `/internal/` is served on this listener (else on its own, or not at all).
     pub served_here: bool,
 }
