@@ -66,8 +66,12 @@ pub struct Gateway {
     admin_addr: SocketAddr,
     internal_addr: Option<SocketAddr>,
     shutdown: watch::Sender<bool>,
-    /// The two listeners, housekeeping and the flusher; all end on shutdown.
+    /// The public and internal listeners, housekeeping and the flusher; all end on shutdown.
     tasks: Vec<JoinHandle<()>>,
+    /// The admin listener outlives the others' drain, so `/readyz` can say "draining" and
+    /// `/metrics` can be scraped until the end.
+    admin_stop: watch::Sender<bool>,
+    admin_task: JoinHandle<()>,
     store: Store,
 }
 
@@ -101,11 +105,14 @@ pub async fn start(config: Config) -> Result<Gateway, StartError> {
             .max_backlog
             .div_ceil(u64::from(config.redis_shards.max(1))),
     })?;
-    match store.warm_up(WARM_UP).await {
+    let redis_answered = match store.warm_up(WARM_UP).await {
         Err(error @ StoreError::ShardMismatch { .. }) => return Err(error.into()),
-        Err(error) => tracing::warn!(%error, "redis not reachable yet; serving 503 until it is"),
-        Ok(()) => {}
-    }
+        Err(error) => {
+            tracing::warn!(%error, "redis not reachable yet; serving 503 until it is");
+            false
+        }
+        Ok(()) => true,
+    };
 
     let limits = ConnectionLimits {
         header_read_timeout: config.header_read_timeout,
@@ -125,7 +132,7 @@ pub async fn start(config: Config) -> Result<Gateway, StartError> {
             store.clone(),
             supabase.clone(),
             config.session_ttl,
-            config.flush.read_through_per_second,
+            &config.flush,
         )
     });
     let sessions = Sessions::new(
@@ -168,9 +175,22 @@ pub async fn start(config: Config) -> Result<Gateway, StartError> {
             upstreams: Upstreams::default(),
         },
     });
-    let admin_state = Arc::new(Admin {
-        health: Health::new(store.clone(), config.supabase.is_some()),
-    });
+    let health = Health::new(
+        store.clone(),
+        config.supabase.is_some(),
+        watcher.clone(),
+        redis_answered,
+    );
+    let probe = health.probe_redis(stopped(watcher.clone()));
+    let admin_state = Arc::new(Admin { health });
+    let (admin_stop, admin_watcher) = watch::channel(false);
+    let admin_task = tokio::spawn(http::serve(
+        "admin",
+        admin,
+        move |request, _peer| http::admin::handle(admin_state.clone(), request),
+        limits,
+        stopped(admin_watcher),
+    ));
     let mut tasks = Vec::new();
     if let Some(internal) = internal {
         let api = api.clone();
@@ -190,14 +210,8 @@ pub async fn start(config: Config) -> Result<Gateway, StartError> {
             limits,
             stopped(watcher.clone()),
         )),
-        tokio::spawn(http::serve(
-            "admin",
-            admin,
-            move |request, _peer| http::admin::handle(admin_state.clone(), request),
-            limits,
-            stopped(watcher.clone()),
-        )),
         tokio::spawn(forget_idle_clients(sessions, stopped(watcher.clone()))),
+        tokio::spawn(probe),
     ]);
     if let (Some(supabase), true) = (supabase, config.flush_enabled) {
         let flusher = Flusher::new(store.clone(), supabase, config.flush.clone());
@@ -210,6 +224,8 @@ pub async fn start(config: Config) -> Result<Gateway, StartError> {
         internal_addr,
         shutdown,
         tasks,
+        admin_stop,
+        admin_task,
         store,
     })
 }
@@ -254,6 +270,8 @@ impl Gateway {
         for task in self.tasks {
             let _ = task.await;
         }
+        let _ = self.admin_stop.send(true);
+        let _ = self.admin_task.await;
         self.store.close().await;
     }
 }

@@ -164,7 +164,7 @@ fn describe() {
     );
     describe_counter!(
         READ_THROUGH,
-        "Sessions looked up in Supabase after a Redis miss, by result."
+        "Sessions looked up in Supabase after a Redis miss, by result: restored, missing, throttled (over the budget), error, timeout (past flush.read_through_timeout_ms)."
     );
     describe_counter!(PROXY_REQUESTS, "Gateway-mode requests, by route pattern and outcome: committed, refunded, denied (429), rejected (not forwarded: no usable session, or Redis unreachable), forwarded (unmetered), upstream_error, upstream_timeout, client_gone (metered, the client left before its answer; the reservation was still settled).");
     describe_gauge!(BUILD_INFO, "Build of the running gateway (always 1).");

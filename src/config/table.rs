@@ -455,6 +455,16 @@ pub(super) const SETTINGS: &[Setting] = &[
         },
     },
     Setting {
+        key: Some("flush.read_through_timeout_ms"),
+        var: None,
+        form: Whole {
+            min: 1,
+            max: 10_000,
+            unit: "milliseconds",
+            set: |d, n| d.config.flush.read_through_timeout = Duration::from_millis(n),
+        },
+    },
+    Setting {
         key: Some("flush.drain_ms"),
         var: None,
         form: Whole {

@@ -53,6 +53,8 @@ pub struct FlushConfig {
     /// Supabase lookups after Redis misses allowed per second (per gateway), twice that at
     /// once; past it a miss answers 503 instead of asking Supabase.
     pub read_through_per_second: NonZeroU32,
+    /// How long a request waits for Supabase after a Redis miss before it answers 503.
+    pub read_through_timeout: Duration,
 }
 
 impl Default for FlushConfig {
@@ -64,6 +66,7 @@ impl Default for FlushConfig {
             max_backlog: 1_000_000,
             drain: Duration::from_secs(10),
             read_through_per_second: NonZeroU32::new(1000).unwrap_or(NonZeroU32::MIN),
+            read_through_timeout: Duration::from_secs(1),
         }
     }
 }
@@ -297,6 +300,9 @@ pub struct ReadThrough {
     store: Store,
     supabase: Supabase,
     session_ttl: Duration,
+    /// A request waits this long for Supabase, not the write-behind's request timeout: a
+    /// client is held by it.
+    timeout: Duration,
     budget: Arc<DefaultDirectRateLimiter>,
 }
 
@@ -305,13 +311,15 @@ impl ReadThrough {
         store: Store,
         supabase: Supabase,
         session_ttl: Duration,
-        per_second: NonZeroU32,
+        config: &FlushConfig,
     ) -> ReadThrough {
+        let per_second = config.read_through_per_second;
         let burst = NonZeroU32::new(per_second.get().saturating_mul(2)).unwrap_or(per_second);
         ReadThrough {
             store,
             supabase,
             session_ttl,
+            timeout: config.read_through_timeout,
             budget: Arc::new(RateLimiter::direct(
                 Quota::per_second(per_second).allow_burst(burst),
             )),
@@ -326,13 +334,18 @@ impl ReadThrough {
             telemetry::read_through("throttled");
             return Err(ServiceError::ReadThroughBusy);
         }
-        let row = match self.supabase.fetch(id).await {
-            Ok(Some(row)) => row,
-            Ok(None) => {
+        let row = match tokio::time::timeout(self.timeout, self.supabase.fetch(id)).await {
+            Ok(Ok(Some(row))) => row,
+            Ok(Ok(None)) => {
                 telemetry::read_through("missing");
                 return Ok(false);
             }
-            Err(error) => {
+            Err(_) => {
+                telemetry::read_through("timeout");
+                tracing::warn!(session = %short_id(id), timeout_ms = self.timeout.as_millis() as u64, "read-through timed out");
+                return Err(ServiceError::RecordUnavailable);
+            }
+            Ok(Err(error)) => {
                 // Not "not found": the client would be handed a fresh session, with fresh
                 // quotas, because the system of record was briefly unreachable.
                 telemetry::read_through("error");

@@ -1,6 +1,7 @@
-//! The operator endpoints on the admin listener: `/healthz` (the process answers),
-//! `/readyz` (Redis answers too) and `/metrics` (Prometheus exposition), each for `GET` and
-//! `HEAD`. Kept off the public listener so probes and scrapes never mix with client traffic.
+//! The operator endpoints on the admin listener: `/healthz` (the process answers), `/readyz`
+//! (this replica takes traffic: started, not draining), `/readyz/redis` (Redis answers) and
+//! `/metrics` (Prometheus exposition), each for `GET` and `HEAD`. Kept off the public
+//! listener so probes and scrapes never mix with client traffic.
 
 use std::sync::Arc;
 
@@ -45,14 +46,19 @@ struct Status {
 pub async fn handle(admin: Arc<Admin>, request: Request<Incoming>) -> Response<Body> {
     let path = request.uri().path();
     let path = path.strip_suffix('/').unwrap_or(path);
-    let known = matches!(path, "/healthz" | "/readyz" | "/metrics");
+    let known = matches!(path, "/healthz" | "/readyz" | "/readyz/redis" | "/metrics");
     // hyper sends no body in answer to HEAD, keeping the headers (and Content-Length).
     if known && !matches!(*request.method(), http::Method::GET | http::Method::HEAD) {
         return ApiError::method_not_allowed("GET, HEAD").into_response();
     }
     match path {
         "/healthz" => json(StatusCode::OK, &Status { status: "ok" }),
-        "/readyz" => match admin.health.ready().await {
+        "/readyz" if admin.health.draining() => json(
+            StatusCode::SERVICE_UNAVAILABLE,
+            &Status { status: "draining" },
+        ),
+        "/readyz" => json(StatusCode::OK, &Status { status: "ready" }),
+        "/readyz/redis" => match admin.health.redis_answers().await {
             Ok(()) => json(StatusCode::OK, &Status { status: "ready" }),
             Err(_) => ApiError::unavailable().into_response(),
         },

@@ -197,7 +197,7 @@ impl Store {
         let _ = self.inner.pool.quit().await;
     }
 
-    /// `PING`, for readiness.
+    /// `PING`: whether Redis answers.
     pub async fn ping(&self) -> Result<(), StoreError> {
         self.bounded("ping", async {
             Ok(self.inner.pool.next_connected().ping::<()>(None).await?)
@@ -301,11 +301,6 @@ impl Store {
             Value::from(if self.inner.outbox { "1" } else { "0" }),
         ];
         (keys, args)
-    }
-
-    /// Whether a connection to Redis is up (for `/readyz` and `sessiongate_redis_up`).
-    pub fn is_connected(&self) -> bool {
-        self.inner.pool.next_connected().is_connected()
     }
 
     /// `EVALSHA`, loading the script and retrying once if Redis has forgotten it.

@@ -5,7 +5,7 @@ use std::time::{Duration, Instant};
 
 use fred::prelude::*;
 
-use crate::support::{eventually, split, RedisServer, TestGateway};
+use crate::support::{eventually, metric, split, RedisServer, TestGateway};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redis_down_answers_503_then_recovers() {
@@ -35,13 +35,12 @@ async fn redis_down_answers_503_then_recovers() {
         elapsed < Duration::from_secs(2),
         "answered within the timeout, took {elapsed:?}"
     );
-    let readyz = gw
-        .http
-        .get(gw.admin_url("/readyz"))
-        .send()
-        .await
-        .expect("request");
-    assert_eq!(readyz.status().as_u16(), 503);
+    assert_eq!(
+        admin_status(&gw, "/readyz").await,
+        200,
+        "the replica still answers (with 503 + Retry-After), so it stays in the load balancer"
+    );
+    assert_eq!(admin_status(&gw, "/readyz/redis").await, 503);
     let healthz = gw
         .http
         .get(gw.admin_url("/healthz"))
@@ -65,13 +64,97 @@ async fn redis_down_answers_503_then_recovers() {
         },
     )
     .await;
-    let readyz = gw
-        .http
-        .get(gw.admin_url("/readyz"))
-        .send()
+    assert_eq!(admin_status(&gw, "/readyz/redis").await, 200);
+}
+
+async fn admin_status(gw: &TestGateway, path: &str) -> u16 {
+    let response = gw.http.get(gw.admin_url(path)).send().await;
+    response
+        .expect("the admin listener answers")
+        .status()
+        .as_u16()
+}
+
+/// Sends a signal to a process with `kill`.
+fn signal(pid: u32, name: &str) {
+    let status = Command::new("kill")
+        .args([&format!("-{name}"), &pid.to_string()])
+        .status()
+        .expect("kill");
+    assert!(status.success(), "kill -{name} {pid}");
+}
+
+/// Resumes a stopped process however the test ends.
+struct Resume(u32);
+
+impl Drop for Resume {
+    fn drop(&mut self) {
+        signal(self.0, "CONT");
+    }
+}
+
+/// A Redis that stops answering while its connections stay open (SIGSTOP: a stalled host, a
+/// swap storm) is what a connection check cannot see. `sessiongate_redis_up` follows whether
+/// Redis answers, within 3 s; readiness stays 200, so every replica goes on answering 503 +
+/// `Retry-After` itself; `/readyz/redis` says 503. All come back when Redis does.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stopped_redis_is_its_own_signal_and_leaves_readiness_alone() {
+    let redis = RedisServer::start();
+    let gw = TestGateway::start_on(&redis.url(0), |_| {}).await;
+    let id = gw.new_session().await;
+    let redis_up = || async { metric(&gw.scrape().await, "sessiongate_redis_up", "") };
+    eventually(Duration::from_secs(5), "redis_up to be 1", || async {
+        (redis_up().await == Some(1.0)).then_some(())
+    })
+    .await;
+    let client = Client::new(
+        Config::from_url(&redis.url(0)).expect("url"),
+        None,
+        None,
+        None,
+    );
+    client.init().await.expect("connect");
+    let info: String = client
+        .info(Some(fred::types::InfoKind::Server))
         .await
-        .expect("request");
-    assert_eq!(readyz.status().as_u16(), 200);
+        .expect("INFO");
+    let pid: u32 = info
+        .lines()
+        .find_map(|line| line.strip_prefix("process_id:"))
+        .and_then(|pid| pid.trim().parse().ok())
+        .expect("process_id in INFO server");
+
+    signal(pid, "STOP");
+    let stopped = Resume(pid);
+    let since = Instant::now();
+    eventually(Duration::from_secs(10), "redis_up to drop to 0", || async {
+        (redis_up().await == Some(0.0)).then_some(())
+    })
+    .await;
+    let noticed = since.elapsed();
+    assert!(
+        noticed <= Duration::from_secs(3),
+        "redis_up was 0 only after {noticed:?}"
+    );
+    assert_eq!(admin_status(&gw, "/readyz").await, 200);
+    assert_eq!(admin_status(&gw, "/readyz/redis").await, 503);
+    let response = gw.get_as("/api/session/info", &id).await;
+    assert_eq!(response.headers()["retry-after"], "1");
+    assert_eq!(split(response).await.0, 503);
+
+    drop(stopped);
+    eventually(
+        Duration::from_secs(10),
+        "redis_up to be 1 again",
+        || async { (redis_up().await == Some(1.0)).then_some(()) },
+    )
+    .await;
+    assert_eq!(admin_status(&gw, "/readyz/redis").await, 200);
+    assert_eq!(
+        gw.get_as("/api/session/info", &id).await.status().as_u16(),
+        200
+    );
+    let _ = client.quit().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -156,3 +156,60 @@ async fn shutdown_stops_accepting() {
         "listener closed"
     );
 }
+
+/// On shutdown the listeners stop accepting while requests in flight finish; meanwhile the
+/// admin listener still answers, and `/readyz` says "draining" so that nothing new is sent
+/// to this replica. It closes last.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readiness_says_draining_while_requests_in_flight_finish() {
+    let upstream = crate::upstreams::Upstream::start().await;
+    let routes = format!(
+        "[[routes]]\npath = \"/files/*\"\nupstream = \"{}\"\n",
+        upstream.url()
+    );
+    let gw = crate::gateway::gateway(5, &routes, |config| {
+        config.shutdown_grace = Duration::from_secs(3);
+    })
+    .await;
+    let readyz = gw.admin_url("/readyz");
+    let http = gw.http.clone();
+    assert_eq!(
+        split(http.get(&readyz).send().await.expect("readyz"))
+            .await
+            .0,
+        200
+    );
+
+    // The upstream never answers this one, so it holds the drain open.
+    let held = tokio::spawn(http.get(gw.url("/files/a/hang")).send());
+    eventually(
+        Duration::from_secs(5),
+        "the upstream to get the request",
+        || async {
+            upstream
+                .hits()
+                .iter()
+                .any(|hit| hit.path == "/files/a/hang")
+                .then_some(())
+        },
+    )
+    .await;
+    let admin = gw.gateway.admin_addr();
+    let shutdown = tokio::spawn(gw.gateway.shutdown());
+    let body = eventually(Duration::from_secs(3), "readyz to say draining", || async {
+        let (status, body) = split(http.get(&readyz).send().await.ok()?).await;
+        (status == 503).then_some(body)
+    })
+    .await;
+    assert_eq!(body, json!({"status": "draining"}));
+
+    tokio::time::timeout(Duration::from_secs(10), shutdown)
+        .await
+        .expect("shutdown ends after the grace period")
+        .expect("shutdown task");
+    let _ = held.await;
+    assert!(
+        tokio::net::TcpStream::connect(admin).await.is_err(),
+        "the admin listener closes last"
+    );
+}

@@ -9,7 +9,8 @@ use serde_json::{json, Value};
 
 use crate::services::{shared_postgres, shared_postgrest, Postgrest};
 use crate::support::{
-    eventually, session_key, set_cookies, split, supabase_config, writing_to, TestGateway, TOKEN,
+    eventually, metric, session_key, set_cookies, split, supabase_config, writing_to, TestGateway,
+    TOKEN,
 };
 
 /// The stored rows of the given sessions, by id, as PostgREST returns them.
@@ -165,7 +166,7 @@ async fn a_flusher_dying_between_upsert_and_ack_loses_nothing_and_applies_nothin
         store.clone(),
         sessiongate::flush::Supabase::new(&supabase).expect("client"),
         Duration::from_secs(3600),
-        sessiongate::flush::FlushConfig::default().read_through_per_second,
+        &sessiongate::flush::FlushConfig::default(),
     );
     read_through.persist(&uuid).await.expect("upsert");
     let first = rows(postgrest, std::slice::from_ref(&id)).await[&id].clone();
@@ -482,4 +483,51 @@ async fn an_unreachable_system_of_record_is_503_never_a_lost_session() {
     assert_eq!(body["session_id"], json!(id));
     assert_eq!(body["usage_stats"]["concepts_generated"], 2);
     assert_eq!(body["rate_limits"]["concept_generation"]["remaining"], 8);
+}
+
+/// A system of record that accepts connections and never answers holds a request for the
+/// read-through timeout (1 s by default), not the write-behind's request timeout: the
+/// client gets 503 + `Retry-After` and keeps its session id.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hung_system_of_record_holds_a_read_through_for_its_own_timeout_only() {
+    let hung = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let rest_url = format!("http://{}", hung.local_addr().expect("address"));
+    let held = tokio::spawn(async move {
+        let mut connections = Vec::new();
+        while let Ok((stream, _)) = hung.accept().await {
+            connections.push(stream);
+        }
+    });
+    let gw = TestGateway::start_with(move |config| {
+        config.supabase = Some(sessiongate::flush::SupabaseConfig {
+            rest_url,
+            service_role_key: "key".to_string(),
+            request_timeout: Duration::from_secs(10),
+        });
+        config.flush_enabled = false;
+    })
+    .await;
+    let id = uuid::Uuid::new_v4().to_string();
+    let started = std::time::Instant::now();
+    let response = gw.get_as("/api/session/info", &id).await;
+    let elapsed = started.elapsed();
+    assert_eq!(response.headers()["retry-after"], "1");
+    assert_eq!(split(response).await.0, 503);
+    assert!(
+        elapsed >= Duration::from_millis(900) && elapsed < Duration::from_secs(3),
+        "answered after {elapsed:?}, not after the 1 s read-through timeout"
+    );
+    let scrape = gw.scrape().await;
+    assert_eq!(
+        metric(
+            &scrape,
+            "sessiongate_read_through_total",
+            "result=\"timeout\""
+        ),
+        Some(1.0),
+        "{scrape}"
+    );
+    held.abort();
 }
