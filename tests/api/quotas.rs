@@ -589,3 +589,34 @@ async fn lua_and_rust_calendar_math_agree_at_the_edges() {
         }
     }
 }
+
+/// Token rotation: with `SESSIONGATE_SERVICE_TOKEN_NEXT` set, both tokens are accepted (a
+/// backend may use either while it moves over), any other is still 401.
+#[tokio::test]
+async fn the_next_service_token_is_accepted_beside_the_current_one() {
+    const NEXT: &str = "next-service-token-0123456789";
+    let gw = TestGateway::start_with(|config| {
+        with_token(config);
+        config.service_token_next = Some(NEXT.to_string());
+    })
+    .await;
+    let id = gw.new_session().await;
+    let path = gw.url(&format!(
+        "/internal/v1/sessions/{id}/quota/concept_generation/consume"
+    ));
+    for (token, expected) in [
+        (TOKEN, 200),
+        (NEXT, 200),
+        ("previous-token-0123456789", 401),
+    ] {
+        let response = gw
+            .http
+            .post(&path)
+            .bearer_auth(token)
+            .send()
+            .await
+            .expect("request");
+        assert_eq!(response.status().as_u16(), expected, "{token}");
+    }
+    assert_eq!(gw.info(&id).await["usage_stats"]["concepts_generated"], 2);
+}
