@@ -116,6 +116,7 @@ pub async fn start(config: Config) -> Result<Gateway, StartError> {
 
     let limits = ConnectionLimits {
         header_read_timeout: config.header_read_timeout,
+        keep_alive_timeout: config.keep_alive_timeout,
         max_header_bytes: config.max_header_bytes,
         shutdown_grace: config.shutdown_grace,
     };

@@ -56,8 +56,11 @@ pub struct Config {
     /// Keyspace shards (see `store`); fixed for the lifetime of the data.
     pub redis_shards: u32,
     pub body_limit: usize,
-    /// Time a client gets to send its request headers (slowloris bound).
+    /// Time a client gets to send its request headers, from their first byte (slowloris bound).
     pub header_read_timeout: Duration,
+    /// Time an idle connection is kept open for its next request; longer than the load
+    /// balancer's own, so that it is always the balancer that closes one.
+    pub keep_alive_timeout: Duration,
     /// Largest request head accepted (431 past it), and the buffer a connection may hold.
     pub max_header_bytes: usize,
     /// Time a client gets to send a request body (slow-body bound).
@@ -115,6 +118,7 @@ impl Default for Config {
             redis_shards: crate::store::DEFAULT_SHARDS,
             body_limit: 16 * 1024,
             header_read_timeout: Duration::from_secs(10),
+            keep_alive_timeout: Duration::from_secs(75),
             max_header_bytes: 32 * 1024,
             body_read_timeout: Duration::from_secs(10),
             shutdown_grace: Duration::from_secs(30),

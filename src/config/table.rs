@@ -168,6 +168,16 @@ pub(super) const SETTINGS: &[Setting] = &[
         },
     },
     Setting {
+        key: Some("http.keep_alive_timeout_ms"),
+        var: None,
+        form: Whole {
+            min: 1,
+            max: HOUR_MS,
+            unit: "milliseconds",
+            set: |d, n| d.config.keep_alive_timeout = Duration::from_millis(n),
+        },
+    },
+    Setting {
         key: Some("http.body_read_timeout_ms"),
         var: None,
         form: Whole {

@@ -1,7 +1,7 @@
 //! HTTP: listeners, connections, and the two routers that speak HTTP.
 //!
-//! [`serve`] owns the accept loop and connection lifecycle (header-read timeout, graceful
-//! shutdown, panic containment) for any handler; [`api`] is the public session API (with the
+//! [`serve`] owns the accept loop and connection lifecycle (keep-alive and header-read
+//! timeouts, graceful shutdown, panic containment) for any handler; [`api`] is the public session API (with the
 //! internal quota API for backends under `/internal/v1/` unless [`internal`] has a listener
 //! of its own), [`proxy`] forwards gateway-mode routes to their upstreams (with the request
 //! head `forwarded` prepares), and [`admin`] serves the operator endpoints. Handlers translate between HTTP and the domain modules;
@@ -13,6 +13,7 @@ mod body;
 mod cors;
 mod error;
 mod forwarded;
+mod head_timeout;
 pub mod internal;
 pub mod proxy;
 pub mod request;
@@ -35,6 +36,7 @@ use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
 
 use crate::telemetry;
+use head_timeout::HeadTimeout;
 
 pub use error::ApiError;
 
@@ -43,7 +45,10 @@ pub use body::Body;
 /// Connection-level limits shared by both listeners.
 #[derive(Clone, Copy, Debug)]
 pub struct ConnectionLimits {
+    /// Time a request head may take from its first byte.
     pub header_read_timeout: Duration,
+    /// Time a connection may wait for its next request (or its first) before it is closed.
+    pub keep_alive_timeout: Duration,
     /// Largest request head (request line and headers) accepted; past it, 431.
     pub max_header_bytes: usize,
     pub shutdown_grace: Duration,
@@ -94,7 +99,9 @@ pub async fn serve<H, F>(
     let graceful = GracefulShutdown::new();
     let mut http = http1::Builder::new();
     http.timer(TokioTimer::new())
-        .header_read_timeout(limits.header_read_timeout)
+        // hyper's "header read" clock runs while a connection waits for a head, idle time
+        // included, so it is the keep-alive timeout here; HeadTimeout bounds the head itself.
+        .header_read_timeout(limits.keep_alive_timeout)
         .max_header_size(limits.max_header_bytes)
         // The read buffer is where an unfinished head waits: bounded by the same limit, an
         // oversized head is refused as it arrives instead of being held until the timeout.
@@ -123,6 +130,7 @@ pub async fn serve<H, F>(
             let handling = Box::pin(contain_panics(handler(request, peer)));
             async move { Ok::<_, Infallible>(handling.await) }
         });
+        let stream = HeadTimeout::new(stream, limits.header_read_timeout);
         let connection = graceful.watch(http.serve_connection(TokioIo::new(stream), service));
         telemetry::connection(name, 1.0);
         tokio::spawn(async move {

@@ -73,7 +73,7 @@ async fn ten_thousand_idle_keep_alive_connections_stay_bounded_and_are_released(
     let gw = GatewayProcess::start(
         &redis.url(0),
         &format!(
-            "[http]\nheader_read_timeout_ms = 120000\n[redis]\ntimeout_ms = 2000\n{LOAD_SETTINGS}"
+            "[http]\nheader_read_timeout_ms = 120000\nkeep_alive_timeout_ms = 120000\n[redis]\ntimeout_ms = 2000\n{LOAD_SETTINGS}"
         ),
         &[],
     );
@@ -179,7 +179,7 @@ async fn vanishing_clients_leave_no_fd_and_no_request_in_flight() {
     // Far past the test's deadlines: what is released here is released by the vanishing.
     let gw = GatewayProcess::start(
         &redis.url(0),
-        &format!("[http]\nheader_read_timeout_ms = 120000\n{LOAD_SETTINGS}"),
+        &format!("[http]\nheader_read_timeout_ms = 120000\nkeep_alive_timeout_ms = 120000\n{LOAD_SETTINGS}"),
         &[("SESSIONGATE_SERVICE_TOKEN", TOKEN.to_string())],
     );
     let id = gw.new_session(&one_shot()).await;

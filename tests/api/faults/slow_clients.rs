@@ -1,7 +1,8 @@
 //! Slow clients: slowloris (a request head trickled a byte at a time), connections idle
 //! after a request or silent from the start, and a body that stalls midway. Proves that the
-//! header and body read timeouts cut each of them on time (a stalled body with 408) while
-//! other clients are served, and that their file descriptors are released.
+//! header read timeout cuts a slow head, the keep-alive timeout an idle connection, and the
+//! body read timeout a stalled body (with 408), each on time, while other clients are served,
+//! and that their file descriptors are released.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -57,14 +58,20 @@ async fn trickle_until_cut(addr: SocketAddr, every: Duration, limit: Duration) -
     unreachable!()
 }
 
-/// A private Redis and a gateway that cuts header and body reads after `timeout`.
-fn gateway_with_read_timeouts(timeout: Duration) -> (RedisServer, GatewayProcess) {
+/// A private Redis and a gateway that cuts header and body reads after `timeout`, and idle
+/// connections after `keep_alive`.
+fn gateway_with_read_timeouts(
+    timeout: Duration,
+    keep_alive: Duration,
+) -> (RedisServer, GatewayProcess) {
     let redis = RedisServer::start();
     let gw = GatewayProcess::start(
         &redis.url(0),
         &format!(
-            "[http]\nheader_read_timeout_ms = {0}\nbody_read_timeout_ms = {0}\n{LOAD_SETTINGS}",
-            timeout.as_millis()
+            "[http]\nheader_read_timeout_ms = {0}\nbody_read_timeout_ms = {0}\n\
+             keep_alive_timeout_ms = {1}\n{LOAD_SETTINGS}",
+            timeout.as_millis(),
+            keep_alive.as_millis()
         ),
         &[],
     );
@@ -72,14 +79,15 @@ fn gateway_with_read_timeouts(timeout: Duration) -> (RedisServer, GatewayProcess
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn slowloris_and_idle_connections_are_cut_after_the_header_read_timeout() {
+async fn slow_heads_are_cut_after_the_header_read_timeout_idle_connections_after_keep_alive() {
     let _serial = SERIAL.lock().await;
     let header_timeout = Duration::from_millis(2000);
+    let keep_alive = Duration::from_millis(4000);
     let margin = Duration::from_millis(1500);
-    let (_redis, gw) = gateway_with_read_timeouts(header_timeout);
+    let (_redis, gw) = gateway_with_read_timeouts(header_timeout, keep_alive);
     let id = gw.new_session(&one_shot()).await;
     let baseline = gw.settled_fds().await;
-    let limit = header_timeout * 5;
+    let limit = keep_alive * 3;
 
     let slowloris: Vec<_> = (0..20)
         .map(|_| {
@@ -134,10 +142,10 @@ async fn slowloris_and_idle_connections_are_cut_after_the_header_read_timeout() 
     }
     let released = gw.settled_fds().await;
     eprintln!(
-        "slow clients (header_read_timeout {header_timeout:?}): cut after {:?} .. {:?} \
-         (slowloris, one byte per 100 ms), {:?} .. {:?} (idle after a request), {:?} .. {:?} \
-         (silent); other clients served meanwhile, slowest {slowest:?}; gateway fds \
-         {baseline} before, {released} after",
+        "slow clients (header_read_timeout {header_timeout:?}, keep-alive {keep_alive:?}): \
+         cut after {:?} .. {:?} (slowloris, one byte per 100 ms), {:?} .. {:?} (idle after a \
+         request), {:?} .. {:?} (silent); other clients served meanwhile, slowest \
+         {slowest:?}; gateway fds {baseline} before, {released} after",
         cut["slowloris"][0],
         cut["slowloris"][19],
         cut["idle"][0],
@@ -146,10 +154,16 @@ async fn slowloris_and_idle_connections_are_cut_after_the_header_read_timeout() 
         cut["silent"][4],
     );
     for (what, times) in &cut {
+        // A slow head is timed from its first byte; a connection waiting for a head, from
+        // its last answer or from its opening.
+        let (name, expected) = match *what {
+            "slowloris" => ("header_read_timeout", header_timeout),
+            _ => ("keep_alive_timeout", keep_alive),
+        };
         for time in times {
             assert!(
-                *time >= header_timeout.mul_f64(0.95) && *time <= header_timeout + margin,
-                "a {what} client was cut after {time:?}, header_read_timeout is {header_timeout:?}"
+                *time >= expected.mul_f64(0.95) && *time <= expected + margin,
+                "a {what} client was cut after {time:?}, {name} is {expected:?}"
             );
         }
     }
@@ -172,7 +186,7 @@ async fn slowloris_and_idle_connections_are_cut_after_the_header_read_timeout() 
 async fn a_client_stalling_mid_body_is_cut_off() {
     let _serial = SERIAL.lock().await;
     let header_timeout = Duration::from_millis(2000);
-    let (_redis, gw) = gateway_with_read_timeouts(header_timeout);
+    let (_redis, gw) = gateway_with_read_timeouts(header_timeout, header_timeout);
     let id = gw.new_session(&one_shot()).await;
     let mut stream = TcpStream::connect(gw.public).await.expect("connect");
     let started = Instant::now();
