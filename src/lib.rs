@@ -182,6 +182,9 @@ pub async fn start(config: Config) -> Result<Gateway, StartError> {
         watcher.clone(),
         redis_answered,
     );
+    // The write-behind gauges exist from the start (Redis answering), not from the first
+    // scrape that could read them: their alerts must not depend on Redis at scrape time.
+    health.refresh_gauges().await;
     let probe = health.probe_redis(stopped(watcher.clone()));
     let admin_state = Arc::new(Admin { health });
     let (admin_stop, admin_watcher) = watch::channel(false);

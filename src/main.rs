@@ -1,5 +1,6 @@
 //! The `sessiongate` binary: configuration, logging and signals around [`sessiongate::start`].
 
+use std::io::IsTerminal;
 use std::process::ExitCode;
 
 use sessiongate::config::{Config, LogFormat};
@@ -41,11 +42,13 @@ fn main() -> ExitCode {
     })
 }
 
-/// JSON lines in production (for log pipelines), readable text elsewhere; the level comes
-/// from `RUST_LOG` (default `info`).
+/// JSON lines in production (for log pipelines), readable text elsewhere, coloured only on a
+/// terminal; the level comes from `RUST_LOG` (checked with the configuration; default `info`).
 fn init_logging(config: &Config) {
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter);
+    let filter = EnvFilter::new(&config.log_filter);
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(std::io::stdout().is_terminal());
     if config.log_format == LogFormat::Json {
         builder.json().flatten_event(true).init();
     } else {

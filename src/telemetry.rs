@@ -96,7 +96,7 @@ pub const BUILD_INFO: &str = "sessiongate_build_info";
 fn describe() {
     describe_counter!(
         HTTP_REQUESTS,
-        "HTTP requests answered, by route template, method and status."
+        "HTTP requests answered, by route template (unmatched: no route; panicked: a handler bug answered 500), method and status."
     );
     describe_histogram!(
         HTTP_DURATION,
@@ -110,7 +110,7 @@ fn describe() {
         Unit::Seconds,
         "Redis round trip time, by operation (script or command)."
     );
-    describe_counter!(REDIS_ERRORS, "Redis calls that failed, by kind: timeout, redis (connection or server error), reply (unexpected answer).");
+    describe_counter!(REDIS_ERRORS, "Redis calls that failed, by kind: timeout (Redis connected but slower than redis.timeout_ms), unreachable (no connection: Redis down or reconnecting), redis (an error from Redis or the connection), reply (unexpected answer).");
     describe_counter!(
         REDIS_RELOADS,
         "Lua scripts loaded again after Redis answered NOSCRIPT."
@@ -170,6 +170,7 @@ fn describe() {
     describe_gauge!(BUILD_INFO, "Build of the running gateway (always 1).");
     // Counters of rare events start at 0, so `increase()` sees their first occurrence.
     for rare in [
+        FLUSH_ROWS,
         CREATIONS_THROTTLED,
         REDIS_RELOADS,
         FLUSH_RETRIES,

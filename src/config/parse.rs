@@ -29,6 +29,30 @@ pub(super) fn log_format(value: &str) -> Result<LogFormat, String> {
     }
 }
 
+const LEVELS: [&str; 6] = ["trace", "debug", "info", "warn", "error", "off"];
+
+/// `RUST_LOG` directives. A bare word that is no level would be read as a module name and
+/// silence every other log line ("degub" turns all logging off), so it is refused.
+pub(super) fn log_filter(value: String) -> Result<String, String> {
+    for directive in value.split(',').map(str::trim).filter(|d| !d.is_empty()) {
+        let level = match directive.rsplit_once('=') {
+            Some((_, level)) => level,
+            None if directive.contains("::") || directive.contains('[') => continue,
+            None => directive,
+        };
+        if !LEVELS.contains(&level.to_ascii_lowercase().as_str()) {
+            return Err(format!(
+                "{level:?} in {directive:?} is not a level (one of {})",
+                LEVELS.join(", ")
+            ));
+        }
+    }
+    tracing_subscriber::EnvFilter::builder()
+        .parse(&value)
+        .map_err(|e| format!("{value:?}: {e}"))?;
+    Ok(value)
+}
+
 pub(super) fn address(value: &str) -> Result<SocketAddr, String> {
     value
         .parse()

@@ -49,6 +49,8 @@ pub struct Config {
     pub internal_listen: Option<SocketAddr>,
     pub environment: Environment,
     pub log_format: LogFormat,
+    /// Which log lines are written, as `RUST_LOG` directives (`info`, `sessiongate=debug`).
+    pub log_filter: String,
     pub redis_url: String,
     /// Upper bound on one Redis round trip; past it the request answers 503.
     pub redis_timeout: Duration,
@@ -112,6 +114,7 @@ impl Default for Config {
             internal_listen: None,
             environment: Environment::Development,
             log_format: LogFormat::Text,
+            log_filter: "info".to_string(),
             redis_url: "redis://127.0.0.1:6379".to_string(),
             redis_timeout: Duration::from_millis(250),
             redis_pool_size: 4,

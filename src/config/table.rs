@@ -57,6 +57,14 @@ pub(super) const SETTINGS: &[Setting] = &[
         },
     },
     Setting {
+        key: None,
+        var: Some("RUST_LOG"),
+        form: Text {
+            what: "log directives such as info or sessiongate=debug,hyper=warn",
+            set: |d, v| parse::log_filter(v).map(|value| d.config.log_filter = value),
+        },
+    },
+    Setting {
         key: Some("listen"),
         var: Some("SESSIONGATE_LISTEN"),
         form: Text {

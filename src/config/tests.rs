@@ -529,3 +529,33 @@ fn a_next_service_token_is_accepted_only_beside_the_current_one() {
         "{err}"
     );
 }
+
+#[test]
+fn a_log_filter_that_would_silence_the_logs_is_refused() {
+    for ok in [
+        "info",
+        "WARN",
+        "info,sessiongate=debug",
+        "sessiongate::http=trace",
+    ] {
+        let config = Config::from_vars(&vars(&[("RUST_LOG", ok)])).expect(ok);
+        assert_eq!(config.log_filter, ok);
+    }
+    for bad in ["degub", "info,sessiongate=verbose", "inf"] {
+        let err = Config::from_vars(&vars(&[("RUST_LOG", bad)]))
+            .expect_err(bad)
+            .to_string();
+        assert!(
+            err.starts_with("invalid configuration: RUST_LOG: "),
+            "{err}"
+        );
+        assert!(err.contains("is not a level"), "{err}");
+    }
+    let err = Config::from_vars(&vars(&[("RUST_LOG", "debug, hyper=off")])).unwrap_err();
+    assert!(
+        err.to_string()
+            .starts_with("invalid configuration: RUST_LOG: "),
+        "{err}"
+    );
+    assert_eq!(Config::default().log_filter, "info");
+}

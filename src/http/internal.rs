@@ -68,10 +68,16 @@ pub async fn handle(api: &Api, request: Request<Incoming>) -> Response<Body> {
     let started = std::time::Instant::now();
     let method = request.method().clone();
     let path = request.uri().path();
+    let path = path.strip_suffix('/').unwrap_or(path);
+    // Consume and refund are told apart: one label would hide refunds failing among grants.
     let template = if is_authorize(path) {
         "/internal/v1/authorize"
-    } else if path.trim_end_matches('/').ends_with("/persist") {
+    } else if path.ends_with("/persist") {
         "/internal/v1/sessions/{id}/persist"
+    } else if path.ends_with("/consume") {
+        "/internal/v1/sessions/{id}/quota/{operation}/consume"
+    } else if path.ends_with("/refund") {
+        "/internal/v1/sessions/{id}/quota/{operation}/refund"
     } else {
         "/internal/v1/sessions/{id}/quota/{operation}"
     };

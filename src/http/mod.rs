@@ -127,7 +127,8 @@ pub async fn serve<H, F>(
         let service = service_fn(move |request| {
             // Boxed: hyper keeps room for one request future in every connection, idle or
             // not, so an inline future (tens of KiB) would cost that much per connection.
-            let handling = Box::pin(contain_panics(handler(request, peer)));
+            let method = telemetry::method_label(request.method());
+            let handling = Box::pin(contain_panics(handler(request, peer), method));
             async move { Ok::<_, Infallible>(handling.await) }
         });
         let stream = HeadTimeout::new(stream, limits.header_read_timeout);
@@ -150,13 +151,19 @@ pub async fn serve<H, F>(
     }
 }
 
-/// A panic in a handler is a bug; the client gets a plain 500 without internals and the
-/// connection stays usable.
-async fn contain_panics(handler: impl Future<Output = Response<Body>>) -> Response<Body> {
+/// A panic in a handler is a bug; the client gets a plain 500 without internals, the
+/// connection stays usable, and the 500 is counted (under the route `panicked`: the handler
+/// that would have named the route is gone) so that error-ratio alerts see it.
+async fn contain_panics(
+    handler: impl Future<Output = Response<Body>>,
+    method: &'static str,
+) -> Response<Body> {
+    let started = std::time::Instant::now();
     match AssertUnwindSafe(handler).catch_unwind().await {
         Ok(response) => response,
         Err(_) => {
-            tracing::error!("request handler panicked");
+            tracing::error!(method, "request handler panicked");
+            telemetry::http_request("panicked", method, 500, started.elapsed());
             ApiError::internal().into_response()
         }
     }
@@ -167,4 +174,23 @@ pub async fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
     TcpListener::bind(addr)
         .await
         .map_err(|e| std::io::Error::new(e.kind(), format!("cannot listen on {addr}: {e}")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_panicking_handler_answers_a_plain_500_and_is_counted() {
+        telemetry::recorder();
+        let response = contain_panics(async { panic!("a bug") }, "PATCH").await;
+        assert_eq!(response.status(), http::StatusCode::INTERNAL_SERVER_ERROR);
+        let exposition = telemetry::render();
+        assert!(
+            exposition.lines().any(|line| line.starts_with(
+                "sessiongate_http_requests_total{route=\"panicked\",method=\"PATCH\",status=\"500\"} "
+            )),
+            "{exposition}"
+        );
+    }
 }

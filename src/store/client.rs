@@ -343,18 +343,32 @@ impl Store {
         let limit = self.inner.timeout;
         async move {
             let started = std::time::Instant::now();
+            // fred's own command timeout, set to the same limit, usually fires first.
             let result = match tokio::time::timeout(limit, work).await {
+                Ok(Err(StoreError::Redis(error))) if *error.kind() == ErrorKind::Timeout => {
+                    Err(self.timed_out(limit))
+                }
                 Ok(result) => result,
-                Err(_) => Err(StoreError::Timeout(limit)),
+                Err(_) => Err(self.timed_out(limit)),
             };
             telemetry::redis_call(op, started.elapsed());
             match &result {
                 Err(StoreError::Timeout(_)) => telemetry::redis_error("timeout"),
+                Err(StoreError::Unreachable) => telemetry::redis_error("unreachable"),
                 Err(StoreError::Redis(_)) => telemetry::redis_error("redis"),
                 Err(StoreError::Reply(_)) => telemetry::redis_error("reply"),
                 _ => {}
             }
             result
+        }
+    }
+
+    /// A call that ran out of time: Redis was slow, or there was no connection to send it on
+    /// (fred queues commands while it reconnects), which an operator needs told apart.
+    fn timed_out(&self, limit: Duration) -> StoreError {
+        match self.inner.pool.next_connected().is_connected() {
+            true => StoreError::Timeout(limit),
+            false => StoreError::Unreachable,
         }
     }
 

@@ -7,6 +7,8 @@ use std::time::Duration;
 pub enum StoreError {
     #[error("redis did not answer within {0:?}")]
     Timeout(Duration),
+    #[error("no connection to redis (reconnecting)")]
+    Unreachable,
     #[error("redis: {0}")]
     Redis(#[from] fred::error::Error),
     #[error("unexpected reply from redis: {0}")]

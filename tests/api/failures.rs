@@ -15,6 +15,7 @@ async fn redis_down_answers_503_then_recovers() {
     })
     .await;
     gw.new_session().await;
+    let unreachable_before = redis_errors(&gw, "unreachable").await;
 
     redis.kill();
     let started = Instant::now();
@@ -41,6 +42,10 @@ async fn redis_down_answers_503_then_recovers() {
         "the replica still answers (with 503 + Retry-After), so it stays in the load balancer"
     );
     assert_eq!(admin_status(&gw, "/readyz/redis").await, 503);
+    assert!(
+        redis_errors(&gw, "unreachable").await > unreachable_before,
+        "calls without a connection are counted as unreachable"
+    );
     let healthz = gw
         .http
         .get(gw.admin_url("/healthz"))
@@ -65,6 +70,18 @@ async fn redis_down_answers_503_then_recovers() {
     )
     .await;
     assert_eq!(admin_status(&gw, "/readyz/redis").await, 200);
+}
+
+/// `sessiongate_redis_errors_total` of one kind (every gateway of this test binary shares it,
+/// so tests compare before and after).
+async fn redis_errors(gw: &TestGateway, kind: &str) -> f64 {
+    let labels = format!("kind=\"{kind}\"");
+    metric(
+        &gw.scrape().await,
+        "sessiongate_redis_errors_total",
+        &labels,
+    )
+    .unwrap_or(0.0)
 }
 
 async fn admin_status(gw: &TestGateway, path: &str) -> u16 {
@@ -165,6 +182,7 @@ async fn slow_redis_answers_503_within_the_timeout() {
     })
     .await;
     let id = gw.new_session().await;
+    let timeouts_before = redis_errors(&gw, "timeout").await;
 
     // DEBUG SLEEP blocks the (single-threaded) server for two seconds.
     let mut sleeper = Command::new("redis-cli")
@@ -190,6 +208,10 @@ async fn slow_redis_answers_503_within_the_timeout() {
         "503 came after {elapsed:?}"
     );
     assert_eq!(response.headers()["retry-after"], "1");
+    assert!(
+        redis_errors(&gw, "timeout").await > timeouts_before,
+        "a connected but slow redis is counted as a timeout"
+    );
     let _ = sleeper.wait();
     eventually(Duration::from_secs(10), "redis to answer again", || async {
         let response = gw

@@ -182,4 +182,8 @@ async fn no_log_line_holds_a_whole_session_id() {
     );
     let whole = uuids(&log);
     assert!(whole.is_empty(), "whole ids in the log: {whole:?}");
+    assert!(
+        !log.contains('\u{1b}'),
+        "terminal colour codes in a log written to a file"
+    );
 }

@@ -80,7 +80,8 @@ async fn traffic_shows_in_the_exposition_and_promtool_accepts_it() {
     for (prefix, at_least) in [
         ("sessiongate_http_requests_total{route=\"/api/session/\",method=\"POST\",status=\"200\"}", 1.0),
         ("sessiongate_http_requests_total{route=\"unmatched\",method=\"GET\",status=\"404\"}", 1.0),
-        ("sessiongate_http_requests_total{route=\"/internal/v1/sessions/{id}/quota/{operation}\",method=\"POST\",status=\"429\"}", 1.0),
+        ("sessiongate_http_requests_total{route=\"/internal/v1/sessions/{id}/quota/{operation}/consume\",method=\"POST\",status=\"429\"}", 1.0),
+        ("sessiongate_http_requests_total{route=\"/internal/v1/sessions/{id}/quota/{operation}/refund\",method=\"POST\",status=\"200\"}", 1.0),
         ("sessiongate_http_request_duration_seconds_bucket{route=\"/api/session/info\",method=\"GET\",le=\"+Inf\"}", 1.0),
         ("sessiongate_http_request_duration_seconds_count{route=\"/api/session/info\",method=\"GET\"}", 1.0),
         ("sessiongate_redis_command_duration_seconds_count{op=\"consume\"}", 11.0),
