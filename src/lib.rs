@@ -187,12 +187,14 @@ pub async fn start(config: Config) -> Result<Gateway, StartError> {
     health.refresh_gauges().await;
     let probe = health.probe_redis(stopped(watcher.clone()));
     let admin_state = Arc::new(Admin { health });
+    let trusted_proxies: Arc<[ipnet::IpNet]> = config.trusted_proxies.clone().into();
     let (admin_stop, admin_watcher) = watch::channel(false);
     let admin_task = tokio::spawn(http::serve(
         "admin",
         admin,
         move |request, _peer| http::admin::handle(admin_state.clone(), request),
         limits,
+        Arc::from([]),
         stopped(admin_watcher),
     ));
     let mut tasks = Vec::new();
@@ -203,6 +205,7 @@ pub async fn start(config: Config) -> Result<Gateway, StartError> {
             internal,
             move |request, _peer| http::internal::handle_listener(api.clone(), request),
             limits,
+            trusted_proxies.clone(),
             stopped(watcher.clone()),
         )));
     }
@@ -212,6 +215,7 @@ pub async fn start(config: Config) -> Result<Gateway, StartError> {
             public,
             move |request, peer| http::api::handle(api.clone(), request, peer),
             limits,
+            trusted_proxies,
             stopped(watcher.clone()),
         )),
         tokio::spawn(forget_idle_clients(sessions, stopped(watcher.clone()))),

@@ -17,6 +17,7 @@ mod head_timeout;
 pub mod internal;
 pub mod proxy;
 pub mod request;
+mod request_id;
 mod response;
 pub mod state;
 
@@ -24,6 +25,7 @@ use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::panic::AssertUnwindSafe;
+use std::sync::Arc;
 use std::time::Duration;
 
 use futures_util::FutureExt;
@@ -33,7 +35,9 @@ use hyper::service::service_fn;
 use hyper::{Request, Response};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
+use ipnet::IpNet;
 use tokio::net::TcpListener;
+use tracing::Instrument;
 
 use crate::telemetry;
 use head_timeout::HeadTimeout;
@@ -84,13 +88,15 @@ impl Drop for InFlight {
     }
 }
 
-/// Serves `handler` on `listener` (called `name` in metrics) until `shutdown` resolves, then stops accepting and gives
-/// in-flight requests up to `limits.shutdown_grace` to finish.
+/// Serves `handler` on `listener` (called `name` in metrics) until `shutdown` resolves, then
+/// stops accepting and gives in-flight requests up to `limits.shutdown_grace` to finish.
+/// Every request gets an id ([`request_id`]): taken from `trusted_proxies`, else generated.
 pub async fn serve<H, F>(
     name: &'static str,
     listener: TcpListener,
     handler: H,
     limits: ConnectionLimits,
+    trusted_proxies: Arc<[IpNet]>,
     shutdown: impl Future<Output = ()>,
 ) where
     H: Fn(Request<Incoming>, SocketAddr) -> F + Clone + Send + Sync + 'static,
@@ -124,12 +130,22 @@ pub async fn serve<H, F>(
         };
         let _ = stream.set_nodelay(true);
         let handler = handler.clone();
-        let service = service_fn(move |request| {
+        let trusted = request::is_trusted_proxy(&trusted_proxies, peer.ip());
+        let service = service_fn(move |mut request: Request<Incoming>| {
+            let method = telemetry::method_label(request.method());
+            let id = request_id::of(request.headers(), trusted);
+            // Handlers see the id too: gateway mode forwards it upstream.
+            request.headers_mut().insert(request_id::HEADER, id.clone());
+            let span = tracing::info_span!("request", id = id.to_str().unwrap_or_default());
             // Boxed: hyper keeps room for one request future in every connection, idle or
             // not, so an inline future (tens of KiB) would cost that much per connection.
-            let method = telemetry::method_label(request.method());
-            let handling = Box::pin(contain_panics(handler(request, peer), method));
-            async move { Ok::<_, Infallible>(handling.await) }
+            let handling =
+                Box::pin(contain_panics(handler(request, peer), method).instrument(span));
+            async move {
+                let mut response = handling.await;
+                response.headers_mut().insert(request_id::HEADER, id);
+                Ok::<_, Infallible>(response)
+            }
         });
         let stream = HeadTimeout::new(stream, limits.header_read_timeout);
         let connection = graceful.watch(http.serve_connection(TokioIo::new(stream), service));

@@ -498,3 +498,61 @@ async fn nginx_auth_request_lets_grants_through_and_stops_denials() {
     assert_eq!(response.status(), 404, "unknown session");
     assert_eq!(upstream.hits().len(), 10);
 }
+
+/// Every answer carries `X-Request-Id`, and the upstream gets the same id: the caller's when
+/// a trusted proxy sent it, a fresh one when anyone else did (a client cannot choose the id
+/// its request is logged under).
+#[tokio::test]
+async fn request_ids_follow_a_request_upstream_and_come_from_trusted_proxies_only() {
+    let upstream = Upstream::start().await;
+    let routes = format!(
+        "[[routes]]\npath = \"/files/*\"\nupstream = \"{}\"\n",
+        upstream.url()
+    );
+    for trusted in [false, true] {
+        let gw = gateway(5, &routes, |config| {
+            if trusted {
+                config.trusted_proxies = vec!["127.0.0.1/32".parse().expect("a network")];
+            }
+        })
+        .await;
+        let path = format!("/files/{trusted}");
+        let response = gw
+            .http
+            .get(gw.url(&path))
+            .header("x-request-id", "lb-7f3a-42")
+            .send()
+            .await
+            .expect("request");
+        assert_eq!(response.status(), 200);
+        let id = response.headers()["x-request-id"].to_str().expect("ascii");
+        match trusted {
+            true => assert_eq!(id, "lb-7f3a-42"),
+            false => assert!(
+                id.len() == 32 && id.bytes().all(|b| b.is_ascii_hexdigit()),
+                "{id}"
+            ),
+        }
+        let hits = upstream.hits();
+        let hit = hits.iter().find(|h| h.path == path).expect("forwarded");
+        assert_eq!(hit.get("x-request-id"), Some(id), "the upstream's id");
+
+        let response = gw.http.get(gw.url("/api/session/info")).send().await;
+        let response = response.expect("info");
+        assert_eq!(response.status(), 404);
+        assert!(
+            response.headers().contains_key("x-request-id"),
+            "error answers carry one"
+        );
+        let response = gw
+            .http
+            .get(gw.admin_url("/healthz"))
+            .send()
+            .await
+            .expect("healthz");
+        assert!(
+            response.headers().contains_key("x-request-id"),
+            "admin answers carry one too"
+        );
+    }
+}

@@ -175,7 +175,23 @@ async fn no_log_line_holds_a_whole_session_id() {
     assert_eq!(response.status().as_u16(), 503);
     postgrest.restart();
 
+    let response = http
+        .get(gw.url("/api/session/info"))
+        .header("x-session-id", &id)
+        .send()
+        .await
+        .expect("info");
+    let request_id = response.headers()["x-request-id"]
+        .to_str()
+        .expect("ascii")
+        .to_string();
+
     let log = std::fs::read_to_string(gw.dir.join("gateway.log")).expect("the gateway's log");
+    assert!(
+        log.lines()
+            .any(|line| line.contains(&request_id) && line.contains("request")),
+        "no log line names request {request_id}:\n{log}"
+    );
     assert!(
         log.contains("read-through failed") && log.contains(&id[..8]),
         "the run reached the logged error paths, with short ids:\n{log}"
