@@ -20,6 +20,7 @@ pub mod config;
 pub mod flush;
 pub mod health;
 pub mod http;
+pub mod log_limit;
 pub mod model;
 pub mod path;
 pub mod preferences;

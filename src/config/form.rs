@@ -3,8 +3,8 @@
 //! accepts, so that every error tells the user both the setting and the accepted form. This
 //! module knows no setting by name; the table does.
 
+use super::draft::Draft;
 use super::error::ConfigError;
-use super::Draft;
 
 /// What a setting accepts, and where an accepted value goes.
 pub(super) enum Form {

@@ -7,8 +7,9 @@
 //! Redis. Its parts: `table` (every setting, where it may be set and what it sets), `form`
 //! (reading a value of one form from either source), `parse` (checks of one value), `file`
 //! (the shapes of TOML sections), `settings` (the values) and `error`; this file reads the
-//! sources, walks the table and applies the rules that span several settings.
+//! sources, and walks the table; `draft` holds what is read and checks the rules that span several settings.
 
+mod draft;
 mod error;
 mod file;
 mod form;
@@ -22,7 +23,7 @@ use std::time::Duration;
 pub use error::ConfigError;
 pub use settings::{Config, CookieConfig, CorsConfig, Environment, LogFormat};
 
-use crate::flush::SupabaseConfig;
+use draft::Draft;
 use table::SETTINGS;
 
 /// The variable naming the TOML file; not a setting itself.
@@ -84,49 +85,6 @@ impl Config {
             }
         }
         draft.finish()
-    }
-}
-
-/// Configuration being read: the settings so far, and the parts checked together at the end.
-struct Draft {
-    config: Config,
-    /// The system of record's REST root, with the variable it came from.
-    supabase_url: Option<(&'static str, String)>,
-    supabase_key: Option<String>,
-    supabase_timeout: Duration,
-}
-
-impl Draft {
-    /// The rules that span several settings.
-    fn finish(self) -> Result<Config, ConfigError> {
-        let mut config = self.config;
-        if let Some((name, rest_url)) = self.supabase_url {
-            let service_role_key = self.supabase_key.ok_or_else(|| {
-                ConfigError::new(
-                    "SUPABASE_SERVICE_ROLE_KEY",
-                    format!("is required when {name} is set"),
-                )
-            })?;
-            config.supabase = Some(SupabaseConfig {
-                rest_url,
-                service_role_key,
-                request_timeout: self.supabase_timeout,
-            });
-        }
-        if config.service_token_next.is_some() && config.service_token.is_none() {
-            return Err(ConfigError::new(
-                "SESSIONGATE_SERVICE_TOKEN_NEXT",
-                "is accepted beside SESSIONGATE_SERVICE_TOKEN, which is not set",
-            ));
-        }
-        if config.cookie.same_site == cookie::SameSite::None && !config.cookie.secure {
-            return Err(ConfigError::new(
-                "cookie.same_site",
-                "\"none\" requires secure = true (browsers drop such cookies otherwise)",
-            ));
-        }
-        parse::cookie_prefix_rules(&config.cookie)?;
-        Ok(config)
     }
 }
 

@@ -32,6 +32,7 @@ use uuid::Uuid;
 
 pub use supabase::{Supabase, SupabaseConfig, SupabaseError};
 
+use crate::log_limit::Occasional;
 use crate::model::session::{short_id, Snapshot};
 use crate::service_error::ServiceError;
 use crate::store::{Claim, Store, StoreError};
@@ -342,14 +343,21 @@ impl ReadThrough {
             }
             Err(_) => {
                 telemetry::read_through("timeout");
-                tracing::warn!(session = %short_id(id), timeout_ms = self.timeout.as_millis() as u64, "read-through timed out");
+                static TIMED_OUT: Occasional = Occasional::new();
+                if let Some(held_back) = TIMED_OUT.admit() {
+                    let timeout_ms = self.timeout.as_millis() as u64;
+                    tracing::warn!(session = %short_id(id), timeout_ms, held_back, "read-through timed out");
+                }
                 return Err(ServiceError::RecordUnavailable);
             }
             Ok(Err(error)) => {
                 // Not "not found": the client would be handed a fresh session, with fresh
                 // quotas, because the system of record was briefly unreachable.
                 telemetry::read_through("error");
-                tracing::warn!(%error, session = %short_id(id), "read-through failed");
+                static FAILED: Occasional = Occasional::new();
+                if let Some(held_back) = FAILED.admit() {
+                    tracing::warn!(%error, session = %short_id(id), held_back, "read-through failed");
+                }
                 return Err(ServiceError::RecordUnavailable);
             }
         };

@@ -1,6 +1,7 @@
 //! API errors and their JSON form: `{"error": true, "error_code", "detail", "status_code"}`,
 //! plus `field_errors` for validation errors (contract, "Errors").
 
+use crate::log_limit::Occasional;
 use std::borrow::Cow;
 use std::collections::BTreeMap;
 
@@ -253,7 +254,12 @@ impl From<ServiceError> for ApiError {
             ServiceError::ReadThroughBusy => tracing::debug!(%error, "read-through refused"),
             // Logged where it happened, with the session's short id.
             ServiceError::RecordUnavailable => tracing::debug!(%error, "read-through unavailable"),
-            ServiceError::Store(error) => tracing::warn!(%error, "redis unavailable"),
+            ServiceError::Store(error) => {
+                static REDIS_UNAVAILABLE: Occasional = Occasional::new();
+                if let Some(held_back) = REDIS_UNAVAILABLE.admit() {
+                    tracing::warn!(%error, held_back, "redis unavailable");
+                }
+            }
         }
         ApiError::unavailable()
     }

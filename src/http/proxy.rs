@@ -34,6 +34,7 @@ use super::internal::{answer_response, rate_limit_headers};
 use super::request::{client_ip, current_session, is_trusted_proxy, named_sessions, Named};
 use super::response::set_session_cookie;
 use super::state::Api;
+use crate::log_limit::Occasional;
 use crate::model::decision::{QuotaAnswer, QuotaOutcome};
 use crate::model::quota::Policy;
 use crate::model::session::short_id;
@@ -345,7 +346,10 @@ async fn send(
     match tokio::time::timeout(route.timeout, api.forwarding.upstreams.request(upstream)).await {
         Err(_) => Err(("upstream_timeout", ApiError::gateway_timeout())),
         Ok(Err(error)) => {
-            tracing::warn!(%error, route = %route.pattern, "upstream request failed");
+            static FAILED: Occasional = Occasional::new();
+            if let Some(held_back) = FAILED.admit() {
+                tracing::warn!(%error, route = %route.pattern, held_back, "upstream request failed");
+            }
             Err(("upstream_error", ApiError::bad_gateway()))
         }
         Ok(Ok(response)) => {
