@@ -3,18 +3,12 @@
 //! ratio. Run with `cargo bench --bench flush` after `scripts/install-test-services`;
 //! `FLUSH_BENCH_SESSIONS` and `FLUSH_BENCH_SECONDS` shrink it (CI smoke mode).
 
-#[allow(dead_code)]
-#[path = "../tests/api/services.rs"]
-mod services;
-#[allow(dead_code)]
-#[path = "../tests/api/support.rs"]
-mod support;
-
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use sessiongate::flush::{FlushConfig, Flusher, Supabase, SupabaseConfig};
 use sessiongate::store::Store;
+use sessiongate_testkit::{services, support};
 use uuid::Uuid;
 
 fn setting(name: &str, default: u64) -> u64 {

@@ -30,30 +30,6 @@ pub fn metered(path: &str, upstream: &str, extra: &str) -> String {
     )
 }
 
-impl TestGateway {
-    pub async fn post_as(&self, path: &str, id: &str) -> reqwest::Response {
-        self.http
-            .post(self.url(path))
-            .header("x-session-id", id)
-            .body("{}")
-            .send()
-            .await
-            .expect("request")
-    }
-
-    /// `(remaining, concepts_generated)` of the session's `generate` quota.
-    pub async fn generate_state(&self, id: &str) -> (u64, u64) {
-        let info = self.info(id).await;
-        let remaining = info["rate_limits"]["generate"]["remaining"]
-            .as_u64()
-            .expect("remaining");
-        let used = info["usage_stats"]["concepts_generated"]
-            .as_u64()
-            .expect("concepts_generated");
-        (remaining, used)
-    }
-}
-
 #[tokio::test]
 async fn grants_reach_the_upstream_and_denials_never_do() {
     let upstream = Upstream::start().await;
@@ -265,27 +241,6 @@ async fn routes_answer_405_for_other_methods() {
     assert_eq!(response.status(), 405);
     assert_eq!(response.headers()["allow"], "POST");
     assert!(upstream.hits().is_empty());
-}
-
-impl TestGateway {
-    async fn authorize(
-        &self,
-        query: &str,
-        id: Option<&str>,
-        extra: &[(&str, &str)],
-    ) -> reqwest::Response {
-        let mut request = self
-            .http
-            .get(self.url(&format!("/internal/v1/authorize{query}")))
-            .bearer_auth(TOKEN);
-        if let Some(id) = id {
-            request = request.header("x-session-id", id);
-        }
-        for (name, value) in extra {
-            request = request.header(*name, *value);
-        }
-        request.send().await.expect("request")
-    }
 }
 
 #[tokio::test]

@@ -1,12 +1,9 @@
 //! Integration tests: the gateway over real HTTP against a real `redis-server`.
-//! One binary, so the services start once and compile once.
+//! One binary, so the services start once and compile once. The harness (services, gateways,
+//! clients) is the test kit crate, `tests/kit/`; its modules are named here so that tests
+//! write `crate::support::TestGateway`.
 
-mod process;
-mod raw;
-mod services;
-mod support;
-mod upstreams;
-mod webdriver;
+use sessiongate_testkit::{process, raw, services, support, upstreams, webdriver};
 
 mod binary;
 mod browser;

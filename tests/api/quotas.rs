@@ -18,53 +18,6 @@ fn policy(operation: &str, limit: u64, window: Window, counter: Option<&str>) ->
     }
 }
 
-impl TestGateway {
-    pub(crate) async fn quota(
-        &self,
-        method: reqwest::Method,
-        id: &str,
-        path: &str,
-        body: Option<serde_json::Value>,
-    ) -> reqwest::Response {
-        let mut request = self
-            .http
-            .request(
-                method,
-                self.url(&format!("/internal/v1/sessions/{id}/quota/{path}")),
-            )
-            .bearer_auth(TOKEN);
-        if let Some(body) = body {
-            request = request.json(&body);
-        }
-        request.send().await.expect("request")
-    }
-
-    pub(crate) async fn consume(
-        &self,
-        id: &str,
-        operation: &str,
-        body: Option<serde_json::Value>,
-    ) -> (u16, serde_json::Value) {
-        split(
-            self.quota(
-                reqwest::Method::POST,
-                id,
-                &format!("{operation}/consume"),
-                body,
-            )
-            .await,
-        )
-        .await
-    }
-
-    pub(crate) async fn info(&self, id: &str) -> serde_json::Value {
-        let response = self.get_as("/api/session/info", id).await;
-        let (status, body) = split(response).await;
-        assert_eq!(status, 200, "{body}");
-        body
-    }
-}
-
 #[tokio::test]
 async fn consume_grants_up_to_the_limit_then_refuses_with_headers() {
     let gw = TestGateway::start_with(with_token).await;

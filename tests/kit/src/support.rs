@@ -261,6 +261,104 @@ impl TestGateway {
     }
 }
 
+/// The internal API's quota endpoints, with [`TOKEN`], and `/api/session/info`.
+impl TestGateway {
+    /// `method` on `/internal/v1/sessions/{id}/quota/{path}` with [`TOKEN`], `body` as JSON.
+    pub async fn quota(
+        &self,
+        method: reqwest::Method,
+        id: &str,
+        path: &str,
+        body: Option<serde_json::Value>,
+    ) -> reqwest::Response {
+        let mut request = self
+            .http
+            .request(
+                method,
+                self.url(&format!("/internal/v1/sessions/{id}/quota/{path}")),
+            )
+            .bearer_auth(TOKEN);
+        if let Some(body) = body {
+            request = request.json(&body);
+        }
+        request.send().await.expect("request")
+    }
+
+    /// `POST /internal/v1/sessions/{id}/quota/{operation}/consume`: the status and the JSON
+    /// answer.
+    pub async fn consume(
+        &self,
+        id: &str,
+        operation: &str,
+        body: Option<serde_json::Value>,
+    ) -> (u16, serde_json::Value) {
+        split(
+            self.quota(
+                reqwest::Method::POST,
+                id,
+                &format!("{operation}/consume"),
+                body,
+            )
+            .await,
+        )
+        .await
+    }
+
+    /// The session's `/api/session/info` (which must answer 200).
+    pub async fn info(&self, id: &str) -> serde_json::Value {
+        let response = self.get_as("/api/session/info", id).await;
+        let (status, body) = split(response).await;
+        assert_eq!(status, 200, "{body}");
+        body
+    }
+}
+
+/// Gateway mode (`[[routes]]`, forward-auth).
+impl TestGateway {
+    /// `POST path` with the body `{}` as the session `id` (`X-Session-Id`).
+    pub async fn post_as(&self, path: &str, id: &str) -> reqwest::Response {
+        self.http
+            .post(self.url(path))
+            .header("x-session-id", id)
+            .body("{}")
+            .send()
+            .await
+            .expect("request")
+    }
+
+    /// `(remaining, concepts_generated)` of the session's `generate` quota.
+    pub async fn generate_state(&self, id: &str) -> (u64, u64) {
+        let info = self.info(id).await;
+        let remaining = info["rate_limits"]["generate"]["remaining"]
+            .as_u64()
+            .expect("remaining");
+        let used = info["usage_stats"]["concepts_generated"]
+            .as_u64()
+            .expect("concepts_generated");
+        (remaining, used)
+    }
+
+    /// `GET /internal/v1/authorize{query}` as the forward-auth caller, for session `id`.
+    pub async fn authorize(
+        &self,
+        query: &str,
+        id: Option<&str>,
+        extra: &[(&str, &str)],
+    ) -> reqwest::Response {
+        let mut request = self
+            .http
+            .get(self.url(&format!("/internal/v1/authorize{query}")))
+            .bearer_auth(TOKEN);
+        if let Some(id) = id {
+            request = request.header("x-session-id", id);
+        }
+        for (name, value) in extra {
+            request = request.header(*name, *value);
+        }
+        request.send().await.expect("request")
+    }
+}
+
 /// A store of the library itself on `url` (for tests and benchmarks that drive it directly),
 /// connected and with its scripts loaded.
 pub async fn store_on(url: &str, outbox: bool) -> sessiongate::store::Store {

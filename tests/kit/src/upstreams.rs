@@ -191,7 +191,7 @@ impl Nginx {
     pub fn forward_auth(gateway: SocketAddr, upstream: SocketAddr) -> Nginx {
         let template = std::fs::read_to_string(concat!(
             env!("CARGO_MANIFEST_DIR"),
-            "/deploy/forward-auth/nginx.conf"
+            "/../../deploy/forward-auth/nginx.conf"
         ))
         .expect("the documented nginx configuration");
         Nginx::start(|port| {

@@ -12,6 +12,26 @@ use serde_json::Value;
 use crate::services::{wait_until, Watchdog};
 use crate::support::{eventually, metric, scrape};
 
+/// The `sessiongate` binary Cargo built along with the running test binary. `cargo test`
+/// names it in `CARGO_BIN_EXE_sessiongate` (since Cargo 1.94; at compile time, `env!` sees it
+/// only in the package's own test targets, and this crate is a library); otherwise it is in
+/// the folder above the test binary's (`target/<profile>/`; test binaries run from `deps/`).
+fn binary() -> PathBuf {
+    let path = std::env::var_os("CARGO_BIN_EXE_sessiongate")
+        .map(PathBuf::from)
+        .or_else(|| {
+            let test_binary = std::env::current_exe().ok()?;
+            Some(test_binary.parent()?.parent()?.join("sessiongate"))
+        })
+        .expect("the test binary's path");
+    assert!(
+        path.is_file(),
+        "no gateway binary at {} (run the tests with cargo test)",
+        path.display()
+    );
+    path
+}
+
 pub fn temp_dir(what: &str) -> PathBuf {
     let dir = crate::services::temp_path(what);
     std::fs::create_dir_all(&dir).expect("temp dir");
@@ -52,7 +72,7 @@ impl GatewayProcess {
         let server = Watchdog::spawn(
             command,
             script,
-            &[env!("CARGO_BIN_EXE_sessiongate"), &log.to_string_lossy()],
+            &[&binary().to_string_lossy(), &log.to_string_lossy()],
         );
         let pid = server.pid();
         // Port 0 everywhere: the binary logs the addresses it bound.

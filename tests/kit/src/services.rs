@@ -18,13 +18,20 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
-const MIGRATIONS: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/deploy/supabase/migrations");
-const POSTGREST: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/.tools/postgrest/postgrest");
+// This crate is tests/kit/ of the repository.
+const MIGRATIONS: &str = concat!(
+    env!("CARGO_MANIFEST_DIR"),
+    "/../../deploy/supabase/migrations"
+);
+const POSTGREST: &str = concat!(
+    env!("CARGO_MANIFEST_DIR"),
+    "/../../.tools/postgrest/postgrest"
+);
 const STARTUP_LIMIT: Duration = Duration::from_secs(30);
 
 /// A shell running a server in the background. Dropping it closes the shell's stdin, on
 /// which the shell stops the server and cleans up after it; the drop waits for that.
-pub(crate) struct Watchdog {
+pub struct Watchdog {
     shell: Child,
     stdin: Option<ChildStdin>,
     /// The server's pid, as the shell reported it.
@@ -34,7 +41,7 @@ pub(crate) struct Watchdog {
 impl Watchdog {
     /// Runs `script` (which must start the server with `&`, `echo $!`, then `read _` and stop
     /// it) with `shell`, a command running `sh`, and `args` as `$1`, `$2`, ...
-    pub(crate) fn spawn(mut shell: Command, script: &str, args: &[&str]) -> Watchdog {
+    pub fn spawn(mut shell: Command, script: &str, args: &[&str]) -> Watchdog {
         let mut shell = shell
             .args(["-c", script, "sh"])
             .args(args)
@@ -55,7 +62,7 @@ impl Watchdog {
 
     /// Whether the server still runs. An exited server stays a zombie until the shell reaps
     /// it, which the shell does only once told to stop, so look at the process state.
-    pub(crate) fn server_alive(&self) -> bool {
+    pub fn server_alive(&self) -> bool {
         std::fs::read_to_string(format!("/proc/{}/stat", self.pid)).is_ok_and(|stat| {
             stat.rsplit_once(')')
                 .is_some_and(|(_, rest)| !rest.trim_start().starts_with('Z'))
@@ -65,7 +72,7 @@ impl Watchdog {
 
 impl Watchdog {
     /// The server's pid, to signal it or read its `/proc` entry.
-    pub(crate) fn pid(&self) -> u32 {
+    pub fn pid(&self) -> u32 {
         self.pid
     }
 }
