@@ -40,7 +40,7 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
-use crate::config::Config;
+use crate::config::{Config, ConfigError};
 use crate::flush::{Flusher, ReadThrough, Supabase, SupabaseError};
 use crate::health::Health;
 use crate::http::admin::Admin;
@@ -59,6 +59,9 @@ pub enum StartError {
     Redis(#[from] StoreError),
     #[error("cannot set up the supabase client: {0}")]
     Supabase(#[from] SupabaseError),
+    /// A setting that does not fit what it meets (exit code 2, as for any bad setting).
+    #[error(transparent)]
+    Config(#[from] ConfigError),
 }
 
 /// A running gateway: both listeners bound and serving.
@@ -114,6 +117,9 @@ pub async fn start(config: Config) -> Result<Gateway, StartError> {
         }
         Ok(()) => true,
     };
+    if redis_answered {
+        check_redis_settings(&store, config.redis_allow_eviction).await?;
+    }
 
     let limits = ConnectionLimits {
         header_read_timeout: config.header_read_timeout,
@@ -237,6 +243,43 @@ pub async fn start(config: Config) -> Result<Gateway, StartError> {
         admin_task,
         store,
     })
+}
+
+/// Refuses a Redis that may evict sessions (unless allowed), and says what it keeps on disk:
+/// both decide what an outage or a memory squeeze costs.
+async fn check_redis_settings(store: &Store, allow_eviction: bool) -> Result<(), StartError> {
+    let settings = match store.settings().await {
+        Ok(settings) => settings,
+        Err(error) => {
+            tracing::warn!(%error, "cannot read redis's eviction and persistence settings");
+            return Ok(());
+        }
+    };
+    if settings.evicts() && !allow_eviction {
+        return Err(ConfigError::new(
+            "redis.allow_eviction",
+            format!(
+                "redis evicts keys (maxmemory-policy {}): sessions and their quota windows \
+                 would vanish under memory pressure; set maxmemory-policy noeviction, or \
+                 redis.allow_eviction = true to accept that",
+                settings.maxmemory_policy
+            ),
+        )
+        .into());
+    }
+    let rdb = settings.rdb_schedule.as_deref();
+    tracing::info!(
+        maxmemory_policy = %settings.maxmemory_policy,
+        aof = settings.aof,
+        rdb_schedule = rdb.unwrap_or("unknown"),
+        "redis persistence"
+    );
+    if !settings.aof && rdb == Some("") {
+        tracing::warn!(
+            "redis keeps nothing on disk: a restart loses every change not yet written behind"
+        );
+    }
+    Ok(())
 }
 
 /// Keeps the creation throttle as small as the set of recently active clients.

@@ -4,6 +4,7 @@ use std::io::IsTerminal;
 use std::process::ExitCode;
 
 use sessiongate::config::{Config, LogFormat};
+use sessiongate::StartError;
 use tracing_subscriber::EnvFilter;
 
 fn main() -> ExitCode {
@@ -31,7 +32,10 @@ fn main() -> ExitCode {
             Err(error) => {
                 tracing::error!(%error, "start-up failed");
                 eprintln!("sessiongate: {error}");
-                return ExitCode::FAILURE;
+                return match error {
+                    StartError::Config(_) => ExitCode::from(2),
+                    _ => ExitCode::FAILURE,
+                };
             }
         };
         wait_for_signal().await;

@@ -9,7 +9,7 @@ pub struct ConfigError {
 }
 
 impl ConfigError {
-    pub(super) fn new(setting: impl Into<String>, reason: impl Into<String>) -> Self {
+    pub fn new(setting: impl Into<String>, reason: impl Into<String>) -> Self {
         ConfigError {
             setting: one_line(setting.into()),
             reason: one_line(reason.into()),

@@ -55,6 +55,8 @@ pub struct Config {
     /// Upper bound on one Redis round trip; past it the request answers 503.
     pub redis_timeout: Duration,
     pub redis_pool_size: usize,
+    /// Start even though Redis may evict keys (its `maxmemory-policy` is not `noeviction`).
+    pub redis_allow_eviction: bool,
     /// Keyspace shards (see `store`); fixed for the lifetime of the data.
     pub redis_shards: u32,
     pub body_limit: usize,
@@ -118,6 +120,7 @@ impl Default for Config {
             redis_url: "redis://127.0.0.1:6379".to_string(),
             redis_timeout: Duration::from_millis(250),
             redis_pool_size: 4,
+            redis_allow_eviction: false,
             redis_shards: crate::store::DEFAULT_SHARDS,
             body_limit: 16 * 1024,
             header_read_timeout: Duration::from_secs(10),

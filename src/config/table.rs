@@ -135,6 +135,13 @@ pub(super) const SETTINGS: &[Setting] = &[
         },
     },
     Setting {
+        key: Some("redis.allow_eviction"),
+        var: None,
+        form: Flag {
+            set: |d, b| d.config.redis_allow_eviction = b,
+        },
+    },
+    Setting {
         key: Some("redis.shards"),
         var: None,
         form: Whole {

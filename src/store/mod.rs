@@ -25,7 +25,7 @@
 //! | `u:<counter>` | a usage counter named by configuration (absent = 0); the default counters keep v1's `g`, `r`, `s` (concepts generated, refined, stored), so hashes written by v1 read the same |
 //! | `p` | preferences as compact JSON (absent = `{}`) |
 //! | `q:<operation>` | quota window state of one policy (see [`crate::model::quota`]) |
-//! | `v` | version, bumped by every change; the system of record keeps the newest |
+//! | `v` | version: every change sets it to the larger of itself + 1 and Redis's clock in ms, so it grows even across a restore from an older backup; the system of record keeps the newest |
 //!
 //! # Round trips
 //! Every request-path operation is exactly one command: a plain `HMGET` for reads, one
@@ -35,7 +35,8 @@
 //!
 //! The submodules, each on its own: `keys` (names), `codec` (replies to records), `client`
 //! (the pool and the session operations), `quota` (the quota scripts), `outbox` (what the
-//! flusher uses); this file only says what the store offers.
+//! flusher uses), `settings` (how Redis keeps the data); this file only says what the store
+//! offers.
 
 mod client;
 mod codec;
@@ -43,6 +44,7 @@ mod error;
 mod keys;
 mod outbox;
 mod quota;
+mod settings;
 
 pub use client::{Store, StoreConfig};
 pub use error::StoreError;
@@ -51,3 +53,4 @@ pub use keys::{
     SESSION_KEY_PATTERN,
 };
 pub use outbox::{Backlog, Claim};
+pub use settings::RedisSettings;

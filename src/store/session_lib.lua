@@ -17,8 +17,12 @@ end
 -- Every change bumps the session's version and records its flush obligation, atomically
 -- with the change. The outbox holds each dirty session once (scored by when it first
 -- became dirty), so many changes coalesce into one row for the flusher.
+-- The version is at least the clock in milliseconds: after Redis is restored from an older
+-- backup its versions are behind the rows already written, and the system of record keeps
+-- only newer versions; the clock has moved on since, so the next change still wins.
 local function changed(now_ms)
-  redis.call('HINCRBY', SESSION, 'v', 1)
+  local version = tonumber(redis.call('HGET', SESSION, 'v')) or 0
+  redis.call('HSET', SESSION, 'v', string.format('%d', math.max(version + 1, now_ms)))
   if USE_OUTBOX then
     redis.call('ZADD', OUTBOX, 'NX', now_ms, SESSION_ID)
   end

@@ -92,3 +92,71 @@ async fn sigterm_shuts_down_cleanly() {
     .await;
     assert_eq!(status.code(), Some(0));
 }
+
+/// A Redis that may evict keys would drop sessions and their quota windows under memory
+/// pressure (quotas start afresh): start-up refuses it with one line naming the setting that
+/// accepts it, exit code 2, unless `redis.allow_eviction = true`.
+#[tokio::test]
+async fn a_redis_that_evicts_keys_is_refused_unless_allowed() {
+    let redis = crate::support::RedisServer::start();
+    let status = Command::new("redis-cli")
+        .args(["-p", &redis.port.to_string()])
+        .args(["CONFIG", "SET", "maxmemory-policy", "volatile-lru"])
+        .stdout(Stdio::null())
+        .status()
+        .expect("redis-cli");
+    assert!(status.success());
+    let output = gateway()
+        .env("REDIS_URL", redis.url(0))
+        .env("SESSIONGATE_LISTEN", "127.0.0.1:0")
+        .env("SESSIONGATE_ADMIN_LISTEN", "127.0.0.1:0")
+        .output()
+        .expect("run sessiongate");
+    assert_eq!(output.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.trim_end().ends_with(
+            "sessiongate: invalid configuration: redis.allow_eviction: redis evicts keys \
+             (maxmemory-policy volatile-lru): sessions and their quota windows would vanish \
+             under memory pressure; set maxmemory-policy noeviction, or \
+             redis.allow_eviction = true to accept that"
+        ),
+        "{stderr}"
+    );
+    assert_eq!(
+        stderr
+            .lines()
+            .filter(|l| l.starts_with("sessiongate:"))
+            .count(),
+        1
+    );
+
+    let dir = crate::services::temp_path("allow-eviction");
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    let file = dir.join("gateway.toml");
+    std::fs::write(&file, "[redis]\nallow_eviction = true\n").expect("write");
+    let mut child = gateway()
+        .env("REDIS_URL", redis.url(0))
+        .env("SESSIONGATE_LISTEN", "127.0.0.1:0")
+        .env("SESSIONGATE_ADMIN_LISTEN", "127.0.0.1:0")
+        .env("SESSIONGATE_CONFIG", &file)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn sessiongate");
+    let stdout = child.stdout.take().expect("piped stdout");
+    let listening = tokio::task::spawn_blocking(move || {
+        BufReader::new(stdout)
+            .lines()
+            .map_while(Result::ok)
+            .any(|line| line.contains("sessiongate listening"))
+    });
+    let started = tokio::time::timeout(Duration::from_secs(20), listening).await;
+    let _ = child.kill();
+    let _ = child.wait();
+    let _ = std::fs::remove_dir_all(&dir);
+    assert!(
+        matches!(started, Ok(Ok(true))),
+        "with redis.allow_eviction = true the gateway starts"
+    );
+}

@@ -531,3 +531,51 @@ async fn a_hung_system_of_record_holds_a_read_through_for_its_own_timeout_only()
     );
     held.abort();
 }
+
+/// Redis restored from an older backup goes back in versions but not in time: the next change
+/// to a session is still newer than its stored row, so the version guard lets it in instead of
+/// skipping it while PostgREST answers 2xx.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_change_after_redis_is_restored_from_an_older_backup_still_reaches_the_record() {
+    let postgrest = shared_postgrest();
+    let gw = TestGateway::start_with(writing_to(postgrest)).await;
+    let id = gw.new_session().await;
+    assert_eq!(gw.consume(&id, "concept_generation", None).await.0, 200);
+    let ids = std::slice::from_ref(&id);
+    all_flushed(&gw, postgrest, ids, Duration::from_secs(30)).await;
+
+    let key = session_key(&id);
+    let backup: fred::types::Value = gw.redis.dump(&key).await.expect("DUMP");
+    for _ in 0..2 {
+        assert_eq!(gw.consume(&id, "concept_generation", None).await.0, 200);
+    }
+    all_flushed(&gw, postgrest, ids, Duration::from_secs(30)).await;
+    let before_restore = rows(postgrest, ids).await[&id].clone();
+    assert_eq!(before_restore["usage"]["concepts_generated"], 3);
+
+    let _: () = gw
+        .redis
+        .restore(&key, 0, backup, true, false, None, None)
+        .await
+        .expect("RESTORE");
+    let response = gw
+        .http
+        .put(gw.url("/api/session/preferences"))
+        .header("x-session-id", &id)
+        .json(&json!({"theme": "after-restore"}))
+        .send()
+        .await
+        .expect("request");
+    assert_eq!(response.status(), 200);
+    all_flushed(&gw, postgrest, ids, Duration::from_secs(30)).await;
+    let row = rows(postgrest, ids).await[&id].clone();
+    assert_eq!(row["preferences"]["theme"], "after-restore", "{row}");
+    assert_eq!(
+        row["usage"]["concepts_generated"], 1,
+        "the restored count: {row}"
+    );
+    assert!(
+        row["version"].as_i64() > before_restore["version"].as_i64(),
+        "{row} after {before_restore}"
+    );
+}
