@@ -88,6 +88,10 @@ export function durationMs(duration) {
 }
 
 export const BASE_URL = envString('BASE_URL', 'http://127.0.0.1:8080').replace(/\/+$/, '');
+// The internal API's root. A deployment serves /internal/ on a listener of its own
+// (SESSIONGATE_INTERNAL_LISTEN, the Service `sessiongate-internal`), which the ingress does
+// not route; a local gateway without one serves it next to the public API.
+export const INTERNAL_URL = envString('INTERNAL_URL', BASE_URL).replace(/\/+$/, '');
 export const SERVICE_TOKEN = envString('SERVICE_TOKEN', '');
 export const COOKIE_NAME = envString('COOKIE_NAME', 'concept_session');
 export const DURATION = envDuration('DURATION', '1m');
@@ -111,11 +115,21 @@ export function requireServiceToken() {
 }
 
 /**
- * @param {string} path  starting with `/`
+ * A URL of the public API.
+ * @param {string} path  starting with `/api/`
  * @returns {string}
  */
 export function url(path) {
     return BASE_URL + path;
+}
+
+/**
+ * A URL of the internal API.
+ * @param {string} path  starting with `/internal/`
+ * @returns {string}
+ */
+export function internalUrl(path) {
+    return INTERNAL_URL + path;
 }
 
 // ---------------------------------------------------------------------------------------
@@ -132,6 +146,8 @@ export const GRANTED_OR_REFUSED = http.expectedStatuses(200, 429);
  * @property {string} step  the `step` tag: per-step thresholds select on it
  * @property {CookieJar} [jar]  defaults to a fresh jar, so no cookie leaks between requests
  * @property {string} [sessionId]  sent as `X-Session-Id` (non-browser clients)
+ * @property {string} [cookie]  sent as the session cookie (COOKIE_NAME) with this value, by
+ *     the request itself: a jar withholds a `Secure` cookie (production) over plain http
  * @property {boolean} [json]  the body is JSON
  * @property {boolean} [service]  sends the internal API's bearer token
  * @property {string} [name]  URL template for the `name` tag (keeps ids out of tag values)
@@ -159,6 +175,7 @@ export function params(options) {
         jar: options.jar ?? new http.CookieJar(),
         timeout: REQUEST_TIMEOUT,
     };
+    if (options.cookie !== undefined) result.cookies = { [COOKIE_NAME]: { value: options.cookie, replace: true } };
     if (options.quotaAnswer) result.responseCallback = GRANTED_OR_REFUSED;
     return result;
 }

@@ -17,6 +17,7 @@ import {
     envString,
     errors,
     header,
+    internalUrl,
     isObject,
     jsonBody,
     params,
@@ -158,7 +159,7 @@ function consume(id) {
     const target = replay?.id ?? id;
     const key = replay?.key ?? (keyed ? randomKey('k6-') : undefined);
     const res = http.post(
-        url(`/internal/v1/sessions/${target}/quota/${OPERATION}/consume`),
+        internalUrl(`/internal/v1/sessions/${target}/quota/${OPERATION}/consume`),
         key === undefined ? null : jsonBody({ idempotency_key: key }),
         key === undefined ? p : { ...p, headers: { ...p.headers, 'Content-Type': 'application/json' } },
     );

@@ -1,8 +1,9 @@
 // Quota burst: each iteration creates a session, then consumes OPERATION in rounds of
 // CONCURRENCY parallel requests until the gateway refuses. Under any concurrency a window
 // must grant exactly its limit, each grant seeing a different `remaining`, and refuse
-// the rest with a well-formed 429. Needs SERVICE_TOKEN; OPERATION must be a window policy
-// (calendar or rolling): a token bucket refills during the burst and grants more.
+// the rest with a well-formed 429. Needs SERVICE_TOKEN (and INTERNAL_URL against a
+// deployment); OPERATION must be a window policy (calendar or rolling): a token bucket
+// refills during the burst and grants more.
 import http from 'k6/http';
 import { check } from 'k6';
 import { Counter } from 'k6/metrics';
@@ -13,6 +14,7 @@ import {
     checkSession,
     envInt,
     envString,
+    internalUrl,
     isObject,
     params,
     parseObject,
@@ -74,7 +76,7 @@ export default function () {
 
     const consume = {
         method: 'POST',
-        url: url(`/internal/v1/sessions/${id}/quota/${OPERATION}/consume`),
+        url: internalUrl(`/internal/v1/sessions/${id}/quota/${OPERATION}/consume`),
         body: null,
         params: params({ step: 'consume', service: true, name: CONSUME_NAME, quotaAnswer: true }),
     };

@@ -1,6 +1,8 @@
 // Browser churn: each iteration is a new visitor. Browser A creates a session (its cookie
 // jar receives the cookie); browser B, on another device with an empty jar, adopts the id
-// with sync and reads /info with the cookie the sync set.
+// with sync and reads /info with the cookie the sync set. That cookie is sent by the request
+// itself rather than through the jar, which keeps a `Secure` cookie (production) for https
+// only: the script runs against an http URL too (a port-forward, an in-cluster Service).
 import http from 'k6/http';
 import {
     COOKIE_NAME,
@@ -75,8 +77,9 @@ export default function () {
     errors.add(!syncOk, { step: 'sync' });
     if (!syncOk) return;
 
-    // No X-Session-Id: only the cookie the sync put in browser B's jar names the session.
-    const info = http.get(url('/api/session/info'), params({ step: 'info', jar: browserB }));
+    // No X-Session-Id: only the cookie the sync set names the session.
+    const cookie = (synced.cookies[COOKIE_NAME] ?? []).find((c) => sameId(c.value, id));
+    const info = http.get(url('/api/session/info'), params({ step: 'info', cookie: cookie?.value ?? id }));
     checkSession(
         info,
         { step: 'info', id, rateLimits: true },
