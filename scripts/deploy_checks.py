@@ -384,6 +384,25 @@ def references(path: str, directory: str) -> None:
             for port in rule.get("ports", []):
                 if isinstance(port.get("port"), str) and port["port"] not in ports:
                     err(f"{name_of(policy)}: port {port['port']!r} is no container port")
+        # The internal API's port is for the backends, never for whoever reaches the public
+        # one (the ingress controller): no rule admits both, and no peer of a rule for the
+        # public port is a peer of a rule for the internal one.
+        if "internal" in ports:
+            peers: dict[str, list] = {"http": [], "internal": []}
+            for rule in policy["spec"].get("ingress", []):
+                named = {p.get("port") for p in rule.get("ports", [])}
+                if not rule.get("ports"):
+                    err(f"{name_of(policy)}: a rule without ports admits the internal port too")
+                if {"http", "internal"} <= named:
+                    err(f"{name_of(policy)}: one rule admits both the public and the internal port")
+                for name in peers:
+                    if name in named:
+                        peers[name].extend(rule.get("from", [{}]))
+            for peer in peers["internal"]:
+                if peer in peers["http"]:
+                    err(f"{name_of(policy)}: {peer} may reach the public and the internal port")
+            if not peers["internal"]:
+                err(f"{name_of(policy)}: nothing may reach the internal port")
     for hpa in by_kind(docs, "HorizontalPodAutoscaler"):
         target = hpa["spec"]["scaleTargetRef"]
         if (target.get("kind"), target.get("name")) != ("Deployment", deployment["metadata"]["name"]):
@@ -413,15 +432,24 @@ def references(path: str, directory: str) -> None:
         if name != secret["metadata"]["name"] or key not in secret.get("stringData", {}):
             err(f"Deployment: {var} reads {name}/{key}, which secret.example.yaml does not have")
     # The example Ingress routes the public API only, to the Service's http port.
+    http_services = {
+        s["metadata"]["name"] for s in services
+        if any(p["name"] == "http" and p.get("targetPort") in ("http", ports.get("http")) for p in s["spec"]["ports"])
+    }
     for ingress in load_all(Path(directory) / "ingress.example.yaml"):
         for rule in ingress["spec"].get("rules", []):
             for route in (rule.get("http") or {}).get("paths", []):
                 backend = route["backend"]["service"]
                 if not str(route.get("path", "")).startswith("/api/"):
                     err(f"ingress.example.yaml: path {route.get('path')!r} would route more than /api/ "
-                        "(the internal API shares the port)")
-                if backend["name"] not in {s["metadata"]["name"] for s in services} or backend["port"].get("name") != "http":
-                    err(f"ingress.example.yaml: backend {backend} is not the Service's http port")
+                        "(gateway-mode routes aside, the public listener serves nothing else)")
+                if backend["name"] not in http_services or backend["port"].get("name") != "http":
+                    err(f"ingress.example.yaml: backend {backend} is not the public Service's http port")
+    # The internal listener: its own Service, which exposes nothing else.
+    for service in services:
+        targets = {p.get("targetPort", p["port"]) for p in service["spec"]["ports"]}
+        if targets & {"internal", ports.get("internal")} - {None} and len(targets) > 1:
+            err(f"{name_of(service)}: exposes the internal port beside others; give it a Service of its own")
     mounts = {m["name"]: m["mountPath"] for m in container.get("volumeMounts", [])}
     config_path = env.get("SESSIONGATE_CONFIG")
     found_config = False
@@ -454,9 +482,16 @@ def references(path: str, directory: str) -> None:
         err("SESSIONGATE_LISTEN's port is not the container port `http`")
     if port_of("SESSIONGATE_ADMIN_LISTEN") != ports.get("metrics"):
         err("SESSIONGATE_ADMIN_LISTEN's port is not the container port `metrics`")
-    for var in ("SESSIONGATE_LISTEN", "SESSIONGATE_ADMIN_LISTEN"):
+    if port_of("SESSIONGATE_INTERNAL_LISTEN") != ports.get("internal"):
+        err("SESSIONGATE_INTERNAL_LISTEN's port is not the container port `internal` "
+            "(SECURITY.md: the internal API belongs on a listener of its own)")
+    for var in ("SESSIONGATE_LISTEN", "SESSIONGATE_ADMIN_LISTEN", "SESSIONGATE_INTERNAL_LISTEN"):
         if not str(env.get(var, "")).startswith("0.0.0.0:"):
             err(f"{var} must listen on 0.0.0.0 in a pod")
+    if "internal" in ports and not any(
+        p.get("targetPort") in ("internal", ports["internal"]) for s in services for p in s["spec"]["ports"]
+    ):
+        err("no Service exposes the container port `internal`: backends cannot reach the internal API")
     probes = {
         "livenessProbe": "/healthz", "readinessProbe": "/readyz", "startupProbe": "/healthz",
     }
@@ -581,9 +616,12 @@ def dockerfile(docker_path: str, path: str) -> None:
     docs = load_all(path)
     deployment = by_kind(docs, "Deployment")[0]
     spec = deployment["spec"]["template"]["spec"]
-    ports = {p["containerPort"] for p in spec["containers"][0]["ports"]}
+    # The image sets the public and admin listeners; the internal one (`internal`) is the
+    # manifests' choice, so EXPOSE need not list it.
+    named = {p["name"]: p["containerPort"] for p in spec["containers"][0]["ports"]}
+    ports = {port for name, port in named.items() if name in ("http", "metrics")}
     if expose != ports:
-        err(f"Dockerfile: EXPOSE {sorted(expose)} differs from the container ports {sorted(ports)}")
+        err(f"Dockerfile: EXPOSE {sorted(expose)} differs from the container ports `http` and `metrics` {sorted(ports)}")
     uid = (spec.get("securityContext") or {}).get("runAsUser")
     if users and uid is not None and str(uid) != users[-1].split(":")[0]:
         err(f"Dockerfile: USER {users[-1]} differs from runAsUser {uid}")
@@ -686,6 +724,8 @@ def gateway_env(mode: str, path: str, out_dir: str) -> None:
         "SESSIONGATE_ADMIN_LISTEN": "127.0.0.1:0",
         "REDIS_URL": "redis://127.0.0.1:1",
     })
+    if "SESSIONGATE_INTERNAL_LISTEN" in env:
+        env["SESSIONGATE_INTERNAL_LISTEN"] = "127.0.0.1:0"
     (out / "env").write_text("".join(f"{k}={v}\n" for k, v in sorted(env.items())), encoding="utf-8")
     sys.exit(0)
 
