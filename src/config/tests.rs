@@ -277,8 +277,8 @@ fn unknown_toml_keys_are_refused() {
     let err = Config::from_toml("[redis]\nurll = \"redis://x\"\n").unwrap_err();
     assert_eq!(
         err.to_string(),
-        "invalid configuration: redis.urll: unknown key; known here: pool_size, shards, \
-         timeout_ms, url"
+        "invalid configuration: redis.urll: unknown key; known here: allow_eviction, \
+         pool_size, shards, timeout_ms, url"
     );
     let err = Config::from_toml("lissen = \"127.0.0.1:1\"\n").unwrap_err();
     assert!(
