@@ -1,10 +1,12 @@
 //! Write-behind groundwork: `deploy/supabase/migrations/` on a real PostgreSQL behind a
-//! real PostgREST 12, driven with the requests the gateway sends.
+//! real PostgREST 12, driven with the requests the gateway sends, as `service_role` and as
+//! the gateway's own role (migration 0003).
 //! Needs `scripts/install-test-services` to have run (`scripts/test` does).
 
 use std::time::Duration;
 
 use crate::services::{shared_postgres, shared_postgrest, Postgrest};
+use crate::support::{eventually, split as split_response, writing_to, TestGateway, TOKEN};
 use chrono::{DateTime, FixedOffset};
 use serde_json::{json, Value};
 use uuid::Uuid;
@@ -275,4 +277,218 @@ async fn migration_applies_again_without_touching_data() {
     assert_eq!(status, 401);
     upsert_ok(rest, &[session(id, 4, 4)]).await;
     assert_eq!(stored(rest, id).await.expect("row")["version"], 4);
+    // The gateway's role still upserts, and still may not delete.
+    let gateway = rest.token(GATEWAY_ROLE);
+    let (status, body) = upsert(rest, Some(&gateway), &[session(id, 5, 5)])
+        .await
+        .expect("upsert request");
+    assert!((200..300).contains(&status), "{status} {body}");
+    let (status, body) = delete(rest, &gateway, id).await;
+    assert_eq!((status, &body["code"]), (403, &json!("42501")), "{body}");
+    assert_eq!(stored(rest, id).await.expect("row")["version"], 5);
+}
+
+/// The role migration 0003 creates for the gateway.
+const GATEWAY_ROLE: &str = "sessiongate_gateway";
+
+/// Reads one session exactly as the gateway's read-through does: the singular media type,
+/// so no row is a 406.
+async fn fetch_one(rest: &Postgrest, token: &str, id: Uuid) -> (u16, Value) {
+    let request = client()
+        .get(format!("{}/sessions", rest.url()))
+        .query(&[("id", format!("eq.{id}"))])
+        .header("accept", "application/vnd.pgrst.object+json");
+    split(
+        authorized(request, Some(token))
+            .send()
+            .await
+            .expect("read request"),
+    )
+    .await
+    .expect("read body")
+}
+
+/// `DELETE /sessions?id=eq.ID`.
+async fn delete(rest: &Postgrest, token: &str, id: Uuid) -> (u16, Value) {
+    let request = client().delete(format!("{}/sessions?id=eq.{id}", rest.url()));
+    split(
+        authorized(request, Some(token))
+            .send()
+            .await
+            .expect("delete request"),
+    )
+    .await
+    .expect("delete body")
+}
+
+/// Asserts PostgREST's refusal of a request with a JWT whose role lacks the privilege.
+fn assert_refused(what: &str, (status, body): (u16, Value)) {
+    assert_eq!(
+        (status, &body["code"]),
+        (403, &json!("42501")),
+        "{what}: {body}"
+    );
+}
+
+#[tokio::test]
+async fn the_gateway_role_upserts_and_reads_sessions() {
+    let rest = shared_postgrest();
+    let token = rest.token(GATEWAY_ROLE);
+    let (id, other) = (Uuid::new_v4(), Uuid::new_v4());
+
+    // Insert (one row, then a batch that inserts one and updates the other).
+    let sent = session(id, 5, 50);
+    let (status, body) = upsert(rest, Some(&token), std::slice::from_ref(&sent))
+        .await
+        .expect("upsert request");
+    assert!((200..300).contains(&status), "insert: {status} {body}");
+    let (status, row) = fetch_one(rest, &token, id).await;
+    assert_eq!(status, 200, "{row}");
+    for column in ["id", "usage", "preferences", "quota_state", "version"] {
+        assert_eq!(row[column], sent[column], "{column}");
+    }
+    let (status, body) = upsert(
+        rest,
+        Some(&token),
+        &[session(other, 1, 1), session(id, 6, 60)],
+    )
+    .await
+    .expect("upsert request");
+    assert!((200..300).contains(&status), "batch: {status} {body}");
+    let (_, row) = fetch_one(rest, &token, id).await;
+    assert_eq!(
+        (&row["version"], &row["usage"]["concepts_generated"]),
+        (&json!(6), &json!(60))
+    );
+    assert_eq!(fetch_one(rest, &token, other).await.1["version"], 1);
+
+    // The version guard works under this role too: an older write changes nothing.
+    let (status, body) = upsert(rest, Some(&token), &[session(id, 4, 40)])
+        .await
+        .expect("upsert request");
+    assert!((200..300).contains(&status), "stale: {status} {body}");
+    assert_eq!(fetch_one(rest, &token, id).await.1["version"], 6);
+
+    // A session that is not stored: the 406 the gateway reads as "not found".
+    let (status, body) = fetch_one(rest, &token, Uuid::new_v4()).await;
+    assert_eq!((status, &body["code"]), (406, &json!("PGRST116")), "{body}");
+}
+
+#[tokio::test]
+async fn the_gateway_role_may_do_nothing_else() {
+    let rest = shared_postgrest();
+    let token = rest.token(GATEWAY_ROLE);
+    let id = Uuid::new_v4();
+    upsert_ok(rest, &[session(id, 1, 1)]).await;
+    let before = stored(rest, id).await.expect("row");
+
+    // The gateway never deletes a row, nor writes updated_at or the v1 counter columns.
+    assert_refused("delete", delete(rest, &token, id).await);
+    let request = client()
+        .patch(format!("{}/sessions?id=eq.{id}", rest.url()))
+        .json(&json!({ "updated_at": "2020-01-01T00:00:00Z" }));
+    let answer = split(
+        authorized(request, Some(&token))
+            .send()
+            .await
+            .expect("patch"),
+    )
+    .await
+    .expect("patch body");
+    assert_refused("update of updated_at", answer);
+    let mut v1_row = session(id, 9, 9);
+    v1_row["concepts_stored"] = json!(9);
+    let answer = upsert(rest, Some(&token), &[v1_row]).await.expect("upsert");
+    assert_refused("upsert with a v1 counter column", answer);
+    assert_eq!(stored(rest, id).await.as_ref(), Some(&before));
+
+    // Another table, which service_role may use (as Supabase's default privileges grant
+    // every new table in `public` to it): nothing of it for the gateway's role.
+    shared_postgres().sql(
+        "create table if not exists public.role_probe (id uuid primary key, note text); \
+         grant all on table public.role_probe to service_role; \
+         notify pgrst, 'reload schema'",
+    );
+    let probe = format!("{}/role_probe", rest.url());
+    let service = rest.token("service_role");
+    // PostgREST answers reads of a new table a moment before writes (404 until then): wait
+    // until service_role can write it.
+    eventually(
+        Duration::from_secs(10),
+        "postgrest to take writes to role_probe",
+        || async {
+            let request = client()
+                .post(&probe)
+                .json(&json!({ "id": Uuid::new_v4(), "note": "not the gateway's" }));
+            let response = authorized(request, Some(&service)).send().await.ok()?;
+            (response.status().as_u16() == 201).then_some(())
+        },
+    )
+    .await;
+    let read = authorized(client().get(&probe), Some(&token))
+        .send()
+        .await
+        .expect("read");
+    assert_refused("read of another table", split(read).await.expect("body"));
+    let write = authorized(
+        client().post(&probe).json(&json!({ "id": Uuid::new_v4() })),
+        Some(&token),
+    )
+    .send()
+    .await
+    .expect("write");
+    assert_refused("write to another table", split(write).await.expect("body"));
+}
+
+/// A gateway whose SUPABASE_SERVICE_ROLE_KEY is a token for the gateway's role does its
+/// whole job: write-behind, read-through after Redis lost the session, and persist.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_gateway_with_the_gateway_role_writes_behind_and_reads_through() {
+    let rest = shared_postgrest();
+    let gw = TestGateway::start_with(|config| {
+        writing_to(rest)(config);
+        if let Some(supabase) = config.supabase.as_mut() {
+            supabase.service_role_key = rest.token(GATEWAY_ROLE);
+        }
+    })
+    .await;
+    let id = gw.new_session().await;
+    for _ in 0..2 {
+        assert_eq!(gw.consume(&id, "concept_generation", None).await.0, 200);
+    }
+    let response = gw
+        .http
+        .put(gw.url("/api/session/preferences"))
+        .header("x-session-id", &id)
+        .json(&json!({ "theme": "dark" }))
+        .send()
+        .await
+        .expect("request");
+    assert_eq!(response.status().as_u16(), 200);
+    // The preferences came last: a row that has them has everything.
+    eventually(Duration::from_secs(30), "the session's row", || async {
+        let rows = rest.rows(std::slice::from_ref(&id)).await.ok()?;
+        let row = rows.get(&id)?;
+        (row["preferences"] == json!({ "theme": "dark" })).then(|| row.clone())
+    })
+    .await;
+
+    gw.lose_redis_data().await;
+    let info = gw.info(&id).await;
+    assert_eq!(info["usage_stats"]["concepts_generated"], 2, "{info}");
+    assert_eq!(
+        info["rate_limits"]["concept_generation"]["remaining"], 8,
+        "{info}"
+    );
+
+    let response = gw
+        .http
+        .post(gw.url(&format!("/internal/v1/sessions/{id}/persist")))
+        .bearer_auth(TOKEN)
+        .send()
+        .await
+        .expect("request");
+    let (status, body) = split_response(response).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["persisted"], true, "{body}");
 }
