@@ -5,7 +5,7 @@
 -- Returns 1, or 0 when the session has gone meanwhile.
 local COUNTER, COST = ARGV[5], tonumber(ARGV[6])
 if redis.call('EXISTS', SESSION) == 0 then return 0 end
-redis.call('HINCRBY', SESSION, COUNTER, COST)
+local used = tonumber(redis.call('HGET', SESSION, COUNTER)) or 0
 local _, now_ms = clock()
-changed(now_ms)
+write_change({COUNTER, used + COST}, nil, now_ms, false)
 return 1

@@ -1,12 +1,13 @@
 -- Consumes COST from one quota policy of a session, atomically: the window check, the
--- window update, the usage counter and the activity touch are one script, one round trip.
+-- window update, the usage counter and the activity touch are one script, one round trip,
+-- and their writes one HSET.
 -- A refused request changes no counter (counters stop at the limit).
 -- Arguments: session_lib.lua and quota_lib.lua.
 -- Returns {outcome, limit, remaining, reset_at, retry_after, replayed, counters...} with
 -- outcome granted | denied | missing.
 local prior = replay()
 if prior then return prior end
-local last_active, state, usage = load_session()
+local last_active, version, state, usage = load_session()
 if not last_active then return MISSING end
 local now, now_ms = clock()
 
@@ -39,13 +40,20 @@ else
   retry = granted and 0 or window_end - now
 end
 
+local writes = {}
 if granted then
-  redis.call('HSET', SESSION, FIELD, new_state)
+  writes = {FIELD, new_state}
   if COUNTER ~= '' then
-    usage[COUNTER] = redis.call('HINCRBY', SESSION, COUNTER, COST)
+    usage[COUNTER] = usage[COUNTER] + COST
+    writes[3], writes[4] = COUNTER, usage[COUNTER]
   end
 end
-if touch(last_active, now) or granted then
-  changed(now_ms)
+local touched = touch_due(last_active, now)
+if touched then
+  writes[#writes + 1] = 'a'
+  writes[#writes + 1] = now
+end
+if granted or touched then
+  write_change(writes, version, now_ms, touched)
 end
 return answer(now, granted and 'granted' or 'denied', remaining, reset_at, retry, usage)

@@ -13,7 +13,5 @@ if USE_OUTBOX and redis.call('ZCARD', OUTBOX) + redis.call('ZCARD', KEYS[3]) >= 
   return 'backlog'
 end
 local now, now_ms = clock()
-redis.call('HSET', SESSION, 'c', now, 'a', now)
-redis.call('EXPIRE', SESSION, TTL)
-changed(now_ms)
+write_change({'c', now, 'a', now}, 0, now_ms, true)
 return now

@@ -102,12 +102,13 @@ local function answer(now, outcome, remaining, reset_at, retry, usage)
   return reply(outcome, LIMIT, remaining, reset_at, retry, 0, usage)
 end
 
--- The session's activity, quota state and usage counters (by field); nil for an unknown
--- session.
+-- The session's activity, version, quota state and usage counters (by field); nil for an
+-- unknown session. COUNTER, when set, is one of COUNTERS (the store passes every configured
+-- counter), so its current value is known and a change can be written with one HSET.
 local function load_session()
-  local fields = redis.call('HMGET', SESSION, 'c', 'a', FIELD, unpack(COUNTERS))
+  local fields = redis.call('HMGET', SESSION, 'c', 'a', 'v', FIELD, unpack(COUNTERS))
   if not fields[1] then return nil end
-  return fields[2], fields[3], counts(fields, 4)
+  return fields[2], fields[3], fields[4], counts(fields, 5)
 end
 
 local MISSING = {'missing', 0, 0, 0, 0, 0}

@@ -5,17 +5,18 @@
 -- refunded | missing.
 local prior = replay()
 if prior then return prior end
-local last_active, state, usage = load_session()
+local last_active, version, state, usage = load_session()
 if not last_active then return MISSING end
 local now, now_ms = clock()
 
 local remaining, reset_at
+local writes = {}
 if KIND == 'gcra' then
   local interval = tonumber(PARAM)
   local tat = math.max(tonumber(state) or now_ms, now_ms)
   if tat > now_ms then
     tat = math.max(now_ms, tat - COST * interval)
-    redis.call('HSET', SESSION, FIELD, string.format('%d', tat))
+    writes[1], writes[2] = FIELD, string.format('%d', tat)
   end
   remaining = math.floor((interval * LIMIT - (tat - now_ms)) / interval)
   reset_at = math.ceil(tat / 1000)
@@ -23,7 +24,7 @@ else
   local window_end, used = live_window(state, now)
   if window_end then
     used = math.max(0, used - COST)
-    redis.call('HSET', SESSION, FIELD, window_end .. ':' .. used)
+    writes[1], writes[2] = FIELD, window_end .. ':' .. used
   else
     window_end, used = fresh_window_end(now), 0
   end
@@ -33,8 +34,13 @@ end
 
 if COUNTER ~= '' and usage[COUNTER] > 0 then
   usage[COUNTER] = math.max(0, usage[COUNTER] - COST)
-  redis.call('HSET', SESSION, COUNTER, usage[COUNTER])
+  writes[#writes + 1] = COUNTER
+  writes[#writes + 1] = usage[COUNTER]
 end
-touch(last_active, now)
-changed(now_ms)
+local touched = touch_due(last_active, now)
+if touched then
+  writes[#writes + 1] = 'a'
+  writes[#writes + 1] = now
+end
+write_change(writes, version, now_ms, touched)
 return answer(now, 'refunded', remaining, reset_at, 0, usage)

@@ -14,27 +14,28 @@ local function clock()
   return seconds, seconds * 1000 + math.floor(tonumber(t[2]) / 1000)
 end
 
--- Every change bumps the session's version and records its flush obligation, atomically
--- with the change. The outbox holds each dirty session once (scored by when it first
--- became dirty), so many changes coalesce into one row for the flusher.
+-- Whether this request records activity ('a', and the TTL slid): last_active is older than
+-- the touch interval, so a burst of requests costs one write per interval.
+local function touch_due(last_active, now)
+  return now - (tonumber(last_active) or 0) >= TOUCH_INTERVAL
+end
+
+-- Writes one change: `fields` (field, value, ...) and the next version in one HSET, the TTL
+-- slid when `touched`, and the flush obligation in the outbox. The outbox holds each dirty
+-- session once (scored by when it first became dirty), so many changes coalesce into one row
+-- for the flusher. `version` is the one read with the session, or nil to read it here.
 -- The version is at least the clock in milliseconds: after Redis is restored from an older
 -- backup its versions are behind the rows already written, and the system of record keeps
 -- only newer versions; the clock has moved on since, so the next change still wins.
-local function changed(now_ms)
-  local version = tonumber(redis.call('HGET', SESSION, 'v')) or 0
-  redis.call('HSET', SESSION, 'v', string.format('%d', math.max(version + 1, now_ms)))
+local function write_change(fields, version, now_ms, touched)
+  version = tonumber(version or redis.call('HGET', SESSION, 'v')) or 0
+  fields[#fields + 1] = 'v'
+  fields[#fields + 1] = string.format('%d', math.max(version + 1, now_ms))
+  redis.call('HSET', SESSION, unpack(fields))
+  if touched then
+    redis.call('EXPIRE', SESSION, TTL)
+  end
   if USE_OUTBOX then
     redis.call('ZADD', OUTBOX, 'NX', now_ms, SESSION_ID)
   end
-end
-
--- Records activity when last_active is older than the touch interval, sliding the TTL;
--- a burst of requests costs one write per interval. Returns whether it wrote.
-local function touch(last_active, now)
-  if now - (tonumber(last_active) or 0) >= TOUCH_INTERVAL then
-    redis.call('HSET', SESSION, 'a', now)
-    redis.call('EXPIRE', SESSION, TTL)
-    return true
-  end
-  return false
 end

@@ -6,12 +6,11 @@ if redis.call('EXISTS', SESSION) == 0 then
   return false
 end
 local now, now_ms = clock()
+local writes = {'a', now}
 if ARGV[5] == '' then
   redis.call('HDEL', SESSION, 'p')
-  redis.call('HSET', SESSION, 'a', now)
 else
-  redis.call('HSET', SESSION, 'a', now, 'p', ARGV[5])
+  writes[3], writes[4] = 'p', ARGV[5]
 end
-redis.call('EXPIRE', SESSION, TTL)
-changed(now_ms)
+write_change(writes, nil, now_ms, true)
 return now

@@ -6,8 +6,8 @@ if not fields[1] then
   return false
 end
 local now, now_ms = clock()
-if touch(fields[2], now) then
-  changed(now_ms)
+if touch_due(fields[2], now) then
+  write_change({'a', now}, nil, now_ms, true)
   fields[2] = tostring(now)
 end
 return fields

@@ -167,8 +167,9 @@ async fn five_hundred_concurrent_consumes_on_three_gateways_grant_exactly_the_li
                 .ok()
         })
         .sum::<u64>();
-    // Inside the scripts: HMGET, TIME, and on the 10 grants HSET + HINCRBY (+ a first touch).
-    assert!(client_commands < 500 * 3 + 10 * 4, "{stats}");
+    // Inside the scripts: HMGET and TIME, and on the 10 grants one HSET of every field
+    // changed (+ the first touch's EXPIRE).
+    assert!(client_commands <= 500 * 3 + 10 + 1, "{stats}");
     drop(redis);
 }
 
