@@ -110,7 +110,9 @@ pub async fn start(config: Config) -> Result<Gateway, StartError> {
             .div_ceil(u64::from(config.redis_shards.max(1))),
     })?;
     let redis_answered = match store.warm_up(WARM_UP).await {
-        Err(error @ StoreError::ShardMismatch { .. }) => return Err(error.into()),
+        Err(error @ StoreError::ShardMismatch { .. }) => {
+            return Err(ConfigError::new("redis.shards", error.to_string()).into())
+        }
         Err(error) => {
             tracing::warn!(%error, "redis not reachable yet; serving 503 until it is");
             false

@@ -160,3 +160,31 @@ async fn a_redis_that_evicts_keys_is_refused_unless_allowed() {
         "with redis.allow_eviction = true the gateway starts"
     );
 }
+
+/// Data written with another shard count cannot be read with this one: start-up stops with
+/// exit code 2 and one line naming `redis.shards`.
+#[test]
+fn a_shard_count_other_than_the_datas_stops_start_up() {
+    let redis = crate::support::RedisServer::start();
+    let status = Command::new("redis-cli")
+        .args(["-p", &redis.port.to_string(), "SET", "sg:shards", "32"])
+        .stdout(Stdio::null())
+        .status()
+        .expect("redis-cli");
+    assert!(status.success());
+    let output = gateway()
+        .env("REDIS_URL", redis.url(0))
+        .env("SESSIONGATE_LISTEN", "127.0.0.1:0")
+        .env("SESSIONGATE_ADMIN_LISTEN", "127.0.0.1:0")
+        .output()
+        .expect("run sessiongate");
+    assert_eq!(output.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains(
+            "sessiongate: invalid configuration: redis.shards: redis holds data sharded 32 \
+             ways, but redis.shards is 64"
+        ),
+        "{stderr}"
+    );
+}
