@@ -28,6 +28,7 @@ async fn main() {
     let supabase = Supabase::new(&SupabaseConfig {
         rest_url: postgrest.url(),
         service_role_key: postgrest.token("service_role"),
+        api_key: None,
         request_timeout: Duration::from_secs(10),
     })
     .expect("client");

@@ -14,6 +14,7 @@ pub(super) struct Draft {
     /// The system of record's REST root, with the variable it came from.
     pub(super) supabase_url: Option<(&'static str, String)>,
     pub(super) supabase_key: Option<String>,
+    pub(super) supabase_api_key: Option<String>,
     pub(super) supabase_timeout: Duration,
 }
 
@@ -31,6 +32,7 @@ impl Draft {
             config.supabase = Some(SupabaseConfig {
                 rest_url,
                 service_role_key,
+                api_key: self.supabase_api_key,
                 request_timeout: self.supabase_timeout,
             });
         }

@@ -73,6 +73,7 @@ impl Config {
             config: Config::default(),
             supabase_url: None,
             supabase_key: None,
+            supabase_api_key: None,
             supabase_timeout: Duration::from_secs(10),
         };
         for setting in SETTINGS {

@@ -423,6 +423,17 @@ pub(super) const SETTINGS: &[Setting] = &[
         },
     },
     Setting {
+        key: None,
+        var: Some("SUPABASE_API_KEY"),
+        form: Text {
+            what: "a project API key",
+            set: |d, v| {
+                d.supabase_api_key = Some(v).filter(|key| !key.is_empty());
+                Ok(())
+            },
+        },
+    },
+    Setting {
         key: Some("flush.enabled"),
         var: None,
         form: Flag {

@@ -3,7 +3,9 @@
 //! Upserts go to `POST {rest}/sessions?on_conflict=id` with
 //! `Prefer: resolution=merge-duplicates,return=minimal`, one batch per request; reads of a
 //! single session go to `GET {rest}/sessions?id=eq.<id>`. Both authenticate with the
-//! service-role key as `apikey` and as a bearer token.
+//! role's key as a bearer token (PostgREST takes the database role from it) and with the API
+//! key as `apikey` (Supabase's API gateway admits only the project's own keys there): the
+//! same key unless `SUPABASE_API_KEY` is set.
 
 use std::time::Duration;
 
@@ -15,6 +17,9 @@ pub struct SupabaseConfig {
     /// The REST root, e.g. `https://<project>.supabase.co/rest/v1`.
     pub rest_url: String,
     pub service_role_key: String,
+    /// Sent as `apikey` instead of the service role key: a project key, when the bearer is
+    /// the token of a narrower role (`deploy/README.md`, "A database role of the gateway's own").
+    pub api_key: Option<String>,
     pub request_timeout: Duration,
 }
 
@@ -36,6 +41,7 @@ pub struct Supabase {
     http: reqwest::Client,
     sessions_url: String,
     key: String,
+    api_key: String,
 }
 
 impl Supabase {
@@ -49,6 +55,10 @@ impl Supabase {
             http,
             sessions_url: format!("{}/sessions", config.rest_url.trim_end_matches('/')),
             key: config.service_role_key.clone(),
+            api_key: config
+                .api_key
+                .clone()
+                .unwrap_or_else(|| config.service_role_key.clone()),
         })
     }
 
@@ -57,7 +67,7 @@ impl Supabase {
         let response = self
             .http
             .post(format!("{}?on_conflict=id", self.sessions_url))
-            .header("apikey", &self.key)
+            .header("apikey", &self.api_key)
             .bearer_auth(&self.key)
             .header("content-type", "application/json")
             .header("prefer", "resolution=merge-duplicates,return=minimal")
@@ -74,7 +84,7 @@ impl Supabase {
             .http
             .get(&self.sessions_url)
             .query(&[("id", format!("eq.{}", id.hyphenated()))])
-            .header("apikey", &self.key)
+            .header("apikey", &self.api_key)
             .bearer_auth(&self.key)
             .header("accept", "application/vnd.pgrst.object+json")
             .send()

@@ -504,6 +504,7 @@ async fn a_hung_system_of_record_holds_a_read_through_for_its_own_timeout_only()
         config.supabase = Some(sessiongate::flush::SupabaseConfig {
             rest_url,
             service_role_key: "key".to_string(),
+            api_key: None,
             request_timeout: Duration::from_secs(10),
         });
         config.flush_enabled = false;
@@ -578,4 +579,33 @@ async fn a_change_after_redis_is_restored_from_an_older_backup_still_reaches_the
         row["version"].as_i64() > before_restore["version"].as_i64(),
         "{row} after {before_restore}"
     );
+}
+
+/// Behind Supabase's API gateway, `apikey` must be a project key while the bearer token
+/// carries the database role: with `SUPABASE_API_KEY` set the two differ, and each goes in
+/// its own header (here to a stand-in that records what it is sent).
+#[tokio::test]
+async fn the_api_key_and_the_bearer_token_can_differ() {
+    let stand_in = crate::upstreams::Upstream::start().await;
+    let rest_url = stand_in.url();
+    let gw = TestGateway::start_with(move |config| {
+        config.supabase = Some(sessiongate::flush::SupabaseConfig {
+            rest_url,
+            service_role_key: "role-token".to_string(),
+            api_key: Some("project-key".to_string()),
+            request_timeout: Duration::from_secs(5),
+        });
+        config.flush_enabled = false;
+    })
+    .await;
+    let unknown = uuid::Uuid::new_v4().to_string();
+    // The stand-in's answer is no row, so this ends in a 503; what matters is the request.
+    let _ = gw.get_as("/api/session/info", &unknown).await;
+    let hits = stand_in.hits();
+    let lookup = hits
+        .iter()
+        .find(|hit| hit.path.ends_with("/sessions"))
+        .expect("a read-through reached the stand-in");
+    assert_eq!(lookup.get("apikey"), Some("project-key"));
+    assert_eq!(lookup.get("authorization"), Some("Bearer role-token"));
 }

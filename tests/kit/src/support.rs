@@ -396,6 +396,7 @@ pub fn supabase_config(
     sessiongate::flush::SupabaseConfig {
         rest_url: postgrest.url(),
         service_role_key: postgrest.token("service_role"),
+        api_key: None,
         request_timeout: Duration::from_secs(5),
     }
 }
