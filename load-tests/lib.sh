@@ -76,5 +76,5 @@ TOML
     pids+=("$GATEWAY_PID")
     BASE=http://127.0.0.1:$port
     ADMIN=http://127.0.0.1:$admin_port
-    wait_http "$ADMIN/readyz"
+    wait_http "$ADMIN/readyz/redis"
 }
