@@ -236,7 +236,7 @@ pub(super) const SETTINGS: &[Setting] = &[
         var: None,
         form: Whole {
             min: 1,
-            max: 1_000_000,
+            max: u32::MAX as u64,
             unit: "",
             set: |d, n| d.config.creation_throttle.per_minute = parse::at_least_one(n),
         },
@@ -246,7 +246,7 @@ pub(super) const SETTINGS: &[Setting] = &[
         var: None,
         form: Whole {
             min: 1,
-            max: 1_000_000,
+            max: u32::MAX as u64,
             unit: "",
             set: |d, n| d.config.creation_throttle.burst = parse::at_least_one(n),
         },
@@ -276,7 +276,7 @@ pub(super) const SETTINGS: &[Setting] = &[
         var: None,
         form: Whole {
             min: 1,
-            max: 1_000_000,
+            max: u32::MAX as u64,
             unit: "",
             set: |d, n| d.config.creation_throttle.max_per_second = parse::at_least_one(n),
         },
