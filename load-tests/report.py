@@ -7,6 +7,8 @@ UNITS = {"us": 1e-3, "ms": 1.0, "s": 1e3}
 
 
 def parse(path):
+    text = open(path[:-len(".txt")] + ".cpu").read().split()
+    server_cpu, redis_cpu = float(text[0]), float(text[1])
     text = open(path).read()
     rps = float(re.search(r"Requests/sec:\s+([\d.]+)", text).group(1))
     requests = int(re.search(r"(\d+) requests in", text).group(1))
@@ -15,7 +17,8 @@ def parse(path):
         pct[p] = float(value) * UNITS[unit]
     errors = re.search(r"Non-2xx or 3xx responses: (\d+)", text)
     return {"rps": rps, "requests": requests, "p50": pct.get("50"), "p99": pct.get("99"),
-            "non2xx": int(errors.group(1)) if errors else 0}
+            "non2xx": int(errors.group(1)) if errors else 0,
+            "server_us": server_cpu * 1e6 / max(requests, 1), "redis_us": redis_cpu * 1e6 / max(requests, 1)}
 
 
 def main():
@@ -26,14 +29,17 @@ def main():
     ceiling = {"hello": None, "hgetall": None, "evalsha": None, "proxy": None,
                "info": ("hgetall", hget), "create": ("evalsha", evalsha), "consume": ("evalsha", evalsha),
                "proxy_plain": ("proxy", proxy), "proxy_metered": ("proxy", proxy)}
-    print(f"{'run':<14}{'req/s':>10}{'p50 ms':>9}{'p99 ms':>9}{'non-2xx':>9}{'/hello':>8}{'/ceiling':>16}{'rt/req':>8}{'cmds/req':>10}")
+    print(f"{'run':<14}{'req/s':>10}{'p50 ms':>9}{'p99 ms':>9}{'non-2xx':>9}{'cpu µs':>8}{'redis µs':>9}"
+          f"{'/hello':>8}{'/ceiling':>16}{'cpu x':>7}{'rt/req':>8}{'cmds/req':>10}")
     ratios = {}
     for name, run in runs.items():
-        line = f"{name:<14}{run['rps']:>10.0f}{run['p50']:>9.2f}{run['p99']:>9.2f}{run['non2xx']:>9}{run['rps'] / hello:>8.2f}"
+        line = (f"{name:<14}{run['rps']:>10.0f}{run['p50']:>9.2f}{run['p99']:>9.2f}{run['non2xx']:>9}"
+                f"{run['server_us']:>8.1f}{run['redis_us']:>9.1f}{run['rps'] / hello:>8.2f}")
         if ceiling[name]:
             base, value = ceiling[name]
             ratios[name] = run["rps"] / value
-            line += f"{ratios[name]:>9.2f} {base:<6}"
+            # CPU per request against the ceiling's: the gateway's own work per request.
+            line += f"{ratios[name]:>9.2f} {base:<6}{run['server_us'] / runs[base]['server_us']:>7.2f}"
             stats = results["redis"].get(name)
             if stats:
                 line += f"{stats['round_trips'] / run['requests']:>8.2f}{stats['commands'] / run['requests']:>10.2f}"
