@@ -13,8 +13,8 @@
 //! - [`http`]: listeners, routing, and translation between HTTP and the domain;
 //! - [`telemetry`]: metric names, descriptions and the Prometheus recorder.
 //!
-//! [`start`] wires them together and returns a running [`Gateway`]; the binary adds signal
-//! handling and logging around it.
+//! [`start`] wires them together and returns a running [`Gateway`], with the public listener
+//! on [`serving`] threads; the binary adds signal handling and logging around it.
 
 pub mod config;
 pub mod flush;
@@ -27,6 +27,7 @@ pub mod preferences;
 pub mod quota;
 pub mod routes;
 pub mod service_error;
+pub mod serving;
 pub mod session;
 pub mod store;
 pub mod telemetry;
@@ -47,8 +48,10 @@ use crate::http::admin::Admin;
 use crate::http::state::{Api, Browser, Forwarding, Intake, Internal, Upstreams};
 use crate::http::ConnectionLimits;
 use crate::quota::Quotas;
+use crate::serving::{Plan, ServingThreads};
 use crate::session::Sessions;
 use crate::store::{Store, StoreConfig, StoreError};
+use crate::throttle::CreationThrottle;
 
 /// Why the gateway could not start.
 #[derive(Debug, thiserror::Error)]
@@ -70,7 +73,9 @@ pub struct Gateway {
     admin_addr: SocketAddr,
     internal_addr: Option<SocketAddr>,
     shutdown: watch::Sender<bool>,
-    /// The public and internal listeners, housekeeping and the flusher; all end on shutdown.
+    /// The public listener's threads; they end on shutdown.
+    serving: ServingThreads,
+    /// The internal listener, housekeeping and the flusher; all end on shutdown.
     tasks: Vec<JoinHandle<()>>,
     /// The admin listener outlives the others' drain, so `/readyz` can say "draining" and
     /// `/metrics` can be scraped until the end.
@@ -85,9 +90,13 @@ const WARM_UP: Duration = Duration::from_secs(2);
 /// Binds the listeners, connects to Redis and starts serving.
 pub async fn start(config: Config) -> Result<Gateway, StartError> {
     telemetry::recorder();
-    let public = http::bind(config.listen).await?;
+    let threads = match config.serving_threads {
+        0 => std::thread::available_parallelism().map_or(1, usize::from),
+        n => n,
+    };
+    let public = serving::bind(config.listen, threads)?;
     let admin = http::bind(config.admin_listen).await?;
-    let public_addr = public.local_addr()?;
+    let public_addr = public[0].local_addr()?;
     let admin_addr = admin.local_addr()?;
     let internal = match config.internal_listen {
         Some(addr) => Some(http::bind(addr).await?),
@@ -95,7 +104,7 @@ pub async fn start(config: Config) -> Result<Gateway, StartError> {
     };
     let internal_addr = internal.as_ref().map(TcpListener::local_addr).transpose()?;
 
-    let store = Store::connect(&StoreConfig {
+    let store_config = StoreConfig {
         url: config.redis_url.clone(),
         timeout: config.redis_timeout,
         pool_size: config.redis_pool_size,
@@ -108,7 +117,8 @@ pub async fn start(config: Config) -> Result<Gateway, StartError> {
             .flush
             .max_backlog
             .div_ceil(u64::from(config.redis_shards.max(1))),
-    })?;
+    };
+    let store = Store::connect(&store_config)?;
     let redis_answered = match store.warm_up(WARM_UP).await {
         Err(error @ StoreError::ShardMismatch { .. }) => {
             return Err(ConfigError::new("redis.shards", error.to_string()).into())
@@ -145,46 +155,24 @@ pub async fn start(config: Config) -> Result<Gateway, StartError> {
             &config.flush,
         )
     });
-    let sessions = Sessions::new(
-        store.clone(),
-        &config.creation_throttle,
-        read_through.clone(),
-    );
     if config.service_token.is_none() {
         tracing::info!("SESSIONGATE_SERVICE_TOKEN is not set: the internal quota API is disabled");
     }
-    let api = Arc::new(Api {
-        sessions: sessions.clone(),
-        quotas: Quotas::new(
-            store.clone(),
-            config.policies.clone(),
-            read_through.clone(),
-            config.near_limit,
-        ),
-        read_through,
-        browser: Browser {
-            cookie: config.cookie.clone(),
-            cors: config.cors.clone(),
-        },
-        intake: Intake {
-            body_limit: config.body_limit,
-            body_read_timeout: config.body_read_timeout,
-            trusted_proxies: config.trusted_proxies.clone(),
-        },
-        internal: Internal {
-            tokens: config
-                .service_token
-                .iter()
-                .chain(&config.service_token_next)
-                .cloned()
-                .collect(),
-            served_here: internal.is_none(),
-        },
-        forwarding: Forwarding {
-            routes: config.routes.clone(),
-            upstreams: Upstreams::default(),
-        },
-    });
+    let creations = Arc::new(CreationThrottle::new(&config.creation_throttle));
+    let served_here = internal.is_none();
+    let api_over = {
+        let (config, creations, read_through) =
+            (config.clone(), creations.clone(), read_through.clone());
+        move |store: Store| {
+            api(
+                &config,
+                store,
+                creations.clone(),
+                read_through.clone(),
+                served_here,
+            )
+        }
+    };
     let health = Health::new(
         store.clone(),
         config.supabase.is_some(),
@@ -208,7 +196,7 @@ pub async fn start(config: Config) -> Result<Gateway, StartError> {
     ));
     let mut tasks = Vec::new();
     if let Some(internal) = internal {
-        let api = api.clone();
+        let api = Arc::new(api_over(store.clone()));
         tasks.push(tokio::spawn(http::serve(
             "internal",
             internal,
@@ -218,16 +206,21 @@ pub async fn start(config: Config) -> Result<Gateway, StartError> {
             stopped(watcher.clone()),
         )));
     }
-    tasks.extend([
-        tokio::spawn(http::serve(
-            "public",
-            public,
-            move |request, peer| http::api::handle(api.clone(), request, peer),
+    let mut serving = ServingThreads::start(
+        public,
+        Plan {
+            store: store_config,
+            api: api_over,
             limits,
             trusted_proxies,
-            stopped(watcher.clone()),
-        )),
-        tokio::spawn(forget_idle_clients(sessions, stopped(watcher.clone()))),
+            redis_answered,
+            warm_up: WARM_UP,
+        },
+        watcher.clone(),
+    )?;
+    serving.accepting().await;
+    tasks.extend([
+        tokio::spawn(forget_idle_clients(creations, stopped(watcher.clone()))),
         tokio::spawn(probe),
     ]);
     if let (Some(supabase), true) = (supabase, config.flush_enabled) {
@@ -240,11 +233,55 @@ pub async fn start(config: Config) -> Result<Gateway, StartError> {
         admin_addr,
         internal_addr,
         shutdown,
+        serving,
         tasks,
         admin_stop,
         admin_task,
         store,
     })
+}
+
+/// The use cases and settings the handlers share, over `store` (each serving thread has its
+/// own; the creation throttle and read-through are one for the whole gateway).
+fn api(
+    config: &Config,
+    store: Store,
+    creations: Arc<CreationThrottle>,
+    read_through: Option<ReadThrough>,
+    served_here: bool,
+) -> Api {
+    Api {
+        sessions: Sessions::new(store.clone(), creations, read_through.clone()),
+        quotas: Quotas::new(
+            store,
+            config.policies.clone(),
+            read_through.clone(),
+            config.near_limit,
+        ),
+        read_through,
+        browser: Browser {
+            cookie: config.cookie.clone(),
+            cors: config.cors.clone(),
+        },
+        intake: Intake {
+            body_limit: config.body_limit,
+            body_read_timeout: config.body_read_timeout,
+            trusted_proxies: config.trusted_proxies.clone(),
+        },
+        internal: Internal {
+            tokens: config
+                .service_token
+                .iter()
+                .chain(&config.service_token_next)
+                .cloned()
+                .collect(),
+            served_here,
+        },
+        forwarding: Forwarding {
+            routes: config.routes.clone(),
+            upstreams: Upstreams::default(),
+        },
+    }
 }
 
 /// Refuses a Redis that may evict sessions (unless allowed), and says what it keeps on disk:
@@ -285,12 +322,15 @@ async fn check_redis_settings(store: &Store, allow_eviction: bool) -> Result<(),
 }
 
 /// Keeps the creation throttle as small as the set of recently active clients.
-async fn forget_idle_clients(sessions: Sessions, stop: impl std::future::Future<Output = ()>) {
+async fn forget_idle_clients(
+    creations: Arc<CreationThrottle>,
+    stop: impl std::future::Future<Output = ()>,
+) {
     let mut tick = tokio::time::interval(Duration::from_secs(60));
     tokio::pin!(stop);
     loop {
         tokio::select! {
-            _ = tick.tick() => sessions.forget_idle_clients(),
+            _ = tick.tick() => creations.forget_idle(),
             () = &mut stop => return,
         }
     }
@@ -321,6 +361,7 @@ impl Gateway {
     /// the Redis connections.
     pub async fn shutdown(self) {
         let _ = self.shutdown.send(true);
+        self.serving.finished().await;
         for task in self.tasks {
             let _ = task.await;
         }

@@ -18,7 +18,7 @@ use crate::model::session::Session;
 use crate::service_error::ServiceError;
 use crate::store::{Store, StoreError};
 use crate::telemetry;
-use crate::throttle::{CreationThrottle, ThrottleConfig};
+use crate::throttle::CreationThrottle;
 
 /// The session operations, over a [`Store`].
 #[derive(Clone)]
@@ -33,20 +33,18 @@ pub struct Sessions {
 const CREATE_ATTEMPTS: usize = 3;
 
 impl Sessions {
-    /// Creations are throttled by `throttle`; sessions missing from Redis are looked up
-    /// through `read_through` when given.
-    pub fn new(store: Store, throttle: &ThrottleConfig, read_through: Option<ReadThrough>) -> Self {
+    /// Creations are throttled by `creations` (one throttle for every serving thread);
+    /// sessions missing from Redis are looked up through `read_through` when given.
+    pub fn new(
+        store: Store,
+        creations: Arc<CreationThrottle>,
+        read_through: Option<ReadThrough>,
+    ) -> Self {
         Sessions {
             store,
-            creations: Arc::new(CreationThrottle::new(throttle)),
+            creations,
             read_through,
         }
-    }
-
-    /// Drops throttle state of networks whose allowance is full again; call periodically
-    /// so the table stays as small as the set of recently active clients.
-    pub fn forget_idle_clients(&self) {
-        self.creations.forget_idle();
     }
 
     /// The first of `ids` that names a live session (read-through included), for a request

@@ -54,11 +54,15 @@ pub struct Config {
     pub redis_url: String,
     /// Upper bound on one Redis round trip; past it the request answers 503.
     pub redis_timeout: Duration,
+    /// Redis connections of each serving thread, and of the housekeeping pool.
     pub redis_pool_size: usize,
     /// Start even though Redis may evict keys (its `maxmemory-policy` is not `noeviction`).
     pub redis_allow_eviction: bool,
     /// Keyspace shards (see `store`); fixed for the lifetime of the data.
     pub redis_shards: u32,
+    /// Threads serving the public listener, each with its own listener socket
+    /// (`SO_REUSEPORT`), runtime and Redis connections; 0 means one per CPU.
+    pub serving_threads: usize,
     pub body_limit: usize,
     /// Time a client gets to send its request headers, from their first byte (slowloris bound).
     pub header_read_timeout: Duration,
@@ -119,7 +123,8 @@ impl Default for Config {
             log_filter: "info".to_string(),
             redis_url: "redis://127.0.0.1:6379".to_string(),
             redis_timeout: Duration::from_millis(250),
-            redis_pool_size: 4,
+            redis_pool_size: 1,
+            serving_threads: 0,
             redis_allow_eviction: false,
             redis_shards: crate::store::DEFAULT_SHARDS,
             body_limit: 16 * 1024,

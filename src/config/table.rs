@@ -152,6 +152,17 @@ pub(super) const SETTINGS: &[Setting] = &[
         },
     },
     Setting {
+        key: Some("http.serving_threads"),
+        var: Some("SESSIONGATE_SERVING_THREADS"),
+        // Each thread serves the public listener with its own runtime and Redis connections.
+        form: Whole {
+            min: 0,
+            max: 256,
+            unit: "threads",
+            set: |d, n| d.config.serving_threads = n as usize,
+        },
+    },
+    Setting {
         key: Some("http.body_limit_bytes"),
         var: Some("SESSIONGATE_BODY_LIMIT_BYTES"),
         form: Whole {

@@ -192,6 +192,15 @@ impl Store {
         .await
     }
 
+    /// Waits (bounded) until the pool's connections are up; the scripts are loaded already
+    /// (by another pool's [`Store::warm_up`]) or reloaded on first use.
+    pub async fn wait_connected(&self, within: Duration) -> Result<(), StoreError> {
+        self.bounded_by(within, async {
+            Ok(self.inner.pool.wait_for_connect().await?)
+        })
+        .await
+    }
+
     /// Closes the connections; used on shutdown.
     pub async fn close(&self) {
         let _ = self.inner.pool.quit().await;
