@@ -7,8 +7,9 @@
 -- outcome granted | denied | missing.
 local prior = replay()
 if prior then return prior end
-local last_active, version, state, usage = load_session()
-if not last_active then return MISSING end
+local session = load_session()
+if not session then return MISSING end
+local last_active, version, state = session[2], session[3], session[4]
 local now, now_ms = clock()
 
 local granted, new_state, remaining, reset_at, retry
@@ -42,11 +43,7 @@ end
 
 local writes = {}
 if granted then
-  writes = {FIELD, new_state}
-  if COUNTER ~= '' then
-    usage[COUNTER] = usage[COUNTER] + COST
-    writes[3], writes[4] = COUNTER, usage[COUNTER]
-  end
+  writes[1], writes[2], writes[3], writes[4] = FIELD, new_state, count(session, COST)
 end
 local touched = touch_due(last_active, now)
 if touched then
@@ -56,4 +53,4 @@ end
 if granted or touched then
   write_change(writes, version, now_ms, touched)
 end
-return answer(now, granted and 'granted' or 'denied', remaining, reset_at, retry, usage)
+return answer(now, granted and 'granted' or 'denied', remaining, reset_at, retry, session)

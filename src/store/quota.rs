@@ -70,9 +70,16 @@ impl Store {
             Window::Rolling(length) => ("rolling", length.as_secs().to_string()),
             Window::Gcra { interval } => ("gcra", interval.as_millis().to_string()),
         };
+        // Which of the reported counters this request feeds (1 for the first), 0 for none.
         let counter = match &policy.counter {
-            Some(counter) if request.counts_usage => counter_field(counter),
-            _ => String::new(),
+            Some(counter) if request.counts_usage => self
+                .inner
+                .shape
+                .counters
+                .iter()
+                .position(|name| name == counter)
+                .map_or(0, |index| index + 1),
+            _ => 0,
         };
         args.extend([
             Value::from(quota_field(&policy.operation)),
@@ -80,7 +87,7 @@ impl Store {
             Value::from(param),
             Value::from(policy.limit as i64),
             Value::from(request.cost as i64),
-            Value::from(counter),
+            Value::from(counter as i64),
         ]);
         args.extend(self.inner.counter_fields.iter().cloned());
         answer(

@@ -5,8 +5,9 @@
 -- refunded | missing.
 local prior = replay()
 if prior then return prior end
-local last_active, version, state, usage = load_session()
-if not last_active then return MISSING end
+local session = load_session()
+if not session then return MISSING end
+local last_active, version, state = session[2], session[3], session[4]
 local now, now_ms = clock()
 
 local remaining, reset_at
@@ -32,10 +33,10 @@ else
   reset_at = window_end
 end
 
-if COUNTER ~= '' and usage[COUNTER] > 0 then
-  usage[COUNTER] = math.max(0, usage[COUNTER] - COST)
-  writes[#writes + 1] = COUNTER
-  writes[#writes + 1] = usage[COUNTER]
+local counter, value = count(session, -COST)
+if counter then
+  writes[#writes + 1] = counter
+  writes[#writes + 1] = value
 end
 local touched = touch_due(last_active, now)
 if touched then
@@ -43,4 +44,4 @@ if touched then
   writes[#writes + 1] = now
 end
 write_change(writes, version, now_ms, touched)
-return answer(now, 'refunded', remaining, reset_at, 0, usage)
+return answer(now, 'refunded', remaining, reset_at, 0, session)

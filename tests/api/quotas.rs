@@ -504,7 +504,8 @@ async fn session_creation_is_throttled_per_client_ip() {
 async fn lua_and_rust_calendar_math_agree_at_the_edges() {
     let gw = TestGateway::start().await;
     let lib = include_str!("../../src/store/quota_lib.lua");
-    let script = format!("{lib}\nreturn calendar_end(tonumber(ARGV[1]), ARGV[2])");
+    // fresh_window_end reads the policy's kind and unit from ARGV[6] and ARGV[7].
+    let script = format!("{lib}\nreturn fresh_window_end(tonumber(ARGV[1]))");
     let mut instants = Vec::new();
     for year in [1999, 2000, 2024, 2025, 2026, 2028, 2099, 2100] {
         for month in 1..=12u32 {
@@ -534,7 +535,15 @@ async fn lua_and_rust_calendar_math_agree_at_the_edges() {
                 .eval(
                     script.as_str(),
                     Vec::<String>::new(),
-                    vec![instant.to_string(), unit.as_str().to_string()],
+                    vec![
+                        instant.to_string(),
+                        String::new(),
+                        String::new(),
+                        String::new(),
+                        String::new(),
+                        "calendar".to_string(),
+                        unit.as_str().to_string(),
+                    ],
                 )
                 .await
                 .expect("EVAL");
