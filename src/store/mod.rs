@@ -31,7 +31,7 @@
 //! Every request-path operation is exactly one command: a plain `HMGET` for reads, one
 //! `EVALSHA` per mutation. Scripts are loaded at start-up and reloaded transparently when
 //! Redis answers `NOSCRIPT` (after a restart or `SCRIPT FLUSH`). Every call is bounded by
-//! the configured timeout.
+//! the configured timeout, and fails at once while the connection is known to be down.
 //!
 //! The submodules, each on its own: `keys` (names), `codec` (replies to records), `client`
 //! (the pool and the session operations), `quota` (the quota scripts), `outbox` (what the

@@ -69,7 +69,11 @@ async fn redis_down_answers_503_then_recovers() {
         },
     )
     .await;
-    assert_eq!(admin_status(&gw, "/readyz/redis").await, 200);
+    // The probe behind it asks Redis once a second.
+    eventually(Duration::from_secs(3), "/readyz/redis to say 200", || async {
+        (admin_status(&gw, "/readyz/redis").await == 200).then_some(())
+    })
+    .await;
 }
 
 /// `sessiongate_redis_errors_total` of one kind (every gateway of this test binary shares it,
