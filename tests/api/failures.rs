@@ -70,9 +70,11 @@ async fn redis_down_answers_503_then_recovers() {
     )
     .await;
     // The probe behind it asks Redis once a second.
-    eventually(Duration::from_secs(3), "/readyz/redis to say 200", || async {
-        (admin_status(&gw, "/readyz/redis").await == 200).then_some(())
-    })
+    eventually(
+        Duration::from_secs(3),
+        "/readyz/redis to say 200",
+        || async { (admin_status(&gw, "/readyz/redis").await == 200).then_some(()) },
+    )
     .await;
 }
 
