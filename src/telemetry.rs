@@ -68,6 +68,7 @@ pub const HTTP_REQUESTS: &str = "sessiongate_http_requests_total";
 pub const HTTP_DURATION: &str = "sessiongate_http_request_duration_seconds";
 pub const HTTP_IN_FLIGHT: &str = "sessiongate_http_requests_in_flight";
 pub const HTTP_CONNECTIONS: &str = "sessiongate_http_connections_open";
+pub const HTTP_CONNECTIONS_PARKED: &str = "sessiongate_http_connections_parked";
 pub const REDIS_DURATION: &str = "sessiongate_redis_command_duration_seconds";
 pub const REDIS_ERRORS: &str = "sessiongate_redis_errors_total";
 pub const REDIS_RELOADS: &str = "sessiongate_redis_script_reloads_total";
@@ -105,6 +106,7 @@ fn describe() {
     );
     describe_gauge!(HTTP_IN_FLIGHT, "Public API requests being handled now.");
     describe_gauge!(HTTP_CONNECTIONS, "Open client connections, by listener.");
+    describe_gauge!(HTTP_CONNECTIONS_PARKED, "Open client connections idle long enough to wait for their next request without HTTP buffers, by listener (a part of sessiongate_http_connections_open).");
     describe_histogram!(
         REDIS_DURATION,
         Unit::Seconds,
@@ -254,6 +256,11 @@ pub fn in_flight(delta: f64) {
     IN_FLIGHT
         .get_or_init(|| gauge!(HTTP_IN_FLIGHT))
         .increment(delta);
+}
+
+/// The parked-connections gauge of a listener, looked up once: it moves on every request.
+pub fn connections_parked(listener: &'static str) -> metrics::Gauge {
+    gauge!(HTTP_CONNECTIONS_PARKED, "listener" => listener)
 }
 
 pub fn connection(listener: &'static str, delta: f64) {

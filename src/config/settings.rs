@@ -123,7 +123,7 @@ impl Default for Config {
             log_filter: "info".to_string(),
             redis_url: "redis://127.0.0.1:6379".to_string(),
             redis_timeout: Duration::from_millis(250),
-            redis_pool_size: 1,
+            redis_pool_size: 4,
             serving_threads: 0,
             redis_allow_eviction: false,
             redis_shards: crate::store::DEFAULT_SHARDS,

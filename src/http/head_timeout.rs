@@ -51,6 +51,32 @@ impl<S> HeadTimeout<S> {
         }
     }
 
+    /// The stream it wraps.
+    pub fn get_ref(&self) -> &S {
+        &self.inner
+    }
+
+    /// Whether the next byte read would begin a new request head (a response was written
+    /// since the last head, or none has come yet).
+    pub fn awaiting_head(&self) -> bool {
+        matches!(self.head, Head::Awaited)
+    }
+
+    /// Follows the head through bytes read ahead by an earlier reader and given back, as if
+    /// they were read now; true if they hold a whole head.
+    pub fn given_back(&mut self, bytes: &[u8]) -> bool {
+        self.saw(bytes);
+        matches!(self.head, Head::Complete)
+    }
+
+    /// When the head under way must be complete, if one is.
+    pub fn deadline(&self) -> Option<Instant> {
+        match self.head {
+            Head::Reading { since, .. } => Some(since + self.limit),
+            _ => None,
+        }
+    }
+
     /// Follows the head through bytes just read.
     fn saw(&mut self, bytes: &[u8]) {
         if bytes.is_empty() {

@@ -1,15 +1,18 @@
 //! HTTP: listeners, connections, and the two routers that speak HTTP.
 //!
-//! [`serve`] owns the accept loop and connection lifecycle (keep-alive and header-read
-//! timeouts, graceful shutdown, panic containment) for any handler; [`api`] is the public session API (with the
-//! internal quota API for backends under `/internal/v1/` unless [`internal`] has a listener
-//! of its own), [`proxy`] forwards gateway-mode routes to their upstreams (with the request
-//! head `forwarded` prepares), and [`admin`] serves the operator endpoints. Handlers translate between HTTP and the domain modules;
-//! they never talk to Redis directly.
+//! [`serve`] owns the accept loop, graceful shutdown and panic containment for any handler;
+//! `connection` owns one connection's life (parked without buffers between requests, the
+//! keep-alive timeout), `head_timeout` the request-head deadline. [`api`] is the public
+//! session API (with the internal quota API for backends under `/internal/v1/` unless
+//! [`internal`] has a listener of its own), [`proxy`] forwards gateway-mode routes to their
+//! upstreams (with the request head `forwarded` prepares), and [`admin`] serves the operator
+//! endpoints. Handlers translate between HTTP and the domain modules; they never talk to
+//! Redis directly.
 
 pub mod admin;
 pub mod api;
 mod body;
+mod connection;
 mod cors;
 mod error;
 mod forwarded;
@@ -33,14 +36,14 @@ use hyper::body::Incoming;
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper::{Request, Response};
-use hyper_util::rt::{TokioIo, TokioTimer};
-use hyper_util::server::graceful::GracefulShutdown;
+use hyper_util::rt::TokioTimer;
 use ipnet::IpNet;
 use tokio::net::TcpListener;
+use tokio::sync::{mpsc, watch};
 use tracing::Instrument;
 
 use crate::telemetry;
-use head_timeout::HeadTimeout;
+use connection::{Activity, Timeouts, Tracked};
 
 pub use error::ApiError;
 
@@ -99,21 +102,32 @@ pub async fn serve<H, F>(
     trusted_proxies: Arc<[IpNet]>,
     shutdown: impl Future<Output = ()>,
 ) where
-    H: Fn(Request<Incoming>, SocketAddr) -> F + Clone + Send + Sync + 'static,
+    H: Fn(Request<Incoming>, SocketAddr) -> F + Clone + Send + Sync + Unpin + 'static,
     F: Future<Output = Response<Body>> + Send + 'static,
 {
-    let graceful = GracefulShutdown::new();
     let mut http = http1::Builder::new();
     http.timer(TokioTimer::new())
-        // hyper's "header read" clock runs while a connection waits for a head, idle time
-        // included, so it is the keep-alive timeout here; HeadTimeout bounds the head itself.
-        .header_read_timeout(limits.keep_alive_timeout)
+        // The idle time between requests is `connection`'s (a parked connection is not
+        // hyper's), and HeadTimeout bounds a head from its first byte: hyper's own header
+        // timer would be one more timer per request.
+        .header_read_timeout(None)
         .max_header_size(limits.max_header_bytes)
         // The read buffer is where an unfinished head waits: bounded by the same limit, an
         // oversized head is refused as it arrives instead of being held until the timeout.
         // (hyper refuses a buffer under 8 KiB.)
         .max_buf_size(limits.max_header_bytes.max(MIN_BUFFER));
+    let http = Arc::new(http);
+    let timeouts = Timeouts {
+        keep_alive: limits.keep_alive_timeout,
+        head: limits.header_read_timeout,
+    };
+    let (stop, stopping) = watch::channel(false);
+    // Every connection task holds a clone; `recv` returns `None` once all have ended.
+    let (alive, mut all_ended) = mpsc::channel::<()>(1);
     tokio::pin!(shutdown);
+    // Resolved once, and set from the start, so that "none parked" reads 0, not absent.
+    let parked = telemetry::connections_parked(name);
+    parked.set(0.0);
 
     loop {
         let (stream, peer) = tokio::select! {
@@ -131,36 +145,43 @@ pub async fn serve<H, F>(
         let _ = stream.set_nodelay(true);
         let handler = handler.clone();
         let trusted = request::is_trusted_proxy(&trusted_proxies, peer.ip());
+        let activity = Activity::default();
+        let counting = activity.clone();
         let service = service_fn(move |mut request: Request<Incoming>| {
+            let finished = counting.start();
             let method = telemetry::method_label(request.method());
             let id = request_id::of(request.headers(), trusted);
             // Handlers see the id too: gateway mode forwards it upstream.
             request.headers_mut().insert(request_id::HEADER, id.clone());
             let span = tracing::info_span!("request", id = id.to_str().unwrap_or_default());
+            let handling = contain_panics(handler(request, peer), method).instrument(span);
             // Boxed: hyper keeps room for one request future in every connection, idle or
-            // not, so an inline future (tens of KiB) would cost that much per connection.
-            let handling =
-                Box::pin(contain_panics(handler(request, peer), method).instrument(span));
-            async move {
+            // not, and an inline future (tens of KiB) would cost that much per connection.
+            Box::pin(async move {
                 let mut response = handling.await;
                 response.headers_mut().insert(request_id::HEADER, id);
-                Ok::<_, Infallible>(response)
-            }
+                Ok::<_, Infallible>(response.map(|body| Tracked::new(body, finished)))
+            })
         });
-        let stream = HeadTimeout::new(stream, limits.header_read_timeout);
-        let connection = graceful.watch(http.serve_connection(TokioIo::new(stream), service));
+        let (http, stopping, alive) = (http.clone(), stopping.clone(), alive.clone());
+        let parked = parked.clone();
         telemetry::connection(name, 1.0);
         tokio::spawn(async move {
-            if let Err(error) = connection.await {
+            let served =
+                connection::run(stream, &http, service, activity, parked, timeouts, stopping);
+            if let Err(error) = served.await {
                 tracing::debug!(%peer, %error, "connection ended with an error");
             }
             telemetry::connection(name, -1.0);
+            drop(alive);
         });
     }
 
     drop(listener);
+    let _ = stop.send(true);
+    drop(alive);
     tokio::select! {
-        () = graceful.shutdown() => {}
+        _ = all_ended.recv() => {}
         () = tokio::time::sleep(limits.shutdown_grace) => {
             tracing::warn!("shutdown grace period over; dropping the remaining connections");
         }

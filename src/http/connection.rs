@@ -1,0 +1,307 @@
+//! One connection's life: served by hyper while a request is under way, parked without
+//! buffers in between.
+//!
+//! hyper keeps a read buffer of at least 8 KiB and a write buffer of 8 KiB for every
+//! connection it serves, idle or not: 10,000 idle keep-alive connections held 150-250 MiB,
+//! and a burst of them spent most of its time having the kernel zero fresh pages. Here a
+//! connection is taken back from hyper as soon as hyper is idle on it (every response
+//! written, and nothing more to read), which hyper allows without a word to the client, and
+//! waits for its next request as a bare socket; the next request's first byte hands it to a
+//! new hyper connection. Only connections with a request under way hold buffers, and the
+//! allocator hands the same few buffers from one to the next.
+//!
+//! It owns the idle (keep-alive) timeout and graceful shutdown of a connection; the request
+//! head deadline is [`HeadTimeout`]'s, and what a request means is the service's.
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::io;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::{Buf, Bytes};
+use hyper::body::{Frame, Incoming, SizeHint};
+use hyper::server::conn::http1;
+use hyper::service::HttpService;
+use hyper_util::rt::TokioIo;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::TcpStream;
+use tokio::sync::watch;
+
+use super::head_timeout::HeadTimeout;
+
+/// How long a connection may wait for its next request, and a request head may take.
+#[derive(Clone, Copy)]
+pub struct Timeouts {
+    pub keep_alive: Duration,
+    pub head: Duration,
+}
+
+/// Requests started and finished (response written or dropped) on one connection.
+#[derive(Clone, Default)]
+pub struct Activity(Arc<Counts>);
+
+#[derive(Default)]
+struct Counts {
+    started: AtomicU64,
+    finished: AtomicU64,
+}
+
+impl Activity {
+    /// A request began; the guard marks it finished when dropped with its response body.
+    pub fn start(&self) -> Finished {
+        self.0.started.fetch_add(1, Ordering::Relaxed);
+        Finished(self.0.clone())
+    }
+
+    fn started(&self) -> u64 {
+        self.0.started.load(Ordering::Relaxed)
+    }
+
+    /// Whether every request started has finished (its response body written or dropped).
+    fn all_finished(&self) -> bool {
+        self.0.finished.load(Ordering::Relaxed) == self.started()
+    }
+}
+
+/// Marks a request finished when dropped.
+pub struct Finished(Arc<Counts>);
+
+impl Drop for Finished {
+    fn drop(&mut self) {
+        self.0.finished.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+/// A response body that marks its request finished when hyper is done with it.
+pub struct Tracked<B> {
+    body: B,
+    _finished: Finished,
+}
+
+impl<B> Tracked<B> {
+    pub fn new(body: B, finished: Finished) -> Self {
+        Tracked {
+            body,
+            _finished: finished,
+        }
+    }
+}
+
+impl<B: hyper::body::Body + Unpin> hyper::body::Body for Tracked<B> {
+    type Data = B::Data;
+    type Error = B::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<B::Data>, B::Error>>> {
+        Pin::new(&mut self.get_mut().body).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.body.size_hint()
+    }
+}
+
+/// Serves `stream` with `service` until the client leaves, the idle timeout passes, or
+/// `shutdown` turns true (then the request under way, if any, is finished first);
+/// `parked_gauge` counts the listener's parked connections.
+pub async fn run<S>(
+    stream: TcpStream,
+    http: &http1::Builder,
+    service: S,
+    activity: Activity,
+    parked_gauge: metrics::Gauge,
+    timeouts: Timeouts,
+    mut shutdown: watch::Receiver<bool>,
+) -> Result<(), hyper::Error>
+where
+    S: HttpService<Incoming, Error = Infallible> + Clone + Unpin,
+    S::Future: Unpin,
+    S::ResBody: 'static,
+    <S::ResBody as hyper::body::Body>::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let mut socket = Socket::new(HeadTimeout::new(stream, timeouts.head));
+    let mut idle_since = tokio::time::Instant::now();
+    // A new connection waits for its first request as a parked one does for its next.
+    let mut ended = Ended::Parked;
+    loop {
+        if ended != Ended::HeadGivenBack {
+            parked_gauge.increment(1.0);
+            // The start of a head given back must be complete by the head deadline.
+            let idle = idle_since + timeouts.keep_alive;
+            let until = socket.inner.deadline().map_or(idle, |head| head.min(idle));
+            let readable = socket.inner.get_ref().readable();
+            let next = tokio::select! {
+                waited = tokio::time::timeout_at(until, readable) => matches!(waited, Ok(Ok(()))),
+                _ = shutdown.wait_for(|stop| *stop) => false,
+            };
+            parked_gauge.decrement(1.0);
+            if !next {
+                // Idle past the keep-alive timeout, the socket failed, or shutdown: close.
+                return Ok(());
+            }
+        }
+        let awaiting = socket.awaiting.clone();
+        let started = activity.started();
+        // Boxed: the hyper connection, with its buffers, lives only while a request is under
+        // way; a parked connection's task holds none of it.
+        let mut connection = Box::new(http.serve_connection(TokioIo::new(socket), service.clone()));
+        ended = {
+            let mut stop = std::pin::pin!(shutdown.wait_for(|stop| *stop));
+            let (mut stopping, mut ended) = (false, Ended::Closed);
+            std::future::poll_fn(|cx| {
+                if !stopping && stop.as_mut().poll(cx).is_ready() {
+                    // Finish the request under way; hyper closes after its response.
+                    Pin::new(&mut *connection).graceful_shutdown();
+                    stopping = true;
+                }
+                let polled = connection.poll_without_shutdown(cx);
+                if polled.is_ready() || stopping || !awaiting.load(Ordering::Relaxed) {
+                    return polled;
+                }
+                // Waiting for a next request that has not begun:
+                if activity.started() == started {
+                    // No request yet, nor a byte of one: the socket's readiness was stale.
+                    // Nothing was read or written, so the socket can be taken back as is.
+                    ended = Ended::NothingRead;
+                    return Poll::Ready(Ok(()));
+                }
+                if activity.all_finished() {
+                    // Every response written: if hyper is idle too, it drops its state and
+                    // lets the socket go, unannounced. If it is not (a response still
+                    // flushing, a request body to drain), keep-alive is off now and hyper
+                    // closes the connection when it is done: rare, and safe.
+                    Pin::new(&mut *connection).graceful_shutdown();
+                    stopping = true;
+                    let polled = connection.poll_without_shutdown(cx);
+                    if polled.is_ready() {
+                        ended = Ended::Parked;
+                    }
+                    return polled;
+                }
+                polled
+            })
+            .await?;
+            ended
+        };
+        // Ended by the client, by an error, or by shutdown: nothing to park.
+        if ended == Ended::Closed || *shutdown.borrow() {
+            return Ok(());
+        }
+        let parts = connection.into_parts();
+        socket = parts.io.into_inner();
+        if ended == Ended::Parked {
+            idle_since = tokio::time::Instant::now();
+            // Bytes hyper read ahead (pipelined) go first: served at once if they hold a
+            // whole head, else parked until the rest comes, within the head deadline.
+            // Copied: `read_buf` is a view of hyper's whole read buffer, and would keep it
+            // alive.
+            socket.prefix = Bytes::copy_from_slice(&parts.read_buf);
+            if socket.inner.given_back(&socket.prefix) {
+                ended = Ended::HeadGivenBack;
+            }
+            socket
+                .awaiting
+                .store(socket.inner.awaiting_head(), Ordering::Relaxed);
+        }
+    }
+}
+
+/// How a hyper connection ended.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Ended {
+    /// The client left, an error, or shutdown: the connection is over.
+    Closed,
+    /// Idle after its requests: the socket is back, parked.
+    Parked,
+    /// Idle after its requests, with a whole pipelined head already read: served at once.
+    HeadGivenBack,
+    /// Woken without a byte to read: the socket is back, still waiting for its request.
+    NothingRead,
+}
+
+/// A connection's socket as hyper sees it: bytes given back from an earlier hyper
+/// connection first, and whether the next byte read would begin a new request (a response
+/// was written since the last request head), shared with the driver.
+struct Socket {
+    prefix: Bytes,
+    inner: HeadTimeout<TcpStream>,
+    awaiting: Arc<AtomicBool>,
+}
+
+impl Socket {
+    fn new(inner: HeadTimeout<TcpStream>) -> Self {
+        Socket {
+            prefix: Bytes::new(),
+            inner,
+            awaiting: Arc::default(),
+        }
+    }
+}
+
+impl AsyncRead for Socket {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        if !this.prefix.is_empty() {
+            let n = this.prefix.len().min(buf.remaining());
+            buf.put_slice(&this.prefix[..n]);
+            this.prefix.advance(n);
+            return Poll::Ready(Ok(()));
+        }
+        let polled = Pin::new(&mut this.inner).poll_read(cx, buf);
+        this.awaiting
+            .store(this.inner.awaiting_head(), Ordering::Relaxed);
+        polled
+    }
+}
+
+impl AsyncWrite for Socket {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let this = self.get_mut();
+        let written = Pin::new(&mut this.inner).poll_write(cx, buf);
+        this.awaiting
+            .store(this.inner.awaiting_head(), Ordering::Relaxed);
+        written
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        let this = self.get_mut();
+        let written = Pin::new(&mut this.inner).poll_write_vectored(cx, bufs);
+        this.awaiting
+            .store(this.inner.awaiting_head(), Ordering::Relaxed);
+        written
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_shutdown(cx)
+    }
+}
