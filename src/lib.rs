@@ -220,7 +220,7 @@ pub async fn start(config: Config) -> Result<Gateway, StartError> {
     )?;
     serving.accepting().await;
     tasks.extend([
-        tokio::spawn(forget_idle_clients(creations, stopped(watcher.clone()))),
+        tokio::spawn(housekeeping(creations, stopped(watcher.clone()))),
         tokio::spawn(probe),
     ]);
     if let (Some(supabase), true) = (supabase, config.flush_enabled) {
@@ -321,16 +321,22 @@ async fn check_redis_settings(store: &Store, allow_eviction: bool) -> Result<(),
     Ok(())
 }
 
-/// Keeps the creation throttle as small as the set of recently active clients.
-async fn forget_idle_clients(
+/// Keeps what grows with traffic bounded: the creation throttle as small as the set of
+/// recently active clients, the latency samples folded into their histograms.
+async fn housekeeping(
     creations: Arc<CreationThrottle>,
     stop: impl std::future::Future<Output = ()>,
 ) {
-    let mut tick = tokio::time::interval(Duration::from_secs(60));
+    let mut tick = tokio::time::interval(Duration::from_secs(5));
     tokio::pin!(stop);
-    loop {
+    for round in 0u64.. {
         tokio::select! {
-            _ = tick.tick() => creations.forget_idle(),
+            _ = tick.tick() => {
+                telemetry::upkeep();
+                if round % 12 == 0 {
+                    creations.forget_idle();
+                }
+            }
             () = &mut stop => return,
         }
     }

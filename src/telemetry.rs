@@ -51,6 +51,15 @@ pub fn recorder() -> Option<&'static PrometheusHandle> {
 }
 
 /// The exposition text for `/metrics`.
+/// Folds the latency samples recorded since the last call into their histograms. A scrape
+/// does it too, but until one comes every request's samples are kept (8 bytes each, tens of
+/// MiB an hour under load), so the gateway calls this every few seconds itself.
+pub fn upkeep() {
+    if let Some(handle) = recorder() {
+        handle.run_upkeep();
+    }
+}
+
 pub fn render() -> String {
     let Some(handle) = recorder() else {
         return String::new();
