@@ -6,11 +6,12 @@
 //! states into the `{limit, remaining, reset_at}` that reads show. It reaches Redis only
 //! through [`Store`] and knows nothing of HTTP.
 //!
-//! Gateway mode splits a consume in two so that usage only moves for work that was done:
-//! [`Quotas::reserve`] takes the cost from the window (atomically, so concurrent requests
-//! never overshoot), then [`Quotas::commit`] moves the usage counter, or [`Quotas::release`]
-//! gives the cost back. A reservation whose gateway dies in between stays taken: the
-//! window errs on the side of the limit, and the usage counter on the side of the work done.
+//! Gateway mode consumes before forwarding and gives back what the upstream did not serve:
+//! [`Quotas::reserve`] takes the cost from the window and counts it as usage (one script,
+//! atomic, so concurrent requests never overshoot), and [`Quotas::release`] gives both back
+//! when the upstream fails. A success costs one script. A reservation whose gateway dies
+//! before its upstream answered stays taken and counted: the quota errs on the side of the
+//! limit.
 
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -20,7 +21,7 @@ use uuid::Uuid;
 use crate::flush::ReadThrough;
 use crate::model::decision::{QuotaAnswer, QuotaOutcome, QuotaRequest};
 use crate::model::quota::{Policy, QuotaStatus};
-use crate::model::session::{short_id, SessionRecord, Usage};
+use crate::model::session::{SessionRecord, Usage};
 use crate::service_error::ServiceError;
 use crate::session::or_read_through;
 use crate::store::Store;
@@ -109,8 +110,8 @@ impl Quotas {
         Ok(answer)
     }
 
-    /// Takes `cost` from the policy's window without counting usage (gateway mode); the
-    /// answer is a grant or a refusal, `None` for an unknown session.
+    /// Takes `cost` from the policy's window and counts it as usage (gateway mode, before
+    /// forwarding); the answer is a grant or a refusal, `None` for an unknown session.
     pub async fn reserve(
         &self,
         id: Uuid,
@@ -121,26 +122,18 @@ impl Quotas {
             policy,
             cost,
             idempotency_key: None,
-            counts_usage: false,
+            counts_usage: true,
         };
         self.consume(id, &request).await
     }
 
-    /// Counts a reserved cost as usage: the upstream did the work.
-    pub async fn commit(&self, id: Uuid, policy: &Policy, cost: u64) -> Result<(), ServiceError> {
-        if !self.store.commit(&id, policy, cost).await? {
-            tracing::warn!(session = %short_id(&id), operation = %policy.operation, "session gone before its reservation was committed");
-        }
-        Ok(())
-    }
-
-    /// Gives a reserved cost back: the upstream failed.
+    /// Gives a reserved cost back, to the window and the usage counter: the upstream failed.
     pub async fn release(&self, id: Uuid, policy: &Policy, cost: u64) -> Result<(), ServiceError> {
         let request = QuotaRequest {
             policy,
             cost,
             idempotency_key: None,
-            counts_usage: false,
+            counts_usage: true,
         };
         self.store.refund(&id, &request).await?;
         telemetry::quota_refund(&policy.operation);

@@ -2,14 +2,14 @@
 //!
 //! A metered route resolves the session, reserves the quota cost (one atomic script, so
 //! concurrent requests never overshoot), forwards, and settles on the upstream's answer:
-//! commit on a committing status, release on any other status, a connection error or a
-//! timeout. A refused reservation never reaches the upstream. Bodies stream both ways;
+//! a committing status keeps the reservation (nothing more to write), any other status, a
+//! connection error or a timeout releases it. A refused reservation never reaches the upstream. Bodies stream both ways;
 //! only the upstream's response head is waited for, within the route's timeout.
 //!
 //! Metering is cancel-safe: hyper drops a request's handler when its client goes away
 //! (disconnect, half-close), so reserve, forward and settle form one boxed flow that, should
-//! its handler be dropped, finishes in a task of its own: it always ends in a commit or a
-//! release, and counts `client_gone` when no one was left to answer. What the upstream receives is prepared by the `forwarded` module.
+//! its handler be dropped, finishes in a task of its own: it always ends kept or released,
+//! and counts `client_gone` when no one was left to answer. What the upstream receives is prepared by the `forwarded` module.
 //!
 //! Upstreams are plain HTTP/1.1 on the private network, reached through one pooled hyper
 //! client. Upgrades (WebSocket) are not forwarded.
@@ -149,7 +149,7 @@ type Flow = Pin<Box<dyn Future<Output = (Response<Body>, &'static str)> + Send>>
 /// A metered flow that outlives its handler. It runs inline, in the handler's own task (no
 /// spawn, no cross-thread wake-up on the common path); but if hyper drops the handler while
 /// the flow is under way (the client disconnected or half-closed), the flow is handed to a
-/// task of its own and finishes there: its reservation still ends in a commit or a release,
+/// task of its own and finishes there: its reservation is still kept or released,
 /// decided by the upstream's answer, and the outcome is counted as `client_gone`.
 struct Detachable {
     flow: Option<Flow>,
@@ -231,11 +231,6 @@ async fn meter(
     let id = reservation.id;
     match send(api, route, request, peer, Some(id)).await {
         Ok(mut response) if metering.commits(response.status()) => {
-            if let Err(error) = api.quotas.commit(id, policy, cost).await {
-                // The work is done and its answer is on the way; the window already holds
-                // the cost, so only the usage counter misses this request.
-                tracing::warn!(%error, session = %short_id(&id), "could not commit a reservation");
-            }
             rate_limit_headers(response.headers_mut(), policy, &reservation.answer.status);
             (with_session(api, response, &reservation), "committed")
         }

@@ -79,21 +79,19 @@ pub(super) struct Scripts {
     pub(super) set_preferences: Lua,
     pub(super) consume: Lua,
     pub(super) refund: Lua,
-    pub(super) commit: Lua,
     pub(super) claim: Lua,
     pub(super) settle: Lua,
     pub(super) restore: Lua,
 }
 
 impl Scripts {
-    fn all(&self) -> [&Lua; 9] {
+    fn all(&self) -> [&Lua; 8] {
         [
             &self.create,
             &self.touch,
             &self.set_preferences,
             &self.consume,
             &self.refund,
-            &self.commit,
             &self.claim,
             &self.settle,
             &self.restore,
@@ -149,7 +147,6 @@ impl Store {
                     ),
                     consume: Lua::new("consume", with_quota_lib(include_str!("consume.lua"))),
                     refund: Lua::new("refund", with_quota_lib(include_str!("refund.lua"))),
-                    commit: Lua::new("commit", with_session_lib(include_str!("commit.lua"))),
                     claim: Lua::new("claim", include_str!("claim.lua").to_string()),
                     settle: Lua::new("settle", include_str!("settle.lua").to_string()),
                     restore: Lua::new("restore", include_str!("restore.lua").to_string()),

@@ -1,5 +1,4 @@
-//! The quota scripts (`consume.lua`, `refund.lua`, `commit.lua`): arguments out, answers
-//! back.
+//! The quota scripts (`consume.lua`, `refund.lua`): arguments out, answers back.
 
 use std::sync::Arc;
 
@@ -9,9 +8,9 @@ use uuid::Uuid;
 use super::client::{Lua, Store};
 use super::codec::usage;
 use super::error::StoreError;
-use super::keys::{counter_field, quota_field};
+use super::keys::quota_field;
 use crate::model::decision::{QuotaAnswer, QuotaOutcome, QuotaRequest};
-use crate::model::quota::{Policy, QuotaStatus, Window};
+use crate::model::quota::{QuotaStatus, Window};
 
 impl Store {
     /// Consumes quota (see `consume.lua`); `None` if the session does not exist.
@@ -32,21 +31,6 @@ impl Store {
     ) -> Result<Option<QuotaAnswer>, StoreError> {
         let script = &self.inner.scripts.refund;
         self.quota_call(script, "refund", id, request).await
-    }
-
-    /// Moves the policy's usage counter by `cost` after a reservation (see `commit.lua`);
-    /// `false` if the session has gone. A policy without a counter has nothing to commit.
-    pub async fn commit(&self, id: &Uuid, policy: &Policy, cost: u64) -> Result<bool, StoreError> {
-        let Some(counter) = &policy.counter else {
-            return Ok(true);
-        };
-        let (keys, mut args) = self.session_call(id);
-        args.extend([
-            Value::from(counter_field(counter)),
-            Value::from(cost as i64),
-        ]);
-        let reply = self.eval(&self.inner.scripts.commit, keys, args).await?;
-        Ok(reply.as_i64() == Some(1))
     }
 
     async fn quota_call(

@@ -5,7 +5,7 @@ use serde_json::json;
 use sessiongate::config::Config;
 
 use crate::services::free_port;
-use crate::support::{split, with_token, TestGateway, TOKEN};
+use crate::support::{split, with_token, RedisServer, TestGateway, TOKEN};
 use crate::upstreams::{Nginx, Upstream};
 
 /// A gateway with the TOML `routes` (and a `generate` quota of `limit` per day, counted as
@@ -63,6 +63,48 @@ async fn grants_reach_the_upstream_and_denials_never_do() {
         .iter()
         .all(|hit| hit.session.as_deref() == Some(id.as_str())));
     assert_eq!(gw.generate_state(&id).await, (0, 3));
+}
+
+/// A metered request the upstream served costs one Redis call: the reservation, which counts
+/// the usage too. Nothing is written once the upstream has answered.
+#[tokio::test]
+async fn a_served_metered_request_costs_one_redis_call() {
+    let upstream = Upstream::start().await;
+    let redis = RedisServer::start();
+    let parsed = Config::from_toml(&format!(
+        "[quotas.generate]\nlimit = 10\nwindow = \"day\"\ncounter = \"concepts_generated\"\n{}",
+        metered("/v1/generate", &upstream.url(), "")
+    ))
+    .expect("valid gateway-mode configuration");
+    let gw = TestGateway::start_on(&redis.url(0), |config| {
+        config.policies = parsed.policies;
+        config.routes = parsed.routes;
+        with_token(config);
+    })
+    .await;
+    let id = gw.new_session().await;
+    let redis_cli = |args: &[&str]| -> String {
+        let output = std::process::Command::new("redis-cli")
+            .args(["-p", &redis.port.to_string()])
+            .args(args)
+            .output()
+            .expect("redis-cli");
+        String::from_utf8_lossy(&output.stdout).replace('\r', "")
+    };
+    redis_cli(&["CONFIG", "RESETSTAT"]);
+    for _ in 0..5 {
+        assert_eq!(gw.post_as("/v1/generate", &id).await.status(), 200);
+    }
+    let stats = redis_cli(&["INFO", "commandstats"]);
+    let called: Vec<&str> = stats
+        .lines()
+        .filter(|line| line.starts_with("cmdstat_evalsha:") || line.starts_with("cmdstat_eval:"))
+        .collect();
+    assert!(
+        called.len() == 1 && called[0].starts_with("cmdstat_evalsha:calls=5,"),
+        "five requests, five script calls: {stats}"
+    );
+    assert_eq!(gw.generate_state(&id).await, (5, 5));
 }
 
 #[tokio::test]
