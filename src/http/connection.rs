@@ -8,7 +8,9 @@
 //! written, and nothing more to read), which hyper allows without a word to the client, and
 //! waits for its next request as a bare socket; the next request's first byte hands it to a
 //! new hyper connection. Only connections with a request under way hold buffers, and the
-//! allocator hands the same few buffers from one to the next.
+//! allocator hands the same few buffers from one to the next. After a request with a body
+//! (its handler may have left some of it unread) or with `Connection: close`, the connection
+//! stays with hyper, whose idle timer then bounds it, until its next request.
 //!
 //! It owns the idle (keep-alive) timeout and graceful shutdown of a connection; the request
 //! head deadline is [`HeadTimeout`]'s, and what a request means is the service's.
@@ -48,13 +50,21 @@ pub struct Activity(Arc<Counts>);
 struct Counts {
     started: AtomicU64,
     finished: AtomicU64,
+    /// Whether the latest request leaves hyper idle once answered: no body (one its handler
+    /// left unread would follow), and no `Connection: close`.
+    parkable: AtomicBool,
 }
 
 impl Activity {
     /// A request began; the guard marks it finished when dropped with its response body.
-    pub fn start(&self) -> Finished {
+    pub fn start(&self, parkable: bool) -> Finished {
+        self.0.parkable.store(parkable, Ordering::Relaxed);
         self.0.started.fetch_add(1, Ordering::Relaxed);
         Finished(self.0.clone())
+    }
+
+    fn parkable(&self) -> bool {
+        self.0.parkable.load(Ordering::Relaxed)
     }
 
     fn started(&self) -> u64 {
@@ -175,11 +185,12 @@ where
                     ended = Ended::NothingRead;
                     return Poll::Ready(Ok(()));
                 }
-                if activity.all_finished() {
-                    // Every response written: if hyper is idle too, it drops its state and
-                    // lets the socket go, unannounced. If it is not (a response still
-                    // flushing, a request body to drain), keep-alive is off now and hyper
-                    // closes the connection when it is done: rare, and safe.
+                if activity.all_finished() && activity.parkable() {
+                    // Every response written, and none of a body still to come: hyper drops
+                    // its state and lets the socket go, unannounced (or, with a response
+                    // still flushing, once it is out). A request with a body is not parked
+                    // after: its handler may have left some of it unread, and hyper's idle
+                    // timer covers the connection until its next request.
                     Pin::new(&mut *connection).graceful_shutdown();
                     stopping = true;
                     let polled = connection.poll_without_shutdown(cx);

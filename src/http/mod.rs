@@ -107,10 +107,10 @@ pub async fn serve<H, F>(
 {
     let mut http = http1::Builder::new();
     http.timer(TokioTimer::new())
-        // The idle time between requests is `connection`'s (a parked connection is not
-        // hyper's), and HeadTimeout bounds a head from its first byte: hyper's own header
-        // timer would be one more timer per request.
-        .header_read_timeout(None)
+        // hyper's "header read" clock runs while a connection waits for a head, idle time
+        // included, so it is the keep-alive timeout here (for the connections `connection`
+        // does not park); HeadTimeout bounds the head itself.
+        .header_read_timeout(limits.keep_alive_timeout)
         .max_header_size(limits.max_header_bytes)
         // The read buffer is where an unfinished head waits: bounded by the same limit, an
         // oversized head is refused as it arrives instead of being held until the timeout.
@@ -148,7 +148,15 @@ pub async fn serve<H, F>(
         let activity = Activity::default();
         let counting = activity.clone();
         let service = service_fn(move |mut request: Request<Incoming>| {
-            let finished = counting.start();
+            // Parked after its answer only without a body and without `Connection: close`.
+            let parkable = hyper::body::Body::is_end_stream(request.body())
+                && request.version() == http::Version::HTTP_11
+                && !request
+                    .headers()
+                    .get_all(http::header::CONNECTION)
+                    .iter()
+                    .any(|value| value.as_bytes().eq_ignore_ascii_case(b"close"));
+            let finished = counting.start(parkable);
             let method = telemetry::method_label(request.method());
             let id = request_id::of(request.headers(), trusted);
             // Handlers see the id too: gateway mode forwards it upstream.

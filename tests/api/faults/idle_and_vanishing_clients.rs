@@ -10,7 +10,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use futures_util::StreamExt;
-use tokio::io::AsyncWriteExt;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use super::{exchange, info_request, LOAD_SETTINGS, SERIAL};
@@ -346,4 +346,48 @@ async fn a_request_split_across_a_parking_is_served_whole() {
     let status = exchange(&mut stream, second).await.expect("second answer");
     assert_eq!(status, 200, "the half read before parking was not lost");
     stream.shutdown().await.expect("close");
+}
+
+/// A request whose body comes after its answer (the handler refused it from the head alone,
+/// and left the body unread) is never parked: its body must not be read as the next
+/// request. The connection either serves the next request or is closed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unread_body_is_never_taken_for_the_next_request() {
+    let redis = RedisServer::start();
+    let gw = GatewayProcess::start(&redis.url(0), LOAD_SETTINGS, &[]);
+    let body = r#"{"client_session_id": "e3e70682-c209-1cac-a29f-6fbed82c07cd"}"#;
+    let head = format!(
+        "POST /api/session/ HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Session-Id: not-an-id\r\n\
+         Content-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+        body.len()
+    );
+    for _ in 0..5 {
+        let mut stream = TcpStream::connect(gw.public).await.expect("connect");
+        stream.write_all(head.as_bytes()).await.expect("head");
+        let mut answer = [0u8; 4096];
+        let read = stream
+            .read(&mut answer)
+            .await
+            .expect("an answer to the head");
+        assert!(
+            answer[..read].starts_with(b"HTTP/1.1 400 "),
+            "{}",
+            String::from_utf8_lossy(&answer[..read])
+        );
+        // The body, after the answer; then a next request on the same connection.
+        let _ = stream.write_all(body.as_bytes()).await;
+        let _ = stream
+            .write_all(b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+            .await;
+        let next = tokio::time::timeout(Duration::from_secs(5), stream.read(&mut answer))
+            .await
+            .expect("an answer or a close within 5 s");
+        if let Ok(read) = next {
+            let text = String::from_utf8_lossy(&answer[..read]);
+            assert!(
+                read == 0 || text.starts_with("HTTP/1.1 404 "),
+                "the body was read as a request: {text}"
+            );
+        }
+    }
 }
