@@ -1,15 +1,17 @@
 //! Gateway mode: forwards requests matching the `[[routes]]` table to their upstream.
 //!
-//! A metered route resolves the session, reserves the quota cost (one atomic script, so
-//! concurrent requests never overshoot), forwards, and settles on the upstream's answer:
-//! a committing status keeps the reservation (nothing more to write), any other status, a
-//! connection error or a timeout releases it. A refused reservation never reaches the upstream. Bodies stream both ways;
-//! only the upstream's response head is waited for, within the route's timeout.
+//! A metered route resolves the session, reserves the quota cost (one atomic script that
+//! also counts it as usage, so concurrent requests never overshoot), forwards, and settles
+//! on the upstream's answer: a committing status keeps the reservation (nothing more to
+//! write); any other status, a connection error or a timeout releases it. A refused
+//! reservation never reaches the upstream. Bodies stream both ways; only the upstream's
+//! response head is waited for, within the route's timeout.
 //!
 //! Metering is cancel-safe: hyper drops a request's handler when its client goes away
 //! (disconnect, half-close), so reserve, forward and settle form one boxed flow that, should
 //! its handler be dropped, finishes in a task of its own: it always ends kept or released,
-//! and counts `client_gone` when no one was left to answer. What the upstream receives is prepared by the `forwarded` module.
+//! and counts `client_gone` when no one was left to answer. What the upstream receives is
+//! prepared by the `forwarded` module.
 //!
 //! Upstreams are plain HTTP/1.1 on the private network, reached through one pooled hyper
 //! client. Upgrades (WebSocket) are not forwarded.
