@@ -99,13 +99,7 @@ async fn sigterm_shuts_down_cleanly() {
 #[tokio::test]
 async fn a_redis_that_evicts_keys_is_refused_unless_allowed() {
     let redis = crate::support::RedisServer::start();
-    let status = Command::new("redis-cli")
-        .args(["-p", &redis.port.to_string()])
-        .args(["CONFIG", "SET", "maxmemory-policy", "volatile-lru"])
-        .stdout(Stdio::null())
-        .status()
-        .expect("redis-cli");
-    assert!(status.success());
+    redis.cli(&["CONFIG", "SET", "maxmemory-policy", "volatile-lru"]);
     let output = gateway()
         .env("REDIS_URL", redis.url(0))
         .env("SESSIONGATE_LISTEN", "127.0.0.1:0")
@@ -166,12 +160,7 @@ async fn a_redis_that_evicts_keys_is_refused_unless_allowed() {
 #[test]
 fn a_shard_count_other_than_the_datas_stops_start_up() {
     let redis = crate::support::RedisServer::start();
-    let status = Command::new("redis-cli")
-        .args(["-p", &redis.port.to_string(), "SET", "sg:shards", "32"])
-        .stdout(Stdio::null())
-        .status()
-        .expect("redis-cli");
-    assert!(status.success());
+    redis.cli(&["SET", "sg:shards", "32"]);
     let output = gateway()
         .env("REDIS_URL", redis.url(0))
         .env("SESSIONGATE_LISTEN", "127.0.0.1:0")

@@ -83,19 +83,11 @@ async fn a_served_metered_request_costs_one_redis_call() {
     })
     .await;
     let id = gw.new_session().await;
-    let redis_cli = |args: &[&str]| -> String {
-        let output = std::process::Command::new("redis-cli")
-            .args(["-p", &redis.port.to_string()])
-            .args(args)
-            .output()
-            .expect("redis-cli");
-        String::from_utf8_lossy(&output.stdout).replace('\r', "")
-    };
-    redis_cli(&["CONFIG", "RESETSTAT"]);
+    redis.cli(&["CONFIG", "RESETSTAT"]);
     for _ in 0..5 {
         assert_eq!(gw.post_as("/v1/generate", &id).await.status(), 200);
     }
-    let stats = redis_cli(&["INFO", "commandstats"]);
+    let stats = redis.cli(&["INFO", "commandstats"]);
     let called: Vec<&str> = stats
         .lines()
         .filter(|line| line.starts_with("cmdstat_evalsha:") || line.starts_with("cmdstat_eval:"))

@@ -120,15 +120,7 @@ async fn five_hundred_concurrent_consumes_on_three_gateways_grant_exactly_the_li
         gateways.push(TestGateway::start_on(&url, with_token).await);
     }
     let id = gateways[0].new_session().await;
-    let redis_cli = |args: &[&str]| -> String {
-        let output = std::process::Command::new("redis-cli")
-            .args(["-p", &redis.port.to_string()])
-            .args(args)
-            .output()
-            .expect("redis-cli");
-        String::from_utf8_lossy(&output.stdout).into_owned()
-    };
-    redis_cli(&["CONFIG", "RESETSTAT"]);
+    redis.cli(&["CONFIG", "RESETSTAT"]);
 
     let requests = (0..500).map(|i| gateways[i % 3].consume(&id, "concept_generation", None));
     let answers = futures_util::future::join_all(requests).await;
@@ -141,7 +133,7 @@ async fn five_hundred_concurrent_consumes_on_three_gateways_grant_exactly_the_li
     assert_eq!(info["rate_limits"]["concept_generation"]["remaining"], 0);
 
     // One round trip per consume: 500 EVALSHA and nothing else reached Redis.
-    let stats = redis_cli(&["INFO", "commandstats"]).replace('\r', "");
+    let stats = redis.cli(&["INFO", "commandstats"]);
     let calls = |command: &str| -> u64 {
         stats
             .lines()

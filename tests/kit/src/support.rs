@@ -110,6 +110,18 @@ impl RedisServer {
     pub fn url(&self, db: u32) -> String {
         format!("redis://127.0.0.1:{}/{db}", self.port)
     }
+
+    /// Runs one command with `redis-cli` against this server; its output, `\r` removed.
+    /// Panics when `redis-cli` cannot run or fails.
+    pub fn cli(&self, args: &[&str]) -> String {
+        let output = Command::new("redis-cli")
+            .args(["-p", &self.port.to_string()])
+            .args(args)
+            .output()
+            .expect("redis-cli");
+        assert!(output.status.success(), "redis-cli {args:?} failed");
+        String::from_utf8_lossy(&output.stdout).replace('\r', "")
+    }
 }
 
 impl Drop for RedisServer {
