@@ -23,14 +23,7 @@ async fn sessions_and_exact_quotas_on_a_cluster() {
         .post_json("/api/session/sync", json!({"client_session_id": id}))
         .await;
     assert_eq!((status, &body["is_synced"]), (200, &json!(true)), "{body}");
-    let response = two
-        .http
-        .put(two.url("/api/session/preferences"))
-        .header("x-session-id", &id)
-        .json(&json!({"theme": "dark"}))
-        .send()
-        .await
-        .expect("request");
+    let response = two.put_preferences(&id, &json!({"theme": "dark"})).await;
     assert_eq!(response.status().as_u16(), 200);
 
     let gateways = [&one, &two];

@@ -473,14 +473,7 @@ async fn preferences_round_trip_within_their_limits() {
     let (status, body) = split(put("{}".into()).await.expect("request")).await;
     assert_eq!((status, body), (200, json!({})));
 
-    let response = gw
-        .http
-        .put(gw.url("/api/session/preferences"))
-        .header("x-session-id", UNKNOWN)
-        .json(&prefs)
-        .send()
-        .await
-        .expect("request");
+    let response = gw.put_preferences(UNKNOWN, &prefs).await;
     assert_eq!(response.status().as_u16(), 404);
     let response = gw
         .http

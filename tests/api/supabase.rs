@@ -456,14 +456,7 @@ async fn a_gateway_with_the_gateway_role_writes_behind_and_reads_through() {
     for _ in 0..2 {
         assert_eq!(gw.consume(&id, "concept_generation", None).await.0, 200);
     }
-    let response = gw
-        .http
-        .put(gw.url("/api/session/preferences"))
-        .header("x-session-id", &id)
-        .json(&json!({ "theme": "dark" }))
-        .send()
-        .await
-        .expect("request");
+    let response = gw.put_preferences(&id, &json!({ "theme": "dark" })).await;
     assert_eq!(response.status().as_u16(), 200);
     // The preferences came last: a row that has them has everything.
     eventually(Duration::from_secs(30), "the session's row", || async {

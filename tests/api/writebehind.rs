@@ -213,13 +213,8 @@ async fn a_refused_row_is_dead_lettered_while_the_rest_flush() {
     let ids: Vec<String> = futures_util::future::join_all((0..30).map(|_| gw.new_session())).await;
     let poisoned = ids[7].clone();
     let response = gw
-        .http
-        .put(gw.url("/api/session/preferences"))
-        .header("x-session-id", &poisoned)
-        .json(&json!({ &marker: true }))
-        .send()
-        .await
-        .expect("request");
+        .put_preferences(&poisoned, &json!({ &marker: true }))
+        .await;
     assert_eq!(response.status().as_u16(), 200);
 
     let healthy: Vec<String> = ids.iter().filter(|id| **id != poisoned).cloned().collect();
@@ -261,14 +256,7 @@ async fn sessions_come_back_from_supabase_with_their_counters_after_redis_loses_
     for _ in 0..3 {
         assert_eq!(gw.consume(&id, "concept_generation", None).await.0, 200);
     }
-    let response = gw
-        .http
-        .put(gw.url("/api/session/preferences"))
-        .header("x-session-id", &id)
-        .json(&json!({"theme": "dark"}))
-        .send()
-        .await
-        .expect("request");
+    let response = gw.put_preferences(&id, &json!({"theme": "dark"})).await;
     assert_eq!(response.status().as_u16(), 200);
     all_flushed(
         &gw,
@@ -560,13 +548,8 @@ async fn a_change_after_redis_is_restored_from_an_older_backup_still_reaches_the
         .await
         .expect("RESTORE");
     let response = gw
-        .http
-        .put(gw.url("/api/session/preferences"))
-        .header("x-session-id", &id)
-        .json(&json!({"theme": "after-restore"}))
-        .send()
-        .await
-        .expect("request");
+        .put_preferences(&id, &json!({"theme": "after-restore"}))
+        .await;
     assert_eq!(response.status(), 200);
     all_flushed(&gw, postgrest, ids, Duration::from_secs(30)).await;
     let row = rows(postgrest, ids).await[&id].clone();

@@ -254,6 +254,17 @@ impl TestGateway {
             .expect("request")
     }
 
+    /// `PUT /api/session/preferences` with `body` as session `id`.
+    pub async fn put_preferences(&self, id: &str, body: &serde_json::Value) -> reqwest::Response {
+        self.http
+            .put(self.url("/api/session/preferences"))
+            .header("x-session-id", id)
+            .json(body)
+            .send()
+            .await
+            .expect("request")
+    }
+
     /// Creates a session and returns its id.
     pub async fn new_session(&self) -> String {
         let (status, body) = self.post_json("/api/session/", serde_json::json!({})).await;
