@@ -17,19 +17,17 @@
 
 use std::convert::Infallible;
 use std::future::Future;
-use std::io;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use bytes::{Buf, Bytes};
+use bytes::Bytes;
 use hyper::body::{Frame, Incoming, SizeHint};
 use hyper::server::conn::http1;
 use hyper::service::HttpService;
 use hyper_util::rt::TokioIo;
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 use tokio::sync::watch;
 
@@ -139,7 +137,8 @@ where
     S::ResBody: 'static,
     <S::ResBody as hyper::body::Body>::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
-    let mut socket = Socket::new(HeadTimeout::new(stream, timeouts.head));
+    let mut socket = HeadTimeout::new(stream, timeouts.head);
+    let awaiting = socket.awaiting();
     let mut idle_since = tokio::time::Instant::now();
     // A new connection waits for its first request as a parked one does for its next.
     let mut ended = Ended::Parked;
@@ -148,8 +147,8 @@ where
             parked_gauge.increment(1.0);
             // The start of a head given back must be complete by the head deadline.
             let idle = idle_since + timeouts.keep_alive;
-            let until = socket.inner.deadline().map_or(idle, |head| head.min(idle));
-            let readable = socket.inner.get_ref().readable();
+            let until = socket.deadline().map_or(idle, |head| head.min(idle));
+            let readable = socket.get_ref().readable();
             let next = tokio::select! {
                 waited = tokio::time::timeout_at(until, readable) => matches!(waited, Ok(Ok(()))),
                 _ = shutdown.wait_for(|stop| *stop) => false,
@@ -160,7 +159,6 @@ where
                 return Ok(());
             }
         }
-        let awaiting = socket.awaiting.clone();
         let started = activity.started();
         // Boxed: the hyper connection, with its buffers, lives only while a request is under
         // way; a parked connection's task holds none of it.
@@ -216,13 +214,9 @@ where
             // whole head, else parked until the rest comes, within the head deadline.
             // Copied: `read_buf` is a view of hyper's whole read buffer, and would keep it
             // alive.
-            socket.prefix = Bytes::copy_from_slice(&parts.read_buf);
-            if socket.inner.given_back(&socket.prefix) {
+            if socket.given_back(Bytes::copy_from_slice(&parts.read_buf)) {
                 ended = Ended::HeadGivenBack;
             }
-            socket
-                .awaiting
-                .store(socket.inner.awaiting_head(), Ordering::Relaxed);
         }
     }
 }
@@ -238,81 +232,4 @@ enum Ended {
     HeadGivenBack,
     /// Woken without a byte to read: the socket is back, still waiting for its request.
     NothingRead,
-}
-
-/// A connection's socket as hyper sees it: bytes given back from an earlier hyper
-/// connection first, and whether the next byte read would begin a new request (a response
-/// was written since the last request head), shared with the driver.
-struct Socket {
-    prefix: Bytes,
-    inner: HeadTimeout<TcpStream>,
-    awaiting: Arc<AtomicBool>,
-}
-
-impl Socket {
-    fn new(inner: HeadTimeout<TcpStream>) -> Self {
-        Socket {
-            prefix: Bytes::new(),
-            inner,
-            awaiting: Arc::default(),
-        }
-    }
-}
-
-impl AsyncRead for Socket {
-    fn poll_read(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        let this = self.get_mut();
-        if !this.prefix.is_empty() {
-            let n = this.prefix.len().min(buf.remaining());
-            buf.put_slice(&this.prefix[..n]);
-            this.prefix.advance(n);
-            return Poll::Ready(Ok(()));
-        }
-        let polled = Pin::new(&mut this.inner).poll_read(cx, buf);
-        this.awaiting
-            .store(this.inner.awaiting_head(), Ordering::Relaxed);
-        polled
-    }
-}
-
-impl AsyncWrite for Socket {
-    fn poll_write(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        let this = self.get_mut();
-        let written = Pin::new(&mut this.inner).poll_write(cx, buf);
-        this.awaiting
-            .store(this.inner.awaiting_head(), Ordering::Relaxed);
-        written
-    }
-
-    fn poll_write_vectored(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[io::IoSlice<'_>],
-    ) -> Poll<io::Result<usize>> {
-        let this = self.get_mut();
-        let written = Pin::new(&mut this.inner).poll_write_vectored(cx, bufs);
-        this.awaiting
-            .store(this.inner.awaiting_head(), Ordering::Relaxed);
-        written
-    }
-
-    fn is_write_vectored(&self) -> bool {
-        self.inner.is_write_vectored()
-    }
-
-    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().inner).poll_flush(cx)
-    }
-
-    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().inner).poll_shutdown(cx)
-    }
 }

@@ -10,14 +10,20 @@
 //!
 //! It sees bytes only. A head begins with the first byte read after a response was written
 //! (or the connection opened) and ends at the first empty line. Requests that hyper reads
-//! ahead (pipelining) are bounded by the idle time alone.
+//! ahead (pipelining) are bounded by the idle time alone, unless hyper gives them back
+//! (`given_back`: they are then read again first, and a head they begin is timed from then).
+//! Whether a next head is awaited is shared with the connection's driver, which parks the
+//! connection when hyper is idle on it (`connection`).
 
 use std::future::Future;
 use std::io;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::task::{ready, Context, Poll};
 use std::time::Duration;
 
+use bytes::{Buf, Bytes};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::time::{Instant, Sleep};
 
@@ -26,6 +32,10 @@ pub struct HeadTimeout<S> {
     inner: S,
     limit: Duration,
     head: Head,
+    /// Whether `head` is `Awaited`, for whoever holds a handle from [`HeadTimeout::awaiting`].
+    awaiting: Arc<AtomicBool>,
+    /// Bytes read ahead by an earlier reader and given back: read first.
+    given_back: Bytes,
     /// Armed only when a read in the middle of a head has to wait: most heads come whole in
     /// one read and never need it.
     timer: Option<Pin<Box<Sleep>>>,
@@ -47,8 +57,22 @@ impl<S> HeadTimeout<S> {
             inner,
             limit,
             head: Head::Awaited,
+            awaiting: Arc::new(AtomicBool::new(true)),
+            given_back: Bytes::new(),
             timer: None,
         }
+    }
+
+    /// A handle on whether the next byte read would begin a new request head (a response was
+    /// written since the last head, or none has come yet).
+    pub fn awaiting(&self) -> Arc<AtomicBool> {
+        self.awaiting.clone()
+    }
+
+    fn set(&mut self, head: Head) {
+        self.awaiting
+            .store(matches!(head, Head::Awaited), Ordering::Relaxed);
+        self.head = head;
     }
 
     /// The stream it wraps.
@@ -56,16 +80,11 @@ impl<S> HeadTimeout<S> {
         &self.inner
     }
 
-    /// Whether the next byte read would begin a new request head (a response was written
-    /// since the last head, or none has come yet).
-    pub fn awaiting_head(&self) -> bool {
-        matches!(self.head, Head::Awaited)
-    }
-
-    /// Follows the head through bytes read ahead by an earlier reader and given back, as if
-    /// they were read now; true if they hold a whole head.
-    pub fn given_back(&mut self, bytes: &[u8]) -> bool {
-        self.saw(bytes);
+    /// Takes back bytes an earlier reader read ahead, to be read again first, and follows
+    /// the head through them as if they were read now; true if they hold a whole head.
+    pub fn given_back(&mut self, bytes: Bytes) -> bool {
+        self.saw(&bytes);
+        self.given_back = bytes;
         matches!(self.head, Head::Complete)
     }
 
@@ -94,18 +113,18 @@ impl<S> HeadTimeout<S> {
                 _ => newlines = 0,
             }
             if newlines == 2 {
-                self.head = Head::Complete;
+                self.set(Head::Complete);
                 return;
             }
         }
-        self.head = Head::Reading { since, newlines };
+        self.set(Head::Reading { since, newlines });
     }
 
     /// A response is being written: the next byte read begins the next head. An interim
     /// `100 Continue` is not the response: the body it invites is still to come.
     fn wrote(&mut self, bytes: &[u8]) {
         if !bytes.is_empty() && !bytes.starts_with(b"HTTP/1.1 100 ") {
-            self.head = Head::Awaited;
+            self.set(Head::Awaited);
         }
     }
 
@@ -141,6 +160,13 @@ impl<S: AsyncRead + Unpin> AsyncRead for HeadTimeout<S> {
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
         let this = self.get_mut();
+        if !this.given_back.is_empty() {
+            // Already followed by `given_back`.
+            let n = this.given_back.len().min(buf.remaining());
+            buf.put_slice(&this.given_back[..n]);
+            this.given_back.advance(n);
+            return Poll::Ready(Ok(()));
+        }
         let before = buf.filled().len();
         match Pin::new(&mut this.inner).poll_read(cx, buf) {
             Poll::Ready(Ok(())) => {
