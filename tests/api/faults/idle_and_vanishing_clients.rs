@@ -50,6 +50,17 @@ fn ensure_open_files(need: u64) {
     );
 }
 
+/// Waits (up to `limit`) until exactly `count` connections of the public listener are parked.
+async fn until_parked(gw: &GatewayProcess, count: usize, limit: Duration) {
+    eventually(limit, &format!("{count} parked connections"), || async {
+        let parked = gw
+            .metric("sessiongate_http_connections_parked", "listener=\"public\"")
+            .await;
+        (parked == count as f64).then_some(())
+    })
+    .await;
+}
+
 /// Opens `count` connections, each answered once (200) and kept open.
 async fn open(addr: SocketAddr, request: &str, count: usize) -> Vec<TcpStream> {
     futures_util::stream::iter(0..count)
@@ -101,17 +112,7 @@ async fn ten_thousand_idle_keep_alive_connections_stay_bounded_and_are_released(
         .metric("sessiongate_http_connections_open", "listener=\"public\"")
         .await;
     let parked_at = Instant::now();
-    eventually(
-        Duration::from_secs(30),
-        "every idle connection to be parked",
-        || async {
-            let parked = gw
-                .metric("sessiongate_http_connections_parked", "listener=\"public\"")
-                .await;
-            (parked == CONNECTIONS as f64).then_some(())
-        },
-    )
-    .await;
+    until_parked(&gw, CONNECTIONS, Duration::from_secs(30)).await;
     let parking = parked_at.elapsed();
     let rss_parked = gw.rss_kib();
     // Parked, not closed: the next request on a held connection is served on it.
@@ -332,17 +333,7 @@ async fn a_request_split_across_a_parking_is_served_whole() {
         .await
         .expect("first answer");
     assert_eq!(status, 200);
-    eventually(
-        Duration::from_secs(10),
-        "the connection to be parked",
-        || async {
-            let parked = gw
-                .metric("sessiongate_http_connections_parked", "listener=\"public\"")
-                .await;
-            (parked == 1.0).then_some(())
-        },
-    )
-    .await;
+    until_parked(&gw, 1, Duration::from_secs(10)).await;
     let status = exchange(&mut stream, second).await.expect("second answer");
     assert_eq!(status, 200, "the half read before parking was not lost");
     stream.shutdown().await.expect("close");
