@@ -50,7 +50,7 @@ use crate::http::ConnectionLimits;
 use crate::quota::Quotas;
 use crate::serving::{Plan, ServingThreads};
 use crate::session::Sessions;
-use crate::store::{Store, StoreConfig, StoreError};
+use crate::store::{NearCache, Store, StoreConfig, StoreError};
 use crate::throttle::CreationThrottle;
 
 /// Why the gateway could not start.
@@ -117,6 +117,11 @@ pub async fn start(config: Config) -> Result<Gateway, StartError> {
             .flush
             .max_backlog
             .div_ceil(u64::from(config.redis_shards.max(1))),
+        // Off on Redis Cluster: a slot moved to another node is read on a connection
+        // nothing has told to track.
+        near_cache: (config.near_cache_entries > 0
+            && !config.redis_url.starts_with("redis-cluster"))
+        .then(|| NearCache::new(config.near_cache_entries)),
     };
     let store = Store::connect(&store_config)?;
     let redis_answered = match store.warm_up(WARM_UP).await {
@@ -206,6 +211,7 @@ pub async fn start(config: Config) -> Result<Gateway, StartError> {
             stopped(watcher.clone()),
         )));
     }
+    let near_cache = store_config.near_cache.clone();
     let mut serving = ServingThreads::start(
         public,
         Plan {
@@ -220,7 +226,11 @@ pub async fn start(config: Config) -> Result<Gateway, StartError> {
     )?;
     serving.accepting().await;
     tasks.extend([
-        tokio::spawn(housekeeping(creations, stopped(watcher.clone()))),
+        tokio::spawn(housekeeping(
+            creations,
+            near_cache,
+            stopped(watcher.clone()),
+        )),
         tokio::spawn(probe),
     ]);
     if let (Some(supabase), true) = (supabase, config.flush_enabled) {
@@ -325,6 +335,7 @@ async fn check_redis_settings(store: &Store, allow_eviction: bool) -> Result<(),
 /// recently active clients, the latency samples folded into their histograms.
 async fn housekeeping(
     creations: Arc<CreationThrottle>,
+    near_cache: Option<NearCache>,
     stop: impl std::future::Future<Output = ()>,
 ) {
     let mut tick = tokio::time::interval(Duration::from_secs(5));
@@ -333,6 +344,9 @@ async fn housekeeping(
         tokio::select! {
             _ = tick.tick() => {
                 telemetry::upkeep();
+                if let Some(cache) = &near_cache {
+                    telemetry::near_cache_entries(cache.len());
+                }
                 if round % 12 == 0 {
                     creations.forget_idle();
                 }

@@ -101,6 +101,11 @@ pub const FLUSH_DEAD_LETTERS: &str = "sessiongate_flush_dead_letters_total";
 pub const FLUSH_REFUSALS: &str = "sessiongate_flush_backpressure_refusals_total";
 pub const READ_THROUGH: &str = "sessiongate_read_through_total";
 pub const PROXY_REQUESTS: &str = "sessiongate_proxy_requests_total";
+pub const NEAR_CACHE_HITS: &str = "sessiongate_near_cache_hits_total";
+pub const NEAR_CACHE_MISSES: &str = "sessiongate_near_cache_misses_total";
+pub const NEAR_CACHE_INVALIDATIONS: &str = "sessiongate_near_cache_invalidations_total";
+pub const NEAR_CACHE_FLUSHES: &str = "sessiongate_near_cache_flushes_total";
+pub const NEAR_CACHE_ENTRIES: &str = "sessiongate_near_cache_entries";
 pub const BUILD_INFO: &str = "sessiongate_build_info";
 
 fn describe() {
@@ -178,6 +183,23 @@ fn describe() {
         "Sessions looked up in Supabase after a Redis miss, by result: restored, missing, throttled (over the budget), error, timeout (past flush.read_through_timeout_ms)."
     );
     describe_counter!(PROXY_REQUESTS, "Gateway-mode requests, by route pattern and outcome: committed, refunded, denied (429), rejected (not forwarded: no usable session, or Redis unreachable), forwarded (unmetered), upstream_error, upstream_timeout, client_gone (metered, the client left before its answer; the reservation was still settled).");
+    describe_counter!(
+        NEAR_CACHE_HITS,
+        "Session reads answered from the near cache."
+    );
+    describe_counter!(
+        NEAR_CACHE_MISSES,
+        "Session reads the near cache could not answer (sent to Redis)."
+    );
+    describe_counter!(
+        NEAR_CACHE_INVALIDATIONS,
+        "Session keys Redis announced as changed to the near cache."
+    );
+    describe_counter!(NEAR_CACHE_FLUSHES, "Times the whole near cache was dropped, by reason: lost (a tracking connection failed or went silent), reconnected (a new tracking connection), lagged (invalidations missed), everything (Redis flushed its keys).");
+    describe_gauge!(
+        NEAR_CACHE_ENTRIES,
+        "Session records held in the near cache."
+    );
     describe_gauge!(BUILD_INFO, "Build of the running gateway (always 1).");
     // Counters of rare events start at 0, so `increase()` sees their first occurrence.
     for rare in [
@@ -187,6 +209,7 @@ fn describe() {
         FLUSH_RETRIES,
         FLUSH_DEAD_LETTERS,
         FLUSH_REFUSALS,
+        NEAR_CACHE_INVALIDATIONS,
     ] {
         counter!(rare).absolute(0);
     }
@@ -294,6 +317,26 @@ pub fn script_reloaded() {
 
 pub fn redis_up(up: bool) {
     gauge!(REDIS_UP).set(if up { 1.0 } else { 0.0 });
+}
+
+/// A near-cache lookup: the two counters are looked up once, as they move on every read.
+pub fn near_cache_lookup(hit: bool) {
+    static LOOKUPS: OnceLock<(Counter, Counter)> = OnceLock::new();
+    let (hits, misses) =
+        LOOKUPS.get_or_init(|| (counter!(NEAR_CACHE_HITS), counter!(NEAR_CACHE_MISSES)));
+    if hit { hits } else { misses }.increment(1);
+}
+
+pub fn near_cache_invalidated() {
+    counter!(NEAR_CACHE_INVALIDATIONS).increment(1);
+}
+
+pub fn near_cache_flushed(reason: &'static str) {
+    counter!(NEAR_CACHE_FLUSHES, "reason" => reason).increment(1);
+}
+
+pub fn near_cache_entries(entries: usize) {
+    gauge!(NEAR_CACHE_ENTRIES).set(entries as f64);
 }
 
 pub fn session_created() {

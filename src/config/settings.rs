@@ -60,6 +60,8 @@ pub struct Config {
     pub redis_allow_eviction: bool,
     /// Keyspace shards (see `store`); fixed for the lifetime of the data.
     pub redis_shards: u32,
+    /// Session records the near cache holds at most; 0 turns it off.
+    pub near_cache_entries: usize,
     /// Threads serving the public listener, each with its own listener socket
     /// (`SO_REUSEPORT`), runtime and Redis connections; 0 means one per CPU.
     pub serving_threads: usize,
@@ -127,6 +129,7 @@ impl Default for Config {
             serving_threads: 0,
             redis_allow_eviction: false,
             redis_shards: crate::store::DEFAULT_SHARDS,
+            near_cache_entries: 32_768,
             body_limit: 16 * 1024,
             header_read_timeout: Duration::from_secs(10),
             keep_alive_timeout: Duration::from_secs(75),

@@ -135,6 +135,16 @@ pub(super) const SETTINGS: &[Setting] = &[
         },
     },
     Setting {
+        key: Some("redis.near_cache_entries"),
+        var: Some("SESSIONGATE_NEAR_CACHE_ENTRIES"),
+        form: Whole {
+            min: 0,
+            max: 10_000_000,
+            unit: "sessions",
+            set: |d, n| d.config.near_cache_entries = n as usize,
+        },
+    },
+    Setting {
         key: Some("redis.allow_eviction"),
         var: None,
         form: Flag {

@@ -278,7 +278,7 @@ fn unknown_toml_keys_are_refused() {
     assert_eq!(
         err.to_string(),
         "invalid configuration: redis.urll: unknown key; known here: allow_eviction, \
-         pool_size, shards, timeout_ms, url"
+         near_cache_entries, pool_size, shards, timeout_ms, url"
     );
     let err = Config::from_toml("lissen = \"127.0.0.1:1\"\n").unwrap_err();
     assert!(

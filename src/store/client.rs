@@ -1,5 +1,7 @@
 //! The connection pool and the session operations: connect, warm up, and one round trip per
 //! request-path operation (`HMGET` for reads, `EVALSHA` of a loaded script per mutation).
+//! With the near cache on, reads are answered from it when they can be, and otherwise sent
+//! on the tracking connections (`tracking`), which fill it.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -11,7 +13,11 @@ use uuid::Uuid;
 
 use super::codec::{record, ReadShape};
 use super::error::StoreError;
-use super::keys::{counter_field, inflight_key, session_key, shard_of, shard_prefix, SHARDS_KEY};
+use super::keys::{
+    counter_field, inflight_key, session_key, session_of_key, shard_of, shard_prefix, SHARDS_KEY,
+};
+use super::near_cache::NearCache;
+use super::tracking::tracked_pool;
 use crate::model::quota::{counters, Policy};
 use crate::model::session::SessionRecord;
 use crate::telemetry;
@@ -31,6 +37,8 @@ pub struct StoreConfig {
     pub outbox: bool,
     /// Outbox size per shard at which session creation is refused.
     pub max_dirty_per_shard: u64,
+    /// The process's near cache, when session reads may be served from memory.
+    pub near_cache: Option<NearCache>,
 }
 
 /// A cheap-to-clone handle on the Redis connection pool and the loaded scripts.
@@ -56,6 +64,13 @@ pub(super) struct Inner {
     /// The field of every configured counter, in `shape`'s order: the quota scripts report
     /// them (see `quota_lib.lua`).
     pub(super) counter_fields: Vec<Value>,
+    pub(super) near: Option<Near>,
+}
+
+/// The near cache and the tracking connections that keep it coherent.
+pub(super) struct Near {
+    cache: NearCache,
+    pool: Pool,
 }
 
 /// A Lua script and the operation name its calls are measured under.
@@ -103,19 +118,19 @@ impl Store {
     /// Builds the pool and starts connecting in the background. Start-up does not wait for
     /// Redis: a gateway started before Redis serves 503 until Redis appears, then recovers.
     pub fn connect(config: &StoreConfig) -> Result<Store, StoreError> {
-        let redis_config = Config::from_url(&config.url)?;
-        let pool = Builder::from_config(redis_config)
-            .with_config(|c| c.fail_fast = false)
-            .with_performance_config(|p| p.default_command_timeout = config.timeout)
-            .with_connection_config(|c| {
-                c.connection_timeout = config.timeout.max(Duration::from_secs(1));
-                c.internal_command_timeout = config.timeout.max(Duration::from_secs(1));
-                c.max_command_attempts = 2;
-            })
-            // Unlimited attempts, 10 ms doubling to 500 ms: back within half a second of Redis.
-            .set_policy(ReconnectPolicy::new_exponential(0, 10, 500, 2))
-            .build_pool(config.pool_size)?;
+        let pool = builder(config)?.build_pool(config.pool_size)?;
         pool.connect();
+        let near = match &config.near_cache {
+            Some(cache) => {
+                let pool = tracked_pool(builder(config)?, config.pool_size, config.timeout, cache)?;
+                pool.connect();
+                Some(Near {
+                    cache: cache.clone(),
+                    pool,
+                })
+            }
+            None => None,
+        };
         let shape = ReadShape {
             counters: counters(&config.policies),
             quota_operations: config
@@ -158,6 +173,7 @@ impl Store {
                     .map(|c| Value::from(counter_field(c)))
                     .collect(),
                 shape,
+                near,
             }),
         })
     }
@@ -193,7 +209,11 @@ impl Store {
     /// (by another pool's [`Store::warm_up`]) or reloaded on first use.
     pub async fn wait_connected(&self, within: Duration) -> Result<(), StoreError> {
         self.bounded_by(within, async {
-            Ok(self.inner.pool.wait_for_connect().await?)
+            self.inner.pool.wait_for_connect().await?;
+            if let Some(near) = &self.inner.near {
+                near.pool.wait_for_connect().await?;
+            }
+            Ok(())
         })
         .await
     }
@@ -201,6 +221,9 @@ impl Store {
     /// Closes the connections; used on shutdown.
     pub async fn close(&self) {
         let _ = self.inner.pool.quit().await;
+        if let Some(near) = &self.inner.near {
+            let _ = near.pool.quit().await;
+        }
     }
 
     /// `PING`: whether Redis answers.
@@ -256,12 +279,36 @@ impl Store {
         record(reply, &self.inner.shape)
     }
 
-    /// Reads a session without writing: one plain `HMGET`.
+    /// Reads a session without writing: from the near cache, or one plain `HMGET`.
     pub async fn read(&self, id: &Uuid) -> Result<Option<SessionRecord>, StoreError> {
+        let Some(near) = &self.inner.near else {
+            return self.read_from(&self.inner.pool, id).await;
+        };
+        if let Some(record) = near.cache.get(id) {
+            // Redis expires a hash lazily and announces it late: past its TTL, ask Redis.
+            if unix_now() - record.last_active < self.inner.ttl_secs as i64 {
+                return Ok(Some(record));
+            }
+        }
+        // Tracking connections down (or refused: Redis before 6 has no RESP3): read
+        // uncached on the others.
+        if !near.pool.next_connected().is_connected() {
+            return self.read_from(&self.inner.pool, id).await;
+        }
+        let ticket = near.cache.begin(id);
+        let read = self.read_from(&near.pool, id).await;
+        if let Some(ticket) = ticket {
+            near.cache
+                .fill(ticket, read.as_ref().ok().and_then(Option::as_ref));
+        }
+        read
+    }
+
+    async fn read_from(&self, pool: &Pool, id: &Uuid) -> Result<Option<SessionRecord>, StoreError> {
         let key = self.session_key(id);
         let reply: Value = self
-            .bounded("read", async {
-                let client = self.inner.pool.next_connected();
+            .bounded_on(pool, "read", async {
+                let client = pool.next_connected();
                 Ok(client.hmget(key, self.inner.read_fields.clone()).await?)
             })
             .await?;
@@ -317,22 +364,30 @@ impl Store {
         args: Vec<Value>,
     ) -> Result<Value, StoreError> {
         let script = &lua.script;
-        self.bounded(lua.op, async {
-            let client = self.inner.pool.next_connected();
-            match client
-                .evalsha(script.sha1().clone(), keys.clone(), args.clone())
-                .await
-            {
-                Err(error) if error.details().starts_with("NOSCRIPT") => {
-                    tracing::info!(op = lua.op, "script missing in redis, reloading");
-                    telemetry::script_reloaded();
-                    script.load(client).await?;
-                    Ok(client.evalsha(script.sha1().clone(), keys, args).await?)
+        // A script whose first key is a session's hash may change it: what this process
+        // cached of it goes, whatever the outcome (a call that timed out may have run).
+        let changes = keys.first().and_then(|key| session_of_key(key.as_bytes()));
+        let result = self
+            .bounded(lua.op, async {
+                let client = self.inner.pool.next_connected();
+                match client
+                    .evalsha(script.sha1().clone(), keys.clone(), args.clone())
+                    .await
+                {
+                    Err(error) if error.details().starts_with("NOSCRIPT") => {
+                        tracing::info!(op = lua.op, "script missing in redis, reloading");
+                        telemetry::script_reloaded();
+                        script.load(client).await?;
+                        Ok(client.evalsha(script.sha1().clone(), keys, args).await?)
+                    }
+                    result => Ok(result?),
                 }
-                result => Ok(result?),
-            }
-        })
-        .await
+            })
+            .await;
+        if let (Some(near), Some(id)) = (&self.inner.near, changes) {
+            near.cache.forget(&id);
+        }
+        result
     }
 
     /// Runs one Redis call within the configured timeout, measuring it as `op`.
@@ -345,6 +400,16 @@ impl Store {
         op: &'static str,
         work: impl std::future::Future<Output = Result<T, StoreError>> + Send + 'a,
     ) -> impl std::future::Future<Output = Result<T, StoreError>> + Send + 'a {
+        self.bounded_on(&self.inner.pool, op, work)
+    }
+
+    /// [`Store::bounded`] for a call sent on `pool`'s connections.
+    fn bounded_on<'a, T: 'a>(
+        &'a self,
+        pool: &'a Pool,
+        op: &'static str,
+        work: impl std::future::Future<Output = Result<T, StoreError>> + Send + 'a,
+    ) -> impl std::future::Future<Output = Result<T, StoreError>> + Send + 'a {
         let work = Box::pin(work);
         let limit = self.inner.timeout;
         async move {
@@ -352,16 +417,16 @@ impl Store {
             // Known down (fred saw the connection close and is reconnecting): answer now
             // rather than hold every request for the whole timeout. fred reconnects on its
             // own, within half a second of Redis's return, and the next call goes through.
-            let result = if !self.inner.pool.next_connected().is_connected() {
+            let result = if !pool.next_connected().is_connected() {
                 Err(StoreError::Unreachable)
             } else {
                 // fred's own command timeout, set to the same limit, usually fires first.
                 match tokio::time::timeout(limit, work).await {
                     Ok(Err(StoreError::Redis(error))) if *error.kind() == ErrorKind::Timeout => {
-                        Err(self.timed_out(limit))
+                        Err(timed_out(pool, limit))
                     }
                     Ok(result) => result,
-                    Err(_) => Err(self.timed_out(limit)),
+                    Err(_) => Err(timed_out(pool, limit)),
                 }
             };
             telemetry::redis_call(op, started.elapsed());
@@ -376,15 +441,6 @@ impl Store {
         }
     }
 
-    /// A call that ran out of time: Redis was slow, or there was no connection to send it on
-    /// (fred queues commands while it reconnects), which an operator needs told apart.
-    fn timed_out(&self, limit: Duration) -> StoreError {
-        match self.inner.pool.next_connected().is_connected() {
-            true => StoreError::Timeout(limit),
-            false => StoreError::Unreachable,
-        }
-    }
-
     async fn bounded_by<T>(
         &self,
         limit: Duration,
@@ -395,4 +451,35 @@ impl Store {
             Err(_) => Err(StoreError::Timeout(limit)),
         }
     }
+}
+
+/// A call that ran out of time: Redis was slow, or there was no connection to send it on
+/// (fred queues commands while it reconnects), which an operator needs told apart.
+fn timed_out(pool: &Pool, limit: Duration) -> StoreError {
+    match pool.next_connected().is_connected() {
+        true => StoreError::Timeout(limit),
+        false => StoreError::Unreachable,
+    }
+}
+
+/// The pool settings every store connection shares.
+pub(super) fn builder(config: &StoreConfig) -> Result<Builder, StoreError> {
+    let mut builder = Builder::from_config(Config::from_url(&config.url)?);
+    builder
+        .with_config(|c| c.fail_fast = false)
+        .with_performance_config(|p| p.default_command_timeout = config.timeout)
+        .with_connection_config(|c| {
+            c.connection_timeout = config.timeout.max(Duration::from_secs(1));
+            c.internal_command_timeout = config.timeout.max(Duration::from_secs(1));
+            c.max_command_attempts = 2;
+        })
+        // Unlimited attempts, 10 ms doubling to 500 ms: back within half a second of Redis.
+        .set_policy(ReconnectPolicy::new_exponential(0, 10, 500, 2));
+    Ok(builder)
+}
+
+fn unix_now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64)
 }

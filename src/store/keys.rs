@@ -20,6 +20,9 @@ const V1_COUNTERS: [(&str, &str); 3] = [
 
 pub(super) const SHARDS_KEY: &str = "sg:shards";
 
+/// A random value that lives as long as the keyspace does (see `tracking`).
+pub(super) const EPOCH_KEY: &str = "sg:epoch";
+
 /// The key of a session's hash: `sg:{<shard>}:<id>`.
 pub fn session_key(id: &Uuid, shards: u32) -> String {
     format!("{}{}", shard_prefix(shard_of(id, shards)), id.hyphenated())
@@ -33,6 +36,19 @@ pub fn shard_of(id: &Uuid, shards: u32) -> u32 {
 /// `sg:{<shard>}:`, the prefix of every key of a shard.
 pub(super) fn shard_prefix(shard: u32) -> String {
     format!("sg:{{{shard}}}:")
+}
+
+/// The session a key names, when it is a session's hash (`sg:{<shard>}:<id>`), not one of
+/// its other keys.
+pub(super) fn session_of_key(key: &[u8]) -> Option<Uuid> {
+    let rest = key.strip_prefix(b"sg:{")?;
+    let close = rest.iter().position(|b| *b == b'}')?;
+    let id = rest[close + 1..].strip_prefix(b":")?;
+    // Hyphenated only: that is how keys are spelled, and it rules out the longer keys.
+    if id.len() != 36 {
+        return None;
+    }
+    Uuid::try_parse_ascii(id).ok()
 }
 
 /// A shard's outbox: sessions changed since their last flush.
@@ -88,6 +104,17 @@ mod tests {
             session_key(&id, 1),
             "sg:{0}:6f9619ff-8b86-4011-b42d-00cf4fc964ff"
         );
+    }
+
+    #[test]
+    fn only_a_session_hash_names_its_session() {
+        let id = Uuid::new_v4();
+        let key = session_key(&id, 64);
+        assert_eq!(session_of_key(key.as_bytes()), Some(id));
+        let idempotency = format!("{key}:idem:consume:x:k");
+        assert_eq!(session_of_key(idempotency.as_bytes()), None);
+        assert_eq!(session_of_key(dirty_key(3).as_bytes()), None);
+        assert_eq!(session_of_key(SHARDS_KEY.as_bytes()), None);
     }
 
     #[test]

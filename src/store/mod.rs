@@ -15,6 +15,7 @@
 //! | `sg:{<shard>}:inflight` | sessions claimed by a flusher (zset by lease deadline ms) |
 //! | `sg:dead-letter` | stream of rows the system of record refused |
 //! | `sg:shards` | the shard count the data was written with (checked at start-up) |
+//! | `sg:epoch` | a random value, set again when missing: a changed one tells the near cache that every key was flushed |
 //!
 //! Session fields are one letter because every byte is paid for once per session:
 //!
@@ -42,9 +43,11 @@ mod client;
 mod codec;
 mod error;
 mod keys;
+mod near_cache;
 mod outbox;
 mod quota;
 mod settings;
+mod tracking;
 
 pub use client::{Store, StoreConfig};
 pub use error::StoreError;
@@ -52,5 +55,6 @@ pub use keys::{
     dirty_key, inflight_key, session_key, shard_of, DEAD_LETTER_KEY, DEFAULT_SHARDS,
     SESSION_KEY_PATTERN,
 };
+pub use near_cache::NearCache;
 pub use outbox::{Backlog, Claim};
 pub use settings::RedisSettings;

@@ -17,6 +17,7 @@ mod gateway_hardening;
 mod hostile;
 mod lifecycle;
 mod logs;
+mod near_cache;
 mod observability;
 mod origins;
 mod quotas;

@@ -32,8 +32,9 @@ use tokio::net::TcpStream;
 use crate::services::Postgrest;
 use crate::support::{session_key, TOKEN};
 
-/// One fault test at a time: they measure latencies, RSS and recovery times.
-static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+/// One load test at a time (the fault tests, and the cluster failover under traffic): they
+/// measure latencies, RSS and recovery times.
+pub(crate) static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 /// Quotas large enough never to refuse under load, over rolling windows that cannot reset
 /// during a test, and session creation unthrottled (every request comes from 127.0.0.1).

@@ -395,6 +395,7 @@ pub async fn store_on(url: &str, outbox: bool) -> sessiongate::store::Store {
         shards: sessiongate::store::DEFAULT_SHARDS,
         outbox,
         max_dirty_per_shard: u64::MAX,
+        near_cache: None,
     })
     .expect("store");
     store
@@ -488,10 +489,15 @@ pub async fn scrape(http: &reqwest::Client, url: &str) -> String {
         .expect("scrape body")
 }
 
-/// `FLUSHDB` on the database `redis` is connected to.
+/// Empties the database `redis` is connected to, one `DEL` per key: Redis announces each
+/// deleted key to the gateways' near caches at once, where a `FLUSHDB` is only noticed
+/// within a second (`sessiongate::store`, the `sg:epoch` key).
 pub async fn flush_db(redis: &Client) {
-    let _: () = redis
-        .custom(fred::cmd!("FLUSHDB"), Vec::<String>::new())
+    let keys: Vec<String> = redis
+        .custom(fred::cmd!("KEYS"), vec!["*"])
         .await
-        .expect("FLUSHDB");
+        .expect("KEYS");
+    if !keys.is_empty() {
+        let _: i64 = redis.del(keys).await.expect("DEL");
+    }
 }

@@ -1,0 +1,227 @@
+//! The near cache: session reads served from a gateway's memory, kept coherent by Redis's
+//! client tracking. Each test has a Redis of its own, so that `INFO commandstats` counts
+//! only its own reads (a cache hit is a read Redis never sees).
+
+use std::future::Future;
+use std::task::Poll;
+use std::time::{Duration, Instant};
+
+use fred::prelude::*;
+use serde_json::json;
+use sessiongate::store::{NearCache, Store, StoreConfig, DEFAULT_SHARDS};
+use uuid::Uuid;
+
+use crate::support::{eventually, split, with_token, RedisServer, TestGateway};
+
+/// `HMGET`s Redis has run: the session reads that missed every near cache.
+fn reads_in_redis(redis: &RedisServer) -> u64 {
+    let stats = redis.cli(&["INFO", "commandstats"]);
+    stats
+        .lines()
+        .find_map(|line| line.strip_prefix("cmdstat_hmget:calls="))
+        .and_then(|rest| rest.split(',').next())
+        .map_or(0, |calls| calls.parse().expect("a call count"))
+}
+
+/// Reads `id`'s info through `gateway` until a read costs Redis nothing: the record is
+/// cached (tracking starts just after the connections are up, so the first reads may not be).
+async fn until_cached(redis: &RedisServer, gateway: &TestGateway, id: &str) {
+    eventually(
+        Duration::from_secs(5),
+        "an info read served from memory",
+        || async {
+            let before = reads_in_redis(redis);
+            gateway.info(id).await;
+            (reads_in_redis(redis) == before).then_some(())
+        },
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn repeated_reads_are_served_from_memory_and_never_with_the_cache_off() {
+    let redis = RedisServer::start();
+    let cached = TestGateway::start_on(&redis.url(0), |_| {}).await;
+    let id = cached.new_session().await;
+    until_cached(&redis, &cached, &id).await;
+    let before = reads_in_redis(&redis);
+    for _ in 0..20 {
+        cached.info(&id).await;
+    }
+    assert_eq!(
+        reads_in_redis(&redis),
+        before,
+        "20 reads of a cached session"
+    );
+
+    let uncached = TestGateway::start_on(&redis.url(0), |c| c.near_cache_entries = 0).await;
+    let before = reads_in_redis(&redis);
+    for _ in 0..20 {
+        uncached.info(&id).await;
+    }
+    assert_eq!(reads_in_redis(&redis), before + 20, "one HMGET per read");
+}
+
+#[tokio::test]
+async fn a_change_through_another_gateway_is_seen_once_redis_announces_it() {
+    let redis = RedisServer::start();
+    let a = TestGateway::start_on(&redis.url(0), |_| {}).await;
+    let b = TestGateway::start_on(&redis.url(0), with_token).await;
+    let id = a.new_session().await;
+
+    until_cached(&redis, &a, &id).await;
+    let (status, _) = b.consume(&id, "concept_generation", None).await;
+    assert_eq!(status, 200);
+    let changed = Instant::now();
+    eventually(Duration::from_secs(2), "A to see B's consume", || async {
+        let info = a.info(&id).await;
+        (info["usage_stats"]["concepts_generated"] == 1).then_some(())
+    })
+    .await;
+    eprintln!(
+        "near cache: a consume through B seen through A after {:?}",
+        changed.elapsed()
+    );
+
+    until_cached(&redis, &a, &id).await;
+    let response = b.put_preferences(&id, &json!({"theme": "dark"})).await;
+    assert_eq!(response.status().as_u16(), 200);
+    let changed = Instant::now();
+    eventually(
+        Duration::from_secs(2),
+        "A to see B's preferences",
+        || async {
+            let response = a.get_as("/api/session/preferences", &id).await;
+            let (_, body) = split(response).await;
+            (body["theme"] == "dark").then_some(())
+        },
+    )
+    .await;
+    eprintln!(
+        "near cache: preferences set through B seen through A after {:?}",
+        changed.elapsed()
+    );
+}
+
+#[tokio::test]
+async fn a_redis_restart_with_the_cache_full_serves_nothing_stale() {
+    let mut redis = RedisServer::start();
+    let a = TestGateway::start_on(&redis.url(0), |_| {}).await;
+    let id = a.new_session().await;
+    until_cached(&redis, &a, &id).await;
+
+    // Redis comes back empty (it keeps nothing on disk): the session is gone.
+    redis.kill();
+    redis.spawn();
+    let status = eventually(
+        Duration::from_secs(5),
+        "an answer from the new Redis",
+        || async {
+            let status = a.get_as("/api/session/info", &id).await.status().as_u16();
+            assert_ne!(
+                status, 200,
+                "the session was served from memory after Redis lost it"
+            );
+            (status != 503).then_some(status)
+        },
+    )
+    .await;
+    assert_eq!(status, 404);
+}
+
+/// A store of the library with a near cache of its own, on `url`, with one connection of
+/// each kind, so that a test knows which connection a read went out on.
+async fn cached_store(url: &str, cache: &NearCache) -> Store {
+    let store = Store::connect(&StoreConfig {
+        url: url.to_string(),
+        timeout: Duration::from_secs(2),
+        pool_size: 1,
+        session_ttl: Duration::from_secs(86_400),
+        touch_interval: Duration::from_secs(60),
+        policies: Vec::new(),
+        shards: DEFAULT_SHARDS,
+        outbox: false,
+        max_dirty_per_shard: u64::MAX,
+        near_cache: Some(cache.clone()),
+    })
+    .expect("store");
+    store
+        .warm_up(Duration::from_secs(5))
+        .await
+        .expect("redis answers");
+    store
+}
+
+/// Polls `future` once: far enough for a read to leave its marker and send its `HMGET`.
+async fn start<F: Future + Unpin>(future: &mut F) {
+    std::future::poll_fn(|cx| {
+        assert!(std::pin::Pin::new(&mut *future).poll(cx).is_pending());
+        Poll::Ready(())
+    })
+    .await;
+}
+
+/// The race of client-side caching, on purpose: Redis has answered a read with the old
+/// preferences, the key then changes and the change is handled, and only then does the
+/// read's reply reach the cache. It must not be kept, or the old value would be served
+/// until the next change. Once for a change this process made (it drops its own entry),
+/// once for another client's (Redis's invalidation drops it).
+#[tokio::test]
+async fn a_reply_that_a_change_overtook_is_kept_out_of_the_cache() {
+    let redis = RedisServer::start();
+    let cache = NearCache::new(100);
+    let store = cached_store(&redis.url(0), &cache).await;
+    let id = Uuid::new_v4();
+    assert!(store.create(&id).await.expect("create").is_some());
+    let other = Client::new(
+        Config::from_url(&redis.url(0)).expect("url"),
+        None,
+        None,
+        None,
+    );
+    other.init().await.expect("connects");
+    let key = store.session_key(&id);
+
+    for (round, foreign) in [(1, false), (2, true)] {
+        eventually(Duration::from_secs(5), "tracking to start", || async {
+            store.read(&id).await.expect("read");
+            cache.holds(&id).then_some(())
+        })
+        .await;
+        store
+            .set_preferences(&id, r#"{"round":0}"#)
+            .await
+            .expect("reset");
+        let reads = reads_in_redis(&redis);
+        let mut read = Box::pin(store.read(&id));
+        start(&mut read).await;
+        // Redis has run the read (the old value is on its way) before the change below.
+        eventually(Duration::from_secs(5), "Redis to run the read", || async {
+            (reads_in_redis(&redis) > reads).then_some(())
+        })
+        .await;
+        let new = format!(r#"{{"round":{round}}}"#);
+        let invalidations = cache.invalidations();
+        if foreign {
+            let _: i64 = other.hset(&key, ("p", new.as_str())).await.expect("HSET");
+            eventually(Duration::from_secs(5), "the invalidation", || async {
+                (cache.invalidations() > invalidations).then_some(())
+            })
+            .await;
+        } else {
+            store.set_preferences(&id, &new).await.expect("set");
+        }
+        let stale = read.await.expect("read").expect("session");
+        assert_eq!(
+            stale.preferences.as_deref(),
+            Some(r#"{"round":0}"#),
+            "round {round}"
+        );
+        let after = store.read(&id).await.expect("read").expect("session");
+        assert_eq!(
+            after.preferences.as_deref(),
+            Some(new.as_str()),
+            "round {round}"
+        );
+    }
+}
