@@ -13,6 +13,10 @@ use uuid::Uuid;
 
 use crate::support::{eventually, split, with_token, RedisServer, TestGateway};
 
+fn with_cache(config: &mut sessiongate::config::Config) {
+    config.near_cache_entries = 32_768;
+}
+
 /// `HMGET`s Redis has run: the session reads that missed every near cache.
 fn reads_in_redis(redis: &RedisServer) -> u64 {
     let stats = redis.cli(&["INFO", "commandstats"]);
@@ -41,7 +45,7 @@ async fn until_cached(redis: &RedisServer, gateway: &TestGateway, id: &str) {
 #[tokio::test]
 async fn repeated_reads_are_served_from_memory_and_never_with_the_cache_off() {
     let redis = RedisServer::start();
-    let cached = TestGateway::start_on(&redis.url(0), |_| {}).await;
+    let cached = TestGateway::start_on(&redis.url(0), with_cache).await;
     let id = cached.new_session().await;
     until_cached(&redis, &cached, &id).await;
     let before = reads_in_redis(&redis);
@@ -65,8 +69,12 @@ async fn repeated_reads_are_served_from_memory_and_never_with_the_cache_off() {
 #[tokio::test]
 async fn a_change_through_another_gateway_is_seen_once_redis_announces_it() {
     let redis = RedisServer::start();
-    let a = TestGateway::start_on(&redis.url(0), |_| {}).await;
-    let b = TestGateway::start_on(&redis.url(0), with_token).await;
+    let a = TestGateway::start_on(&redis.url(0), with_cache).await;
+    let b = TestGateway::start_on(&redis.url(0), |c| {
+        with_token(c);
+        with_cache(c);
+    })
+    .await;
     let id = a.new_session().await;
 
     until_cached(&redis, &a, &id).await;
@@ -106,7 +114,7 @@ async fn a_change_through_another_gateway_is_seen_once_redis_announces_it() {
 #[tokio::test]
 async fn a_redis_restart_with_the_cache_full_serves_nothing_stale() {
     let mut redis = RedisServer::start();
-    let a = TestGateway::start_on(&redis.url(0), |_| {}).await;
+    let a = TestGateway::start_on(&redis.url(0), with_cache).await;
     let id = a.new_session().await;
     until_cached(&redis, &a, &id).await;
 
