@@ -129,8 +129,7 @@ impl Default for Config {
             serving_threads: 0,
             redis_allow_eviction: false,
             redis_shards: crate::store::DEFAULT_SHARDS,
-            // Off until the soak regression of the near cache is understood (README).
-            near_cache_entries: 0,
+            near_cache_entries: 32_768,
             body_limit: 16 * 1024,
             header_read_timeout: Duration::from_secs(10),
             keep_alive_timeout: Duration::from_secs(75),

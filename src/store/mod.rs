@@ -29,15 +29,16 @@
 //! | `v` | version: every change sets it to the larger of itself + 1 and Redis's clock in ms, so it grows even across a restore from an older backup; the system of record keeps the newest |
 //!
 //! # Round trips
-//! Every request-path operation is exactly one command: a plain `HMGET` for reads, one
-//! `EVALSHA` per mutation. Scripts are loaded at start-up and reloaded transparently when
+//! Every request-path operation is exactly one command: a plain `HMGET` for reads (or none,
+//! when the near cache holds the session), one `EVALSHA` per mutation. Scripts are loaded at start-up and reloaded transparently when
 //! Redis answers `NOSCRIPT` (after a restart or `SCRIPT FLUSH`). Every call is bounded by
 //! the configured timeout, and fails at once while the connection is known to be down.
 //!
 //! The submodules, each on its own: `keys` (names), `codec` (replies to records), `client`
 //! (the pool and the session operations), `quota` (the quota scripts), `outbox` (what the
-//! flusher uses), `settings` (how Redis keeps the data); this file only says what the store
-//! offers.
+//! flusher uses), `settings` (how Redis keeps the data), `near_cache` (records kept in
+//! memory) and `tracking` (the connections Redis announces changes on); this file only says
+//! what the store offers.
 
 mod client;
 mod codec;

@@ -32,8 +32,9 @@ use tokio::net::TcpStream;
 use crate::services::Postgrest;
 use crate::support::{session_key, TOKEN};
 
-/// One load test at a time (the fault tests, and the cluster failover under traffic): they
-/// measure latencies, RSS and recovery times.
+/// One load test at a time (the fault tests, the cluster failover under traffic and the
+/// ten-thousand-update flush): they measure latencies, RSS and recovery times, or disturb
+/// the tests that do.
 pub(crate) static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 /// Quotas large enough never to refuse under load, over rolling windows that cannot reset
