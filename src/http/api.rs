@@ -92,7 +92,9 @@ pub async fn handle(
         return response;
     }
     if api.internal.served_here && request.uri().path().starts_with(super::internal::PREFIX) {
-        return super::internal::handle(&api, request).await;
+        // Boxed, as is the proxy's flow below: inline, the largest branch sets the size of
+        // every request's future, and hyper's service layers move it several times.
+        return Box::pin(super::internal::handle(&api, request)).await;
     }
     let started = Instant::now();
     let method = request.method().clone();
@@ -110,7 +112,9 @@ pub async fn handle(
     let result = match (route, &method) {
         (Some(_), _) if changes_state && foreign() => Err(ApiError::forbidden_origin()),
         (None, _) => match api.forwarding.routes.find(&method, request.uri().path()) {
-            Lookup::Found(route) => return proxy::forward(&api, route, request, peer).await,
+            Lookup::Found(route) => {
+                return Box::pin(proxy::forward(&api, route, request, peer)).await
+            }
             Lookup::MethodNotAllowed(allow) => Err(ApiError::method_not_allowed(allow)),
             Lookup::NotFound => Err(ApiError::route_not_found()),
         },

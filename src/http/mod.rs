@@ -162,9 +162,11 @@ pub async fn serve<H, F>(
             // Handlers see the id too: gateway mode forwards it upstream.
             request.headers_mut().insert(request_id::HEADER, id.clone());
             let span = tracing::info_span!("request", id = id.to_str().unwrap_or_default());
-            let handling = contain_panics(handler(request, peer), method).instrument(span);
-            // Boxed: hyper keeps room for one request future in every connection, idle or
-            // not, and an inline future (tens of KiB) would cost that much per connection.
+            // Boxed where it is made: the handler's future is kilobytes, and each layer
+            // around it (panic guard, span, this closure's block, hyper's slot in every
+            // connection) would otherwise move it again.
+            let handling =
+                contain_panics(Box::pin(handler(request, peer)), method).instrument(span);
             Box::pin(async move {
                 let mut response = handling.await;
                 response.headers_mut().insert(request_id::HEADER, id);
