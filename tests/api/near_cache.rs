@@ -196,10 +196,19 @@ async fn a_reply_that_a_change_overtook_is_kept_out_of_the_cache() {
             cache.holds(&id).then_some(())
         })
         .await;
+        // Redis announces the reset (the key was read on the tracking connection): wait for
+        // it, so that the change awaited below is the one that overtakes the read.
+        let announced = cache.invalidations();
         store
             .set_preferences(&id, r#"{"round":0}"#)
             .await
             .expect("reset");
+        eventually(
+            Duration::from_secs(5),
+            "the reset's invalidation",
+            || async { (cache.invalidations() > announced).then_some(()) },
+        )
+        .await;
         let reads = reads_in_redis(&redis);
         let mut read = Box::pin(store.read(&id));
         start(&mut read).await;
