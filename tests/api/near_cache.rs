@@ -8,10 +8,12 @@ use std::time::{Duration, Instant};
 
 use fred::prelude::*;
 use serde_json::json;
-use sessiongate::store::{NearCache, Store, StoreConfig, DEFAULT_SHARDS};
+use sessiongate::store::{NearCache, Store};
 use uuid::Uuid;
 
-use crate::support::{eventually, split, with_token, RedisServer, TestGateway};
+use crate::support::{
+    eventually, split, store_config, store_with, with_token, RedisServer, TestGateway,
+};
 
 fn with_cache(config: &mut sessiongate::config::Config) {
     config.near_cache_entries = 32_768;
@@ -140,24 +142,10 @@ async fn a_redis_restart_with_the_cache_full_serves_nothing_stale() {
 /// A store of the library with a near cache of its own, on `url`, with one connection of
 /// each kind, so that a test knows which connection a read went out on.
 async fn cached_store(url: &str, cache: &NearCache) -> Store {
-    let store = Store::connect(&StoreConfig {
-        url: url.to_string(),
-        timeout: Duration::from_secs(2),
-        pool_size: 1,
-        session_ttl: Duration::from_secs(86_400),
-        touch_interval: Duration::from_secs(60),
-        policies: Vec::new(),
-        shards: DEFAULT_SHARDS,
-        outbox: false,
-        max_dirty_per_shard: u64::MAX,
-        near_cache: Some(cache.clone()),
-    })
-    .expect("store");
-    store
-        .warm_up(Duration::from_secs(5))
-        .await
-        .expect("redis answers");
-    store
+    let mut config = store_config(url, false);
+    config.pool_size = 1;
+    config.near_cache = Some(cache.clone());
+    store_with(&config).await
 }
 
 /// Polls `future` once: far enough for a read to leave its marker and send its `HMGET`.

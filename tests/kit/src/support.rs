@@ -382,10 +382,9 @@ impl TestGateway {
     }
 }
 
-/// A store of the library itself on `url` (for tests and benchmarks that drive it directly),
-/// connected and with its scripts loaded.
-pub async fn store_on(url: &str, outbox: bool) -> sessiongate::store::Store {
-    let store = sessiongate::store::Store::connect(&sessiongate::store::StoreConfig {
+/// The settings of a test store on `url`: four connections, no near cache.
+pub fn store_config(url: &str, outbox: bool) -> sessiongate::store::StoreConfig {
+    sessiongate::store::StoreConfig {
         url: url.to_string(),
         timeout: Duration::from_secs(2),
         pool_size: 4,
@@ -396,13 +395,23 @@ pub async fn store_on(url: &str, outbox: bool) -> sessiongate::store::Store {
         outbox,
         max_dirty_per_shard: u64::MAX,
         near_cache: None,
-    })
-    .expect("store");
+    }
+}
+
+/// A store of the library itself (for tests and benchmarks that drive it directly),
+/// connected and with its scripts loaded.
+pub async fn store_with(config: &sessiongate::store::StoreConfig) -> sessiongate::store::Store {
+    let store = sessiongate::store::Store::connect(config).expect("store");
     store
         .warm_up(Duration::from_secs(10))
         .await
         .expect("redis up");
     store
+}
+
+/// [`store_with`] the settings of [`store_config`].
+pub async fn store_on(url: &str, outbox: bool) -> sessiongate::store::Store {
+    store_with(&store_config(url, outbox)).await
 }
 
 /// The service token of every test gateway that opens the internal API.
