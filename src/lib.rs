@@ -4,7 +4,8 @@
 //! - [`config`]: settings from the environment and an optional TOML file;
 //! - [`model`]: plain data and pure rules (session records, quota windows), importing nothing;
 //! - [`session`], [`preferences`] and [`quota`]: the domain rules, free of HTTP and of Redis
-//!   commands; [`throttle`]: how fast sessions may be created;
+//!   commands; [`erasure`]: forgetting a session everywhere; [`throttle`]: how fast sessions
+//!   may be created;
 //! - [`store`]: the only module that speaks Redis (keys, commands, Lua scripts);
 //! - [`flush`]: write-behind to Supabase and read-through back (the only module that knows
 //!   Supabase);
@@ -17,6 +18,7 @@
 //! on [`serving`] threads; the binary adds signal handling and logging around it.
 
 pub mod config;
+pub mod erasure;
 pub mod flush;
 pub mod health;
 pub mod http;
@@ -42,6 +44,7 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use crate::config::{Config, ConfigError};
+use crate::erasure::Erasure;
 use crate::flush::{Flusher, ReadThrough, Supabase, SupabaseError};
 use crate::health::Health;
 use crate::http::admin::Admin;
@@ -166,14 +169,19 @@ pub async fn start(config: Config) -> Result<Gateway, StartError> {
     let creations = Arc::new(CreationThrottle::new(&config.creation_throttle));
     let served_here = internal.is_none();
     let api_over = {
-        let (config, creations, read_through) =
-            (config.clone(), creations.clone(), read_through.clone());
+        let (config, creations, read_through, supabase) = (
+            config.clone(),
+            creations.clone(),
+            read_through.clone(),
+            supabase.clone(),
+        );
         move |store: Store| {
             api(
                 &config,
                 store,
                 creations.clone(),
                 read_through.clone(),
+                supabase.clone(),
                 served_here,
             )
         }
@@ -258,10 +266,12 @@ fn api(
     store: Store,
     creations: Arc<CreationThrottle>,
     read_through: Option<ReadThrough>,
+    supabase: Option<Supabase>,
     served_here: bool,
 ) -> Api {
     Api {
         sessions: Sessions::new(store.clone(), creations, read_through.clone()),
+        erasure: Erasure::new(store.clone(), supabase),
         quotas: Quotas::new(
             store,
             config.policies.clone(),

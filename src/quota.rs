@@ -158,6 +158,23 @@ impl Quotas {
         Ok(Some((status, record.usage)))
     }
 
+    /// Starts the policy's current window afresh (an operator's reset; usage counters stay)
+    /// and returns its state after; `None` for an unknown session.
+    pub async fn reset(
+        &self,
+        id: Uuid,
+        policy: &Policy,
+    ) -> Result<Option<(QuotaStatus, Usage)>, ServiceError> {
+        let reset = || self.store.reset_quota(&id, &policy.operation);
+        if or_read_through(self.read_through.as_ref(), &id, reset)
+            .await?
+            .is_none()
+        {
+            return Ok(None);
+        }
+        self.check(id, policy).await
+    }
+
     /// Every policy's state in a record read with [`Store::read`], in policy order, each
     /// looked up by the policy's operation.
     pub fn statuses<'a>(

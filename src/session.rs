@@ -120,6 +120,14 @@ impl Sessions {
         Ok(Some(Session { id, record }))
     }
 
+    /// The whole session for support staff, with its version, as Redis holds it (never a
+    /// cached copy); `None` if it does not exist.
+    pub async fn inspect(&self, id: Uuid) -> Result<Option<(Session, i64)>, ServiceError> {
+        let inspect = || self.store.inspect(&id);
+        let found = or_read_through(self.read_through.as_ref(), &id, inspect).await?;
+        Ok(found.map(|(record, version)| (Session { id, record }, version)))
+    }
+
     /// Replaces a session's preferences (compact JSON, already validated); `None` if the
     /// session does not exist.
     pub async fn set_preferences(

@@ -372,9 +372,12 @@ impl ReadThrough {
             telemetry::read_through("missing");
             return Ok(false);
         }
-        self.store.restore(&snapshot, ttl as u64).await?;
-        telemetry::read_through("restored");
-        tracing::info!(session = %short_id(id), version = snapshot.version, "session restored from supabase");
+        // Not restored: there meanwhile (the caller finds it), or erased a moment ago (the
+        // caller finds nothing).
+        if self.store.restore(&snapshot, ttl as u64).await? {
+            telemetry::read_through("restored");
+            tracing::info!(session = %short_id(id), version = snapshot.version, "session restored from supabase");
+        }
         Ok(true)
     }
 

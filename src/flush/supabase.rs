@@ -2,7 +2,9 @@
 //!
 //! Upserts go to `POST {rest}/sessions?on_conflict=id` with
 //! `Prefer: resolution=merge-duplicates,return=minimal`, one batch per request; reads of a
-//! single session go to `GET {rest}/sessions?id=eq.<id>`. Both authenticate with the
+//! single session go to `GET {rest}/sessions?id=eq.<id>`; erasures to
+//! `POST {rest}/rpc/erase_session` (migration 0004: the row deleted and the id remembered,
+//! so no later upsert re-creates it). Both authenticate with the
 //! role's key as a bearer token (PostgREST takes the database role from it) and with the API
 //! key as `apikey` (Supabase's API gateway admits only the project's own keys there): the
 //! same key unless `SUPABASE_API_KEY` is set.
@@ -40,6 +42,7 @@ pub enum SupabaseError {
 pub struct Supabase {
     http: reqwest::Client,
     sessions_url: String,
+    erase_url: String,
     key: String,
     api_key: String,
 }
@@ -51,9 +54,11 @@ impl Supabase {
             .connect_timeout(config.request_timeout.min(Duration::from_secs(5)))
             .build()
             .map_err(|e| SupabaseError::Retryable(format!("cannot build the HTTP client: {e}")))?;
+        let rest = config.rest_url.trim_end_matches('/');
         Ok(Supabase {
             http,
-            sessions_url: format!("{}/sessions", config.rest_url.trim_end_matches('/')),
+            sessions_url: format!("{rest}/sessions"),
+            erase_url: format!("{rest}/rpc/erase_session"),
             key: config.service_role_key.clone(),
             api_key: config
                 .api_key
@@ -95,6 +100,25 @@ impl Supabase {
             return Ok(None);
         }
         check(response).await.map(Some)
+    }
+}
+
+impl Supabase {
+    /// Deletes a session's row, and keeps any write-behind still in flight from writing it
+    /// again; done also when there was no row.
+    pub async fn erase(&self, id: &uuid::Uuid) -> Result<(), SupabaseError> {
+        let body = format!(r#"{{"session_id":"{}"}}"#, id.hyphenated());
+        let response = self
+            .http
+            .post(&self.erase_url)
+            .header("apikey", &self.api_key)
+            .bearer_auth(&self.key)
+            .header("content-type", "application/json")
+            .body(body)
+            .send()
+            .await
+            .map_err(unreachable)?;
+        check(response).await.map(|_| ())
     }
 }
 

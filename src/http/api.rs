@@ -14,8 +14,7 @@ use std::time::Instant;
 use http::{Method, StatusCode};
 use hyper::body::Incoming;
 use hyper::{Request, Response};
-use serde::ser::SerializeMap;
-use serde::{Serialize, Serializer};
+use serde::Serialize;
 use uuid::Uuid;
 
 use super::body::Body;
@@ -25,11 +24,12 @@ use super::proxy;
 use super::request::{
     canonicalize, client_ip, client_session_id, current_session, is_trusted_proxy, json_body,
 };
-use super::response::{json, json_text, set_session_cookie, timestamp};
+use super::response::{
+    clear_session_cookie, json, json_text, no_content, set_session_cookie, timestamp, RateLimits,
+};
 use super::state::Api;
-use crate::model::session::{Session, SessionRecord, Usage};
+use crate::model::session::{Session, Usage};
 use crate::preferences::{self, PreferencesError};
-use crate::quota::Quotas;
 use crate::routes::Lookup;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -67,7 +67,8 @@ impl Route {
 
     fn allow(self) -> &'static str {
         match self {
-            Route::Session | Route::Sync => "POST",
+            Route::Session => "POST, DELETE",
+            Route::Sync => "POST",
             Route::Info => "GET",
             Route::Preferences => "GET, PUT",
         }
@@ -119,6 +120,7 @@ pub async fn handle(
             Lookup::NotFound => Err(ApiError::route_not_found()),
         },
         (Some(Route::Session), &Method::POST) => create_or_get(&api, request, peer).await,
+        (Some(Route::Session), &Method::DELETE) => erase(&api, request).await,
         (Some(Route::Sync), &Method::POST) => sync(&api, request, peer).await,
         (Some(Route::Info), &Method::GET) => info(&api, request).await,
         (Some(Route::Preferences), &Method::GET) => get_preferences(&api, request).await,
@@ -177,34 +179,6 @@ struct InfoBody<'a> {
     last_active: String,
     usage_stats: &'a Usage,
     rate_limits: RateLimits<'a>,
-}
-
-/// `{"<operation>": {limit, remaining, reset_at}, ...}` in policy order.
-struct RateLimits<'a> {
-    quotas: &'a Quotas,
-    record: &'a SessionRecord,
-}
-
-#[derive(Serialize)]
-struct RateLimitBody {
-    limit: u64,
-    remaining: u64,
-    reset_at: String,
-}
-
-impl Serialize for RateLimits<'_> {
-    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        let mut map = serializer.serialize_map(Some(self.quotas.policies().len()))?;
-        for (policy, status) in self.quotas.statuses(self.record) {
-            let body = RateLimitBody {
-                limit: status.limit,
-                remaining: status.remaining,
-                reset_at: timestamp(status.reset_at),
-            };
-            map.serialize_entry(&policy.operation, &body)?;
-        }
-        map.end()
-    }
 }
 
 async fn create_or_get(
@@ -305,6 +279,17 @@ async fn put_preferences(
         .await?
         .ok_or_else(ApiError::session_not_found)?;
     Ok(with_cookie(api, json_text(StatusCode::OK, compact), &id))
+}
+
+/// `DELETE /api/session/`: forgets the caller's session everywhere and drops the cookie;
+/// 204 also when there was nothing to forget, so a repeat after a lost answer succeeds.
+async fn erase(api: &Api, request: Request<Incoming>) -> Result<Response<Body>, ApiError> {
+    if let Some(id) = current_session(api, request.headers()).await? {
+        api.erasure.erase(id).await?;
+    }
+    let mut response = no_content();
+    clear_session_cookie(&mut response, &api.browser.cookie);
+    Ok(response)
 }
 
 async fn read_current(api: &Api, request: &Request<Incoming>) -> Result<Session, ApiError> {

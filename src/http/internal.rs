@@ -1,9 +1,8 @@
 //! The internal API for the application's backends (not browsers), under
 //! `/internal/v1/sessions/{session_id}/`:
 //! - `quota/{operation}`: `GET` checks, `POST .../consume` grants or refuses,
-//!   `POST .../refund` gives back;
-//! - `persist`: `POST` makes the session's current state durable in Supabase before it
-//!   answers (write-through on demand, e.g. before inserting rows that reference it);
+//!   `POST .../refund` gives back, `POST .../reset` starts the window afresh (support);
+//! - the session itself and `persist`: see [`operator`];
 //!
 //! and `/internal/v1/authorize`, the forward-auth endpoint for a proxy in front of the
 //! application (nginx `auth_request`, Traefik `forwardAuth`, Envoy `ext_authz`): the
@@ -23,12 +22,13 @@ use subtle::ConstantTimeEq;
 
 use super::body::Body;
 use super::error::ApiError;
+use super::operator;
 use super::request::{current_session, json_body, SESSION_HEADER};
 use super::response::{json, timestamp};
 use super::state::Api;
 use crate::model::decision::{QuotaAnswer, QuotaOutcome, QuotaRequest};
 use crate::model::quota::{Policy, QuotaStatus};
-use crate::model::session::{parse_id, Usage};
+use crate::model::session::Usage;
 
 pub(super) const PREFIX: &str = "/internal/";
 
@@ -39,12 +39,7 @@ enum Action {
     Check,
     Consume,
     Refund,
-}
-
-#[derive(Serialize)]
-struct PersistBody {
-    persisted: bool,
-    version: i64,
+    Reset,
 }
 
 /// Entry point of the internal listener (`internal_listen`): the internal API and nothing
@@ -78,8 +73,12 @@ pub async fn handle(api: &Api, request: Request<Incoming>) -> Response<Body> {
         "/internal/v1/sessions/{id}/quota/{operation}/consume"
     } else if path.ends_with("/refund") {
         "/internal/v1/sessions/{id}/quota/{operation}/refund"
-    } else {
+    } else if path.ends_with("/reset") {
+        "/internal/v1/sessions/{id}/quota/{operation}/reset"
+    } else if path.contains("/quota/") {
         "/internal/v1/sessions/{id}/quota/{operation}"
+    } else {
+        "/internal/v1/sessions/{id}"
     };
     let response = route(api, request)
         .await
@@ -104,36 +103,31 @@ async fn route(api: &Api, request: Request<Incoming>) -> Result<Response<Body>, 
         return Err(ApiError::route_not_found());
     };
     let segments: Vec<&str> = rest.split('/').collect();
-    if let [id, "persist"] = segments.as_slice() {
-        if request.method() != Method::POST {
-            return Err(ApiError::method_not_allowed("POST"));
-        }
-        return persist(api, id).await;
-    }
     let (id, operation, action) = match segments.as_slice() {
+        [id] => return operator::session(api, request.method(), id).await,
+        [id, "persist"] => return operator::persist(api, request.method(), id).await,
         [id, "quota", operation] => (*id, *operation, Action::Check),
         [id, "quota", operation, "consume"] => (*id, *operation, Action::Consume),
         [id, "quota", operation, "refund"] => (*id, *operation, Action::Refund),
+        [id, "quota", operation, "reset"] => (*id, *operation, Action::Reset),
         _ => return Err(ApiError::route_not_found()),
     };
     let (method, allow) = match action {
         Action::Check => (Method::GET, "GET"),
-        Action::Consume | Action::Refund => (Method::POST, "POST"),
+        Action::Consume | Action::Refund | Action::Reset => (Method::POST, "POST"),
     };
     if request.method() != method {
         return Err(ApiError::method_not_allowed(allow));
     }
-    let id = parse_id(id).ok_or_else(|| {
-        ApiError::invalid_field("session_id", "must be a UUID (8-4-4-4-12 hex digits)")
-    })?;
+    let id = operator::path_id(id)?;
     let policy = known_policy(api, operation)?;
 
-    if action == Action::Check {
-        let (status, usage) = api
-            .quotas
-            .check(id, policy)
-            .await?
-            .ok_or_else(ApiError::session_not_found)?;
+    if matches!(action, Action::Check | Action::Reset) {
+        let state = match action {
+            Action::Reset => api.quotas.reset(id, policy).await?,
+            _ => api.quotas.check(id, policy).await?,
+        };
+        let (status, usage) = state.ok_or_else(ApiError::session_not_found)?;
         let allowed = status.remaining >= policy.default_cost;
         return Ok(quota_response(
             StatusCode::OK,
@@ -159,33 +153,6 @@ async fn route(api: &Api, request: Request<Incoming>) -> Result<Response<Body>, 
     }
     .ok_or_else(ApiError::session_not_found)?;
     Ok(answer_response(policy, &answer))
-}
-
-fn path_id(id: &str) -> Result<uuid::Uuid, ApiError> {
-    parse_id(id).ok_or_else(|| {
-        ApiError::invalid_field("session_id", "must be a UUID (8-4-4-4-12 hex digits)")
-    })
-}
-
-async fn persist(api: &Api, id: &str) -> Result<Response<Body>, ApiError> {
-    let id = path_id(id)?;
-    let Some(read_through) = &api.read_through else {
-        return Err(ApiError::route_not_found());
-    };
-    match Box::pin(read_through.persist(&id)).await {
-        Ok(Some(version)) => Ok(json(
-            StatusCode::OK,
-            &PersistBody {
-                persisted: true,
-                version,
-            },
-        )),
-        Ok(None) => Err(ApiError::session_not_found()),
-        Err(error) => {
-            tracing::warn!(%error, "write-through failed");
-            Err(ApiError::unavailable())
-        }
-    }
 }
 
 const AUTHORIZE: &str = "/internal/v1/authorize";

@@ -18,6 +18,7 @@ mod error;
 mod forwarded;
 mod head_timeout;
 pub mod internal;
+mod operator;
 pub mod proxy;
 pub mod request;
 mod request_id;

@@ -12,6 +12,7 @@ use hyper_util::rt::{TokioExecutor, TokioTimer};
 use ipnet::IpNet;
 
 use crate::config::{CookieConfig, CorsConfig};
+use crate::erasure::Erasure;
 use crate::flush::ReadThrough;
 use crate::quota::Quotas;
 use crate::routes::RouteTable;
@@ -21,6 +22,7 @@ use crate::session::Sessions;
 /// grouped by the concern that reads them.
 pub struct Api {
     pub sessions: Sessions,
+    pub erasure: Erasure,
     pub quotas: Quotas,
     /// Write-through on demand; `None` without Supabase.
     pub read_through: Option<ReadThrough>,

@@ -97,10 +97,12 @@ pub(super) struct Scripts {
     pub(super) claim: Lua,
     pub(super) settle: Lua,
     pub(super) restore: Lua,
+    pub(super) reset_quota: Lua,
+    pub(super) erase: Lua,
 }
 
 impl Scripts {
-    fn all(&self) -> [&Lua; 8] {
+    fn all(&self) -> [&Lua; 10] {
         [
             &self.create,
             &self.touch,
@@ -110,6 +112,8 @@ impl Scripts {
             &self.claim,
             &self.settle,
             &self.restore,
+            &self.reset_quota,
+            &self.erase,
         ]
     }
 }
@@ -165,6 +169,11 @@ impl Store {
                     claim: Lua::new("claim", include_str!("claim.lua").to_string()),
                     settle: Lua::new("settle", include_str!("settle.lua").to_string()),
                     restore: Lua::new("restore", include_str!("restore.lua").to_string()),
+                    reset_quota: Lua::new(
+                        "reset_quota",
+                        with_session_lib(include_str!("reset_quota.lua")),
+                    ),
+                    erase: Lua::new("erase", include_str!("erase.lua").to_string()),
                 },
                 read_fields: shape.fields(),
                 counter_fields: shape

@@ -51,6 +51,16 @@ pub(super) fn session_of_key(key: &[u8]) -> Option<Uuid> {
     Uuid::try_parse_ascii(id).ok()
 }
 
+/// A session's idempotency records, one hash field per record: `<session key>:idem`.
+pub(super) fn records_key(session_key: &str) -> String {
+    format!("{session_key}:idem")
+}
+
+/// The mark an erased session leaves for a while: `<session key>:erased`.
+pub(super) fn tombstone_key(session_key: &str) -> String {
+    format!("{session_key}:erased")
+}
+
 /// A shard's outbox: sessions changed since their last flush.
 pub fn dirty_key(shard: u32) -> String {
     format!("{}dirty", shard_prefix(shard))
@@ -111,8 +121,8 @@ mod tests {
         let id = Uuid::new_v4();
         let key = session_key(&id, 64);
         assert_eq!(session_of_key(key.as_bytes()), Some(id));
-        let idempotency = format!("{key}:idem:consume:x:k");
-        assert_eq!(session_of_key(idempotency.as_bytes()), None);
+        assert_eq!(session_of_key(records_key(&key).as_bytes()), None);
+        assert_eq!(session_of_key(tombstone_key(&key).as_bytes()), None);
         assert_eq!(session_of_key(dirty_key(3).as_bytes()), None);
         assert_eq!(session_of_key(SHARDS_KEY.as_bytes()), None);
     }

@@ -10,7 +10,8 @@
 //! | key | what |
 //! |---|---|
 //! | `sg:{<shard>}:<id>` | the session hash (fields below), TTL 30 days, slid on activity |
-//! | `sg:{<shard>}:<id>:idem:<action>:<operation>:<key>` | an idempotent quota answer |
+//! | `sg:{<shard>}:<id>:idem` | the session's idempotent quota answers, one field `<action>:<operation>:<key>` each, holding its own expiry |
+//! | `sg:{<shard>}:<id>:erased` | tombstone of an erased session, for an hour: no read-through restores it |
 //! | `sg:{<shard>}:dirty` | outbox: sessions changed since their last flush (zset by first-dirty ms) |
 //! | `sg:{<shard>}:inflight` | sessions claimed by a flusher (zset by lease deadline ms) |
 //! | `sg:dead-letter` | stream of rows the system of record refused |
@@ -35,16 +36,17 @@
 //! the configured timeout, and fails at once while the connection is known to be down.
 //!
 //! The submodules, each on its own: `keys` (names), `codec` (replies to records), `client`
-//! (the pool and the session operations), `quota` (the quota scripts), `outbox` (what the
-//! flusher uses), `settings` (how Redis keeps the data), `near_cache` (records kept in
-//! memory) and `tracking` (the connections Redis announces changes on); this file only says
-//! what the store offers.
+//! (the pool and the session operations), `quota` (the quota scripts), `operator`
+//! (inspection, resets, erasure), `outbox` (what the flusher uses), `settings` (how Redis
+//! keeps the data), `near_cache` (records kept in memory) and `tracking` (the connections
+//! Redis announces changes on); this file only says what the store offers.
 
 mod client;
 mod codec;
 mod error;
 mod keys;
 mod near_cache;
+mod operator;
 mod outbox;
 mod quota;
 mod settings;

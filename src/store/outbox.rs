@@ -10,7 +10,7 @@ use uuid::Uuid;
 use super::client::Store;
 use super::codec::{snapshot, snapshot_fields};
 use super::error::StoreError;
-use super::keys::{dirty_key, inflight_key, shard_prefix, DEAD_LETTER_KEY};
+use super::keys::{dirty_key, inflight_key, shard_prefix, tombstone_key, DEAD_LETTER_KEY};
 use crate::model::session::Snapshot;
 
 /// Dead letters kept (approximately); older ones are trimmed.
@@ -173,10 +173,12 @@ impl Store {
         }
     }
 
-    /// Loads a session read back from the system of record, unless it exists meanwhile,
-    /// expiring after `ttl_secs`. Returns whether it was restored.
+    /// Loads a session read back from the system of record, unless it exists meanwhile or
+    /// was erased a moment ago, expiring after `ttl_secs`. Returns whether it was restored.
     pub async fn restore(&self, snapshot: &Snapshot, ttl_secs: u64) -> Result<bool, StoreError> {
-        let keys = vec![self.session_key(&snapshot.id)];
+        let session = self.session_key(&snapshot.id);
+        let tombstone = tombstone_key(&session);
+        let keys = vec![session, tombstone];
         let mut args = vec![Value::from(ttl_secs as i64)];
         args.extend(snapshot_fields(snapshot));
         let reply = self.eval(&self.inner.scripts.restore, keys, args).await?;

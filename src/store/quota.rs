@@ -8,7 +8,7 @@ use uuid::Uuid;
 use super::client::{Lua, Store};
 use super::codec::usage;
 use super::error::StoreError;
-use super::keys::quota_field;
+use super::keys::{quota_field, records_key};
 use crate::model::decision::{QuotaAnswer, QuotaOutcome, QuotaRequest};
 use crate::model::quota::{QuotaStatus, Window};
 
@@ -42,13 +42,11 @@ impl Store {
     ) -> Result<Option<QuotaAnswer>, StoreError> {
         let policy = request.policy;
         let (mut keys, mut args) = self.session_call(id);
-        if let Some(idempotency_key) = request.idempotency_key {
-            let record = format!(
-                "{}:idem:{action}:{}:{idempotency_key}",
-                keys[0], policy.operation
-            );
-            keys.push(record);
-        }
+        keys.push(records_key(&keys[0]));
+        let record = match request.idempotency_key {
+            Some(key) => format!("{action}:{}:{key}", policy.operation),
+            None => String::new(),
+        };
         let (kind, param) = match policy.window {
             Window::Calendar(unit) => ("calendar", unit.as_str().to_string()),
             Window::Rolling(length) => ("rolling", length.as_secs().to_string()),
@@ -72,6 +70,7 @@ impl Store {
             Value::from(policy.limit as i64),
             Value::from(request.cost as i64),
             Value::from(counter as i64),
+            Value::from(record),
         ]);
         args.extend(self.inner.counter_fields.iter().cloned());
         answer(

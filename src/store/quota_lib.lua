@@ -4,13 +4,17 @@
 -- Every function a script defines is a closure built again on each call, before the script
 -- does anything (together a seventh of a consume's time in Redis): so there are few, and
 -- what only some calls need is defined inside the function that needs it.
--- KEYS[3]  optional idempotency record (same hash tag as the session)
+-- KEYS[3]  the session's idempotency records (a hash; same hash tag as the session)
 -- ARGV[5]  quota field             ARGV[6]  kind: calendar | rolling | gcra
 -- ARGV[7]  calendar unit | rolling length (s) | gcra interval (ms)
 -- ARGV[8]  limit (bucket size for gcra)   ARGV[9]  cost
 -- ARGV[10] which of the counters below this request feeds (1 for the first), or 0
--- ARGV[11...] the field of every configured usage counter, reported in this order
-local RECORD = KEYS[3]
+-- ARGV[11] this request's idempotency record, a field of KEYS[3], or '' for none
+-- ARGV[12...] the field of every configured usage counter, reported in this order
+-- The records of a session are one hash, so an erasure deletes them with one key. Redis 7.0
+-- cannot expire a field, so each record carries its own expiry and the hash lives as long
+-- as its longest-lived record.
+local RECORDS, RECORD = KEYS[3], ARGV[11] ~= '' and ARGV[11] or nil
 local FIELD, KIND, PARAM = ARGV[5], ARGV[6], ARGV[7]
 local LIMIT, COST, COUNTER = tonumber(ARGV[8]), tonumber(ARGV[9]), tonumber(ARGV[10])
 
@@ -69,15 +73,16 @@ local function reply(outcome, limit, remaining, reset_at, retry, replayed, count
   return result
 end
 
--- The idempotency record's earlier answer, as a reply, or nil.
+-- The idempotency record's earlier answer, as a reply, or nil (also once it expired).
 local function replay()
   if not RECORD then return nil end
-  local prior = redis.call('GET', RECORD)
+  local prior = redis.call('HGET', RECORDS, RECORD)
   if not prior then return nil end
-  local outcome, limit, remaining, reset_at, retry = string.match(prior, '^(%a+) (%d+) (%d+) (%d+) (%d+)$')
+  local outcome, limit, remaining, reset_at, retry, expires = string.match(prior, '^(%a+) (%d+) (%d+) (%d+) (%d+) (%d+)$')
+  if not expires or tonumber(expires) <= tonumber(redis.call('TIME')[1]) then return nil end
   local counts = {}
-  if #ARGV > 10 then
-    counts = redis.call('HMGET', SESSION, unpack(ARGV, 11))
+  if #ARGV > 11 then
+    counts = redis.call('HMGET', SESSION, unpack(ARGV, 12))
   end
   return reply(outcome, tonumber(limit), tonumber(remaining), tonumber(reset_at), tonumber(retry), 1, counts, 1)
 end
@@ -87,7 +92,10 @@ end
 local function answer(now, outcome, remaining, reset_at, retry, session)
   if RECORD then
     local keep = math.max(reset_at - now, 60)
-    redis.call('SET', RECORD, table.concat({outcome, LIMIT, remaining, reset_at, retry}, ' '), 'EX', keep)
+    redis.call('HSET', RECORDS, RECORD, table.concat({outcome, LIMIT, remaining, reset_at, retry, now + keep}, ' '))
+    if redis.call('TTL', RECORDS) < keep then
+      redis.call('EXPIRE', RECORDS, keep)
+    end
   end
   return reply(outcome, LIMIT, remaining, reset_at, retry, 0, session, 5)
 end
@@ -96,7 +104,7 @@ end
 -- every configured usage counter from position 5 (the one this request feeds at
 -- 4 + COUNTER); nil for an unknown session.
 local function load_session()
-  local session = redis.call('HMGET', SESSION, 'c', 'a', 'v', FIELD, unpack(ARGV, 11))
+  local session = redis.call('HMGET', SESSION, 'c', 'a', 'v', FIELD, unpack(ARGV, 12))
   if not session[1] then return nil end
   return session
 end
@@ -110,7 +118,7 @@ local function count(session, delta)
   local after = math.max(0, before + delta)
   if after == before then return end
   session[4 + COUNTER] = after
-  return ARGV[10 + COUNTER], after
+  return ARGV[11 + COUNTER], after
 end
 
 local MISSING = {'missing', 0, 0, 0, 0, 0}
