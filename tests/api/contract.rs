@@ -523,6 +523,6 @@ async fn unknown_routes_and_wrong_methods() {
             response.status().as_u16(),
             response.headers()["allow"].to_str().ok()
         ),
-        (405, Some("POST"))
+        (405, Some("POST, DELETE"))
     );
 }

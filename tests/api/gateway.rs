@@ -411,7 +411,10 @@ async fn cors_echoes_allowed_origins_only() {
         allowed.headers()["access-control-allow-credentials"],
         "true"
     );
-    assert_eq!(allowed.headers()["access-control-allow-methods"], "POST");
+    assert_eq!(
+        allowed.headers()["access-control-allow-methods"],
+        "POST, DELETE"
+    );
     let refused = preflight("https://evil.example").await.expect("preflight");
     assert!(!refused
         .headers()
