@@ -275,6 +275,7 @@ fn api(
         quotas: Quotas::new(
             store,
             config.policies.clone(),
+            config.plans.clone(),
             read_through.clone(),
             config.near_limit,
         ),

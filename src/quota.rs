@@ -19,9 +19,9 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use uuid::Uuid;
 
 use crate::flush::ReadThrough;
-use crate::model::decision::{QuotaAnswer, QuotaOutcome, QuotaRequest};
+use crate::model::decision::{QuotaAnswer, QuotaOutcome, QuotaRequest, QuotaState};
 use crate::model::quota::{Policy, QuotaStatus};
-use crate::model::session::{SessionRecord, Usage};
+use crate::model::session::SessionRecord;
 use crate::service_error::ServiceError;
 use crate::session::or_read_through;
 use crate::store::Store;
@@ -32,6 +32,8 @@ use crate::telemetry;
 pub struct Quotas {
     store: Store,
     policies: Arc<[Policy]>,
+    /// The plans a session may be put on.
+    plans: Arc<[Arc<str>]>,
     read_through: Option<ReadThrough>,
     /// Share of a limit past which a grant also counts as `near_limit` in metrics.
     near_limit: f64,
@@ -41,12 +43,14 @@ impl Quotas {
     pub fn new(
         store: Store,
         policies: Vec<Policy>,
+        plans: Vec<Arc<str>>,
         read_through: Option<ReadThrough>,
         near_limit: f64,
     ) -> Self {
         Quotas {
             store,
             policies: policies.into(),
+            plans: plans.into(),
             read_through,
             near_limit,
         }
@@ -58,6 +62,31 @@ impl Quotas {
 
     pub fn policies(&self) -> &[Policy] {
         &self.policies
+    }
+
+    /// The plans a session may be put on, in configuration order.
+    pub fn plans(&self) -> &[Arc<str>] {
+        &self.plans
+    }
+
+    /// Puts a session on `plan` (`None`: no plan) and returns the session as it is then;
+    /// `None` for an unknown session. Windows already open keep what they counted
+    /// (`remaining` = the new limit − used, never below 0). The caller has checked that the
+    /// plan is one of [`Quotas::plans`].
+    pub async fn set_plan(
+        &self,
+        id: Uuid,
+        plan: Option<&str>,
+    ) -> Result<Option<SessionRecord>, ServiceError> {
+        let set = || self.store.set_plan(&id, plan);
+        if or_read_through(self.read_through.as_ref(), &id, set)
+            .await?
+            .is_none()
+        {
+            return Ok(None);
+        }
+        let read = || self.store.read(&id);
+        or_read_through(self.read_through.as_ref(), &id, read).await
     }
 
     /// Grants or refuses the request's cost atomically; `None` for an unknown session.
@@ -80,12 +109,15 @@ impl Quotas {
             telemetry::quota_replay(operation);
             return;
         }
-        if answer.outcome != QuotaOutcome::Granted {
-            telemetry::quota_decision(operation, "denied");
-            return;
+        match answer.outcome {
+            QuotaOutcome::Granted => telemetry::quota_decision(operation, "granted"),
+            QuotaOutcome::ShadowDenied => telemetry::quota_decision(operation, "shadow_denied"),
+            _ => {
+                telemetry::quota_decision(operation, "denied");
+                return;
+            }
         }
-        telemetry::quota_decision(operation, "granted");
-        telemetry::quota_cost(operation, request.cost);
+        telemetry::quota_cost(operation, answer.cost);
         let limit = answer.status.limit.max(1) as f64;
         let used = limit - answer.status.remaining as f64;
         if used / limit >= self.near_limit {
@@ -110,30 +142,39 @@ impl Quotas {
         Ok(answer)
     }
 
-    /// Takes `cost` from the policy's window and counts it as usage (gateway mode, before
-    /// forwarding); the answer is a grant or a refusal, `None` for an unknown session.
+    /// Takes `cost` (`None`: the default of the session's allowance) from the policy's
+    /// window and counts it as usage (gateway mode, before forwarding); the answer is a
+    /// grant or a refusal, `None` for an unknown session.
     pub async fn reserve(
         &self,
         id: Uuid,
         policy: &Policy,
-        cost: u64,
+        cost: Option<u64>,
     ) -> Result<Option<QuotaAnswer>, ServiceError> {
         let request = QuotaRequest {
             policy,
             cost,
             idempotency_key: None,
             counts_usage: true,
+            after_shadow_denial: false,
         };
         self.consume(id, &request).await
     }
 
-    /// Gives a reserved cost back, to the window and the usage counter: the upstream failed.
-    pub async fn release(&self, id: Uuid, policy: &Policy, cost: u64) -> Result<(), ServiceError> {
+    /// Gives a reservation back, to the window and the usage counter: the upstream failed.
+    /// A shadow denial took nothing from the window, so only its usage goes back.
+    pub async fn release(
+        &self,
+        id: Uuid,
+        policy: &Policy,
+        reserved: &QuotaAnswer,
+    ) -> Result<(), ServiceError> {
         let request = QuotaRequest {
             policy,
-            cost,
+            cost: Some(reserved.cost),
             idempotency_key: None,
             counts_usage: true,
+            after_shadow_denial: reserved.outcome == QuotaOutcome::ShadowDenied,
         };
         self.store.refund(&id, &request).await?;
         telemetry::quota_refund(&policy.operation);
@@ -145,17 +186,18 @@ impl Quotas {
         &self,
         id: Uuid,
         policy: &Policy,
-    ) -> Result<Option<(QuotaStatus, Usage)>, ServiceError> {
+    ) -> Result<Option<QuotaState>, ServiceError> {
         let read = || self.store.read(&id);
         let Some(record) = or_read_through(self.read_through.as_ref(), &id, read).await? else {
             return Ok(None);
         };
-        let status = self
-            .statuses(&record)
-            .find(|(p, _)| p.operation == policy.operation)
-            .map(|(_, status)| status)
-            .unwrap_or_else(|| policy.status(None, now_ms()));
-        Ok(Some((status, record.usage)))
+        let allowance = policy.allowance_on(record.plan.as_deref());
+        let status = allowance.status(record.quota_state(&policy.operation), now_ms());
+        Ok(Some(QuotaState {
+            status,
+            usage: record.usage,
+            plan: record.plan,
+        }))
     }
 
     /// Starts the policy's current window afresh (an operator's reset; usage counters stay)
@@ -164,7 +206,7 @@ impl Quotas {
         &self,
         id: Uuid,
         policy: &Policy,
-    ) -> Result<Option<(QuotaStatus, Usage)>, ServiceError> {
+    ) -> Result<Option<QuotaState>, ServiceError> {
         let reset = || self.store.reset_quota(&id, &policy.operation);
         if or_read_through(self.read_through.as_ref(), &id, reset)
             .await?
@@ -184,7 +226,8 @@ impl Quotas {
         let now = now_ms();
         self.policies.iter().map(move |policy| {
             let state = record.quota_state(&policy.operation);
-            (policy, policy.status(state, now))
+            let allowance = policy.allowance_on(record.plan.as_deref());
+            (policy, allowance.status(state, now))
         })
     }
 }

@@ -147,7 +147,7 @@ fn describe() {
         CREATIONS_THROTTLED,
         "Session creations refused by the per-IP throttle."
     );
-    describe_counter!(QUOTA_DECISIONS, "Quota consume decisions, by operation and decision; near_limit counts grants past the near-limit fraction.");
+    describe_counter!(QUOTA_DECISIONS, "Quota consume decisions, by operation and decision: granted, denied, shadow_denied (granted by a shadow policy, which enforcement would have refused); near_limit counts grants past the near-limit fraction.");
     describe_counter!(QUOTA_COST, "Quota cost granted, by operation.");
     describe_counter!(QUOTA_REFUNDS, "Quota refunds, by operation.");
     describe_counter!(

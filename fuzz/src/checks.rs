@@ -584,9 +584,21 @@ fn check_config(result: Result<Config, sessiongate::config::ConfigError>, input:
         assert!(token.len() >= 16, "{input}");
         assert!(!token.chars().any(|c| c.is_whitespace() || c.is_control()));
     }
+    let allowances = config
+        .policies
+        .iter()
+        .flat_map(|p| std::iter::once(&p.allowance).chain(p.plans.iter().map(|(_, a)| a)));
+    for allowance in allowances {
+        assert!((1..=1_000_000_000).contains(&allowance.limit), "{input}");
+        assert!(
+            (1..=allowance.limit).contains(&allowance.default_cost),
+            "{input}"
+        );
+    }
     for policy in &config.policies {
-        assert!((1..=1_000_000_000).contains(&policy.limit), "{input}");
-        assert!((1..=policy.limit).contains(&policy.default_cost), "{input}");
+        for (plan, _) in &policy.plans {
+            assert!(config.plans.contains(plan), "{input}");
+        }
     }
 
     // The Set-Cookie line, built as `http::response::set_session_cookie` builds it.

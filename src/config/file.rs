@@ -1,5 +1,8 @@
-//! The shapes of the TOML sections read whole (`[quotas.*]`, `[cors]`), as serde reads them.
+//! The shapes of the TOML sections read whole (`[quotas.*]`, `[plans.*]`, `[cors]`), as serde
+//! reads them.
 //! Unknown keys are refused. No validation here: `parse` turns these into settings.
+
+use std::collections::BTreeMap;
 
 use serde::Deserialize;
 
@@ -20,4 +23,13 @@ pub(super) struct PolicyFile {
     pub(super) burst: Option<u64>,
     pub(super) cost: Option<u64>,
     pub(super) counter: Option<String>,
+    pub(super) mode: Option<String>,
+}
+
+/// `[plans.<name>]`: overrides of the policies' allowances, by operation.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct PlanFile {
+    #[serde(default)]
+    pub(super) quotas: BTreeMap<String, PolicyFile>,
 }

@@ -14,6 +14,7 @@ mod error;
 mod file;
 mod form;
 mod parse;
+mod plans;
 mod settings;
 mod table;
 

@@ -11,7 +11,7 @@ use serde::de::DeserializeOwned;
 use super::error::ConfigError;
 use super::file::{CorsFile, PolicyFile};
 use super::settings::{CookieConfig, CorsConfig, Environment, LogFormat};
-use crate::model::quota::{self, Policy, Window};
+use crate::model::quota::{self, Allowance, Mode, Policy, Window};
 
 pub(super) fn environment(value: &str) -> Result<Environment, String> {
     match value {
@@ -232,61 +232,14 @@ pub(super) fn cors(file: CorsFile) -> Result<CorsConfig, ConfigError> {
 
 pub(super) fn policy(operation: String, file: PolicyFile) -> Result<Policy, ConfigError> {
     let name = format!("quotas.{operation}");
-    let valid_name = !operation.is_empty()
-        && operation.len() <= 64
-        && operation
-            .bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-');
-    if !valid_name {
+    if !is_name(&operation) {
         return Err(ConfigError::new(
             name,
             "operation names are 1-64 characters of a-z, 0-9, '_' and '-'",
         ));
     }
     let setting = |key: &str| format!("{name}.{key}");
-    let (limit, window) = match (file.limit, file.window, file.rate, file.period, file.burst) {
-        (Some(limit), Some(window), None, None, None) => {
-            let window =
-                quota::parse_window(&window).map_err(|e| ConfigError::new(setting("window"), e))?;
-            (limit, window)
-        }
-        (None, None, Some(rate), Some(period), Some(burst)) => {
-            let period = quota::parse_duration(&period)
-                .map_err(|e| ConfigError::new(setting("period"), e))?;
-            let interval_ms = (period.as_millis() as u64).checked_div(rate).unwrap_or(0);
-            if interval_ms == 0 {
-                return Err(ConfigError::new(
-                    setting("rate"),
-                    "must be at least 1 and at most one per millisecond",
-                ));
-            }
-            (
-                burst,
-                Window::Gcra {
-                    interval: Duration::from_millis(interval_ms),
-                },
-            )
-        }
-        _ => {
-            return Err(ConfigError::new(
-                name,
-                "give either limit + window, or rate + period + burst (token bucket)",
-            ))
-        }
-    };
-    if limit == 0 || limit > 1_000_000_000 {
-        return Err(ConfigError::new(
-            setting("limit"),
-            "must be between 1 and 1000000000",
-        ));
-    }
-    let default_cost = file.cost.unwrap_or(1);
-    if default_cost == 0 || default_cost > limit {
-        return Err(ConfigError::new(
-            setting("cost"),
-            "must be at least 1 and at most the limit",
-        ));
-    }
+    let allowance = allowance(&name, &file, 1)?;
     let counter = match file.counter {
         None => None,
         Some(counter) if quota::is_counter_name(&counter) => Some(counter.into()),
@@ -300,11 +253,105 @@ pub(super) fn policy(operation: String, file: PolicyFile) -> Result<Policy, Conf
             ))
         }
     };
+    let mode = match file.mode.as_deref() {
+        None | Some("enforce") => Mode::Enforce,
+        Some("shadow") => Mode::Shadow,
+        Some(other) => {
+            return Err(ConfigError::new(
+                setting("mode"),
+                format!("{other:?} is not enforce or shadow"),
+            ))
+        }
+    };
     Ok(Policy {
         operation,
+        allowance,
+        counter,
+        mode,
+        plans: Vec::new(),
+    })
+}
+
+/// Whether `name` may name an operation or a plan: 1-64 characters of a-z, 0-9, `_`, `-`
+/// (safe in a path segment, a header value, a Redis field and a metric label).
+pub(super) fn is_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 64
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-')
+}
+
+/// A whole allowance from the table `name`: `limit` + `window`, or `rate` + `period` +
+/// `burst` (token bucket), and `cost` (else `default_cost`).
+pub(super) fn allowance(
+    name: &str,
+    file: &PolicyFile,
+    default_cost: u64,
+) -> Result<Allowance, ConfigError> {
+    let setting = |key: &str| format!("{name}.{key}");
+    let (limit, window) = match (
+        &file.limit,
+        &file.window,
+        &file.rate,
+        &file.period,
+        &file.burst,
+    ) {
+        (Some(limit), Some(window), None, None, None) => {
+            let window =
+                quota::parse_window(window).map_err(|e| ConfigError::new(setting("window"), e))?;
+            (*limit, window)
+        }
+        (None, None, Some(rate), Some(period), Some(burst)) => {
+            let period = quota::parse_duration(period)
+                .map_err(|e| ConfigError::new(setting("period"), e))?;
+            let interval_ms = (period.as_millis() as u64).checked_div(*rate).unwrap_or(0);
+            if interval_ms == 0 {
+                return Err(ConfigError::new(
+                    setting("rate"),
+                    "must be at least 1 and at most one per millisecond",
+                ));
+            }
+            (
+                *burst,
+                Window::Gcra {
+                    interval: Duration::from_millis(interval_ms),
+                },
+            )
+        }
+        _ => {
+            return Err(ConfigError::new(
+                name,
+                "give either limit + window, or rate + period + burst (token bucket)",
+            ))
+        }
+    };
+    let allowance = Allowance {
         limit,
         window,
-        default_cost,
-        counter,
-    })
+        default_cost: file.cost.unwrap_or(default_cost),
+    };
+    check_allowance(name, &allowance)?;
+    Ok(allowance)
+}
+
+/// The bounds every allowance keeps, whether whole or a plan's override.
+pub(super) fn check_allowance(name: &str, allowance: &Allowance) -> Result<(), ConfigError> {
+    let limit_key = match allowance.window {
+        Window::Gcra { .. } => "burst",
+        _ => "limit",
+    };
+    if allowance.limit == 0 || allowance.limit > 1_000_000_000 {
+        return Err(ConfigError::new(
+            format!("{name}.{limit_key}"),
+            "must be between 1 and 1000000000",
+        ));
+    }
+    if allowance.default_cost == 0 || allowance.default_cost > allowance.limit {
+        return Err(ConfigError::new(
+            format!("{name}.cost"),
+            "must be at least 1 and at most the limit",
+        ));
+    }
+    Ok(())
 }

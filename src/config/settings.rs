@@ -2,6 +2,7 @@
 //! of the contract. Reading and validating them is the parent module's work.
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use ipnet::IpNet;
@@ -81,8 +82,10 @@ pub struct Config {
     /// How stale `last_active` may get before a read sends a touch.
     pub touch_interval: Duration,
     pub cookie: CookieConfig,
-    /// Quota policies, one per metered operation.
+    /// Quota policies, one per metered operation (each with its plans' overrides).
     pub policies: Vec<Policy>,
+    /// The plans a session may be put on (`[plans.<name>]`), in order.
+    pub plans: Vec<Arc<str>>,
     /// Share of a quota past which grants count as `near_limit` in metrics.
     pub near_limit: f64,
     /// Bearer token of the internal API; `None` disables the internal routes.
@@ -148,6 +151,7 @@ impl Default for Config {
                 max_age: SESSION_TTL,
             },
             policies: Policy::defaults(),
+            plans: Vec::new(),
             near_limit: 0.8,
             service_token: None,
             service_token_next: None,

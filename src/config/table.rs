@@ -5,15 +5,16 @@
 //!
 //! The table is applied top to bottom, and order matters in two places: `env` comes first
 //! because it sets the defaults of `log_format` and `cookie.secure`, and `quotas` comes before
-//! `routes`, whose operations must name a policy.
+//! `plans`, which override its policies, and `routes`, whose operations must name one.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
 
 use super::error::ConfigError;
-use super::file::{CorsFile, PolicyFile};
+use super::file::{CorsFile, PlanFile, PolicyFile};
 use super::form::Form::{self, *};
 use super::parse;
+use super::plans;
 use super::settings::{Environment, LogFormat};
 use crate::routes::{RouteFile, RouteTable};
 
@@ -376,6 +377,18 @@ pub(super) const SETTINGS: &[Setting] = &[
                     .into_iter()
                     .map(|(operation, file)| parse::policy(operation, file))
                     .collect::<Result<_, _>>()?;
+                Ok(())
+            },
+        },
+    },
+    Setting {
+        key: Some("plans"),
+        var: None,
+        form: Section {
+            what: "tables [plans.<name>.quotas.<operation>]",
+            set: |d, value| {
+                let files: BTreeMap<String, PlanFile> = parse::section("plans", value)?;
+                d.config.plans = plans::apply(&mut d.config.policies, files)?;
                 Ok(())
             },
         },

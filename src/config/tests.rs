@@ -1,7 +1,7 @@
 //! Configuration: every source, every error naming its setting.
 
 use super::*;
-use crate::model::quota::Window;
+use crate::model::quota::{CalendarUnit, Mode, Window};
 
 fn vars(pairs: &[(&str, &str)]) -> HashMap<String, String> {
     pairs
@@ -109,13 +109,17 @@ fn quota_policies_parse_and_replace_the_defaults() {
     let burst = &config.policies[0];
     assert_eq!(burst.operation, "api-burst");
     assert_eq!(
-        burst.window,
+        burst.allowance.window,
         Window::Gcra {
             interval: Duration::from_millis(100)
         }
     );
     assert_eq!(
-        (burst.limit, burst.default_cost, burst.counter.clone()),
+        (
+            burst.allowance.limit,
+            burst.allowance.default_cost,
+            burst.counter.clone()
+        ),
         (20, 2, None)
     );
     assert_eq!(
@@ -144,6 +148,90 @@ fn quota_policies_parse_and_replace_the_defaults() {
         (
             "[quotas.x]\nlimit = 1\nwindow = \"day\"\ncost = 2\n",
             "quotas.x.cost",
+        ),
+    ] {
+        let err = Config::from_toml(toml).unwrap_err().to_string();
+        assert!(err.contains(message), "{toml}: {err}");
+    }
+}
+
+#[test]
+fn plans_override_allowances_and_shadow_policies_parse() {
+    let config = Config::from_toml(
+        r#"
+        [quotas.concept_generation]
+        limit = 10
+        window = "month"
+        mode = "shadow"
+        [quotas.api]
+        rate = 10
+        period = "1 second"
+        burst = 20
+        [plans.pro.quotas.concept_generation]
+        limit = 100
+        [plans.pro.quotas.api]
+        burst = 50
+        cost = 2
+        [plans.team.quotas.concept_generation]
+        limit = 1000
+        window = "day"
+        [plans.free]
+        "#,
+    )
+    .expect("valid");
+    let names: Vec<&str> = config.plans.iter().map(|p| &**p).collect();
+    assert_eq!(names, ["free", "pro", "team"]);
+    let api = &config.policies[0];
+    let generation = &config.policies[1];
+    assert_eq!(generation.mode, Mode::Shadow);
+    assert_eq!(api.mode, Mode::Enforce);
+    let pro = generation.allowance_on(Some("pro"));
+    assert_eq!((pro.limit, pro.window), (100, generation.allowance.window));
+    let team = generation.allowance_on(Some("team"));
+    assert_eq!(
+        (team.limit, team.window),
+        (1000, Window::Calendar(CalendarUnit::Day))
+    );
+    let pro_api = api.allowance_on(Some("pro"));
+    assert_eq!(
+        (pro_api.limit, pro_api.default_cost, pro_api.window),
+        (50, 2, api.allowance.window)
+    );
+    assert_eq!(api.allowance_on(Some("team")), &api.allowance);
+
+    for (toml, message) in [
+        (
+            "[plans.pro.quotas.nope]\nlimit = 5\n",
+            "plans.pro.quotas.nope: no such operation",
+        ),
+        (
+            "[plans.Pro.quotas.concept_generation]\nlimit = 5\n",
+            "plan names",
+        ),
+        (
+            "[plans.pro.quotas.concept_generation]\nlimit = 0\n",
+            "plans.pro.quotas.concept_generation.limit",
+        ),
+        (
+            "[plans.pro.quotas.concept_generation]\nburst = 5\n",
+            "plans.pro.quotas.concept_generation.burst",
+        ),
+        (
+            "[plans.pro.quotas.concept_generation]\nwindow = \"fortnight\"\n",
+            "plans.pro.quotas.concept_generation",
+        ),
+        (
+            "[plans.pro.quotas.concept_generation]\ncounter = \"x\"\n",
+            "plans.pro.quotas.concept_generation.counter",
+        ),
+        (
+            "[plans.pro.quotas.concept_generation]\nlimit = 5\nextra = 1\n",
+            "extra",
+        ),
+        ("[plans.pro]\nlimit = 5\n", "limit"),
+        (
+            "[quotas.x]\nlimit = 1\nwindow = \"day\"\nmode = \"strict\"\n",
+            "quotas.x.mode",
         ),
     ] {
         let err = Config::from_toml(toml).unwrap_err().to_string();

@@ -1,5 +1,6 @@
 //! Rows of `public.sessions`: a session snapshot as JSON and back. Usage counters travel
-//! as one JSON object, `usage` (migration 0002), so a new counter needs no new column.
+//! as one JSON object, `usage` (migration 0002), so a new counter needs no new column; the
+//! plan is a column of its own (migration 0005), null for none.
 
 use std::sync::Arc;
 
@@ -20,6 +21,7 @@ struct Row<'a> {
     usage: &'a Usage,
     preferences: OwnedValue,
     quota_state: OwnedValue,
+    plan: Option<&'a str>,
     version: i64,
 }
 
@@ -52,6 +54,7 @@ fn row(snapshot: &Snapshot) -> Row<'_> {
         usage: &record.usage,
         preferences,
         quota_state,
+        plan: record.plan.as_deref(),
         version: snapshot.version,
     }
 }
@@ -102,6 +105,10 @@ pub fn from_json(mut text: Vec<u8>) -> Option<Snapshot> {
             last_active: time("last_active_at")?,
             usage,
             preferences,
+            plan: row
+                .get("plan")
+                .and_then(|plan| plan.as_str())
+                .map(Arc::from),
             quota_states: Vec::new(),
         },
         quotas,
@@ -125,6 +132,7 @@ mod tests {
                     .map(|(name, count)| (Arc::from(name), count))
                     .collect(),
                 preferences: Some(r#"{"theme":"dark"}"#.to_string()),
+                plan: Some(Arc::from("pro")),
                 quota_states: Vec::new(),
             },
             quotas: vec![("concept_generation".to_string(), "1701388800:3".to_string())],

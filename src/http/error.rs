@@ -27,6 +27,7 @@ struct Parts {
     allow: Option<Cow<'static, str>>,
     retry_after: Option<u64>,
     known_operations: Option<Vec<String>>,
+    known_plans: Option<Vec<String>>,
     /// Ask hyper to close the connection after the answer (the request was not read whole).
     close: bool,
 }
@@ -41,6 +42,8 @@ struct ErrorBody<'a> {
     field_errors: Option<&'a BTreeMap<&'static str, Vec<Cow<'static, str>>>>,
     #[serde(skip_serializing_if = "Option::is_none")]
     known_operations: Option<&'a [String]>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    known_plans: Option<&'a [String]>,
 }
 
 impl ApiError {
@@ -53,6 +56,7 @@ impl ApiError {
             allow: None,
             retry_after: None,
             known_operations: None,
+            known_plans: None,
             close: false,
         }))
     }
@@ -174,6 +178,16 @@ impl ApiError {
         error
     }
 
+    /// 400: a plan that is not configured.
+    pub fn unknown_plan(plan: &str, known: Vec<String>) -> Self {
+        let mut error = ApiError::invalid_field(
+            "plan",
+            format!("Unknown plan {plan:?}; known plans: {}", known.join(", ")),
+        );
+        error.0.known_plans = Some(known);
+        error
+    }
+
     /// 502: a gateway-mode upstream could not be reached or broke off.
     pub fn bad_gateway() -> Self {
         ApiError::new(
@@ -224,6 +238,7 @@ impl ApiError {
             status_code: error.status.as_u16(),
             field_errors: error.field_errors.as_ref(),
             known_operations: error.known_operations.as_deref(),
+            known_plans: error.known_plans.as_deref(),
         };
         let mut response = json(error.status, &body);
         let headers = response.headers_mut();

@@ -13,22 +13,20 @@
 //! constant time. Without a configured token the routes do not exist (404), so a
 //! deployment that forgot the token exposes nothing.
 
-use http::{header, HeaderMap, HeaderValue, Method, StatusCode};
+use http::{header, HeaderMap, HeaderValue, Method};
 use hyper::body::Incoming;
 use hyper::{Request, Response};
-use serde::Serialize;
 use simd_json::prelude::*;
 use subtle::ConstantTimeEq;
 
 use super::body::Body;
 use super::error::ApiError;
 use super::operator;
+use super::quota_response::{answer_response, rate_limit_headers, state_response};
 use super::request::{current_session, json_body, SESSION_HEADER};
-use super::response::{json, timestamp};
 use super::state::Api;
-use crate::model::decision::{QuotaAnswer, QuotaOutcome, QuotaRequest};
-use crate::model::quota::{Policy, QuotaStatus};
-use crate::model::session::Usage;
+use crate::model::decision::QuotaRequest;
+use crate::model::quota::Policy;
 
 pub(super) const PREFIX: &str = "/internal/";
 
@@ -69,6 +67,8 @@ pub async fn handle(api: &Api, request: Request<Incoming>) -> Response<Body> {
         "/internal/v1/authorize"
     } else if path.ends_with("/persist") {
         "/internal/v1/sessions/{id}/persist"
+    } else if path.ends_with("/plan") {
+        "/internal/v1/sessions/{id}/plan"
     } else if path.ends_with("/consume") {
         "/internal/v1/sessions/{id}/quota/{operation}/consume"
     } else if path.ends_with("/refund") {
@@ -106,6 +106,10 @@ async fn route(api: &Api, request: Request<Incoming>) -> Result<Response<Body>, 
     let (id, operation, action) = match segments.as_slice() {
         [id] => return operator::session(api, request.method(), id).await,
         [id, "persist"] => return operator::persist(api, request.method(), id).await,
+        [id, "plan"] => {
+            let id = id.to_string();
+            return operator::plan(api, request, &id).await;
+        }
         [id, "quota", operation] => (*id, *operation, Action::Check),
         [id, "quota", operation, "consume"] => (*id, *operation, Action::Consume),
         [id, "quota", operation, "refund"] => (*id, *operation, Action::Refund),
@@ -127,15 +131,8 @@ async fn route(api: &Api, request: Request<Incoming>) -> Result<Response<Body>, 
             Action::Reset => api.quotas.reset(id, policy).await?,
             _ => api.quotas.check(id, policy).await?,
         };
-        let (status, usage) = state.ok_or_else(ApiError::session_not_found)?;
-        let allowed = status.remaining >= policy.default_cost;
-        return Ok(quota_response(
-            StatusCode::OK,
-            policy,
-            &status,
-            &usage,
-            allowed,
-        ));
+        let state = state.ok_or_else(ApiError::session_not_found)?;
+        return Ok(state_response(policy, &state));
     }
 
     let (parts, body) = request.into_parts();
@@ -146,6 +143,7 @@ async fn route(api: &Api, request: Request<Incoming>) -> Result<Response<Body>, 
         cost,
         idempotency_key: idempotency_key.as_deref(),
         counts_usage: true,
+        after_shadow_denial: false,
     };
     let answer = match action {
         Action::Consume => api.quotas.consume(id, &request).await?,
@@ -180,26 +178,29 @@ async fn authorize(api: &Api, request: &Request<Incoming>) -> Result<Response<Bo
         return Ok(authorized_response(&id));
     };
     let policy = known_policy(api, &operation)?;
-    let cost = match cost {
-        None => policy.default_cost,
-        Some(text) => parse_cost(&text, policy)?,
-    };
+    let cost = cost.map(|text| parse_cost(&text, policy)).transpose()?;
     let request = QuotaRequest {
         policy,
         cost,
         idempotency_key: None,
         counts_usage: true,
+        after_shadow_denial: false,
     };
     let answer = api
         .quotas
         .consume(id, &request)
         .await?
         .ok_or_else(ApiError::session_not_found)?;
-    if answer.outcome != QuotaOutcome::Granted {
+    if !answer.outcome.allowed() {
         return Ok(answer_response(policy, &answer));
     }
     let mut response = authorized_response(&id);
-    rate_limit_headers(response.headers_mut(), policy, &answer.status);
+    rate_limit_headers(
+        response.headers_mut(),
+        policy,
+        answer.plan.as_deref(),
+        &answer.status,
+    );
     Ok(response)
 }
 
@@ -242,7 +243,7 @@ fn authorize_operation(
 
 fn parse_cost(text: &str, policy: &Policy) -> Result<u64, ApiError> {
     match text.parse::<u64>() {
-        Ok(n) if n >= 1 && n <= policy.limit => Ok(n),
+        Ok(n) if n >= 1 && n <= policy.largest_limit() => Ok(n),
         _ => Err(invalid_cost(policy)),
     }
 }
@@ -252,7 +253,7 @@ fn invalid_cost(policy: &Policy) -> ApiError {
         "cost",
         format!(
             "must be a whole number from 1 to the policy's limit ({})",
-            policy.limit
+            policy.largest_limit()
         ),
     )
 }
@@ -301,26 +302,27 @@ fn authorized(headers: &HeaderMap, tokens: &[String]) -> bool {
     scheme.eq_ignore_ascii_case(b"bearer ") && bool::from(matches)
 }
 
-/// `{"cost": n, "idempotency_key": "..."}`, both optional.
+/// `{"cost": n, "idempotency_key": "..."}`, both optional (no cost: the default of the
+/// session's allowance, which the store decides).
 fn quota_body(
     body: Option<&simd_json::OwnedValue>,
     policy: &Policy,
-) -> Result<(u64, Option<String>), ApiError> {
+) -> Result<(Option<u64>, Option<String>), ApiError> {
     let Some(body) = body else {
-        return Ok((policy.default_cost, None));
+        return Ok((None, None));
     };
     let object = body
         .as_object()
         .ok_or_else(|| ApiError::invalid_body("The request body must be a JSON object"))?;
     let cost = match object.get("cost").filter(|v| !v.is_null()) {
-        None => policy.default_cost,
+        None => None,
         // 10.0 is the integer 10 to JSON (and to JSON Schema); 10.5 is not.
         Some(cost) => match cost.as_u64().or_else(|| {
             cost.as_f64()
                 .filter(|f| f.fract() == 0.0 && *f >= 1.0 && *f <= u64::MAX as f64)
                 .map(|f| f as u64)
         }) {
-            Some(n) if n >= 1 && n <= policy.limit => n,
+            Some(n) if n >= 1 && n <= policy.largest_limit() => Some(n),
             _ => return Err(invalid_cost(policy)),
         },
     };
@@ -345,129 +347,6 @@ fn quota_body(
         },
     };
     Ok((cost, key))
-}
-
-#[derive(Serialize)]
-struct QuotaBody<'a> {
-    allowed: bool,
-    limit: u64,
-    remaining: u64,
-    reset_at: String,
-    usage_stats: &'a Usage,
-}
-
-#[derive(Serialize)]
-struct RefundBody<'a> {
-    refunded: bool,
-    limit: u64,
-    remaining: u64,
-    reset_at: String,
-    usage_stats: &'a Usage,
-}
-
-/// A refused consume: the error shape of the contract plus the quota fields.
-#[derive(Serialize)]
-struct DeniedBody<'a> {
-    error: bool,
-    error_code: &'static str,
-    detail: String,
-    status_code: u16,
-    allowed: bool,
-    limit: u64,
-    remaining: u64,
-    reset_at: String,
-    usage_stats: &'a Usage,
-}
-
-pub(super) fn answer_response(policy: &Policy, answer: &QuotaAnswer) -> Response<Body> {
-    let status = &answer.status;
-    let mut response = match answer.outcome {
-        QuotaOutcome::Granted => {
-            quota_response(StatusCode::OK, policy, status, &answer.usage, true)
-        }
-        QuotaOutcome::Refunded => {
-            let body = RefundBody {
-                refunded: true,
-                limit: status.limit,
-                remaining: status.remaining,
-                reset_at: timestamp(status.reset_at),
-                usage_stats: &answer.usage,
-            };
-            let mut response = json(StatusCode::OK, &body);
-            rate_limit_headers(response.headers_mut(), policy, status);
-            response
-        }
-        QuotaOutcome::Denied => {
-            let reset_at = timestamp(status.reset_at);
-            let body = DeniedBody {
-                error: true,
-                error_code: "rate_limit_exceeded",
-                detail: format!("Quota for {} exhausted until {reset_at}", policy.operation),
-                status_code: 429,
-                allowed: false,
-                limit: status.limit,
-                remaining: status.remaining,
-                reset_at,
-                usage_stats: &answer.usage,
-            };
-            let mut response = json(StatusCode::TOO_MANY_REQUESTS, &body);
-            let headers = response.headers_mut();
-            headers.insert(
-                header::RETRY_AFTER,
-                HeaderValue::from(answer.retry_after.max(1)),
-            );
-            rate_limit_headers(headers, policy, status);
-            response
-        }
-    };
-    if answer.replayed {
-        response
-            .headers_mut()
-            .insert("idempotent-replayed", HeaderValue::from_static("true"));
-    }
-    response
-}
-
-fn quota_response(
-    code: StatusCode,
-    policy: &Policy,
-    status: &QuotaStatus,
-    usage: &Usage,
-    allowed: bool,
-) -> Response<Body> {
-    let body = QuotaBody {
-        allowed,
-        limit: status.limit,
-        remaining: status.remaining,
-        reset_at: timestamp(status.reset_at),
-        usage_stats: usage,
-    };
-    let mut response = json(code, &body);
-    rate_limit_headers(response.headers_mut(), policy, status);
-    response
-}
-
-/// The IETF `RateLimit-Policy` / `RateLimit` headers (draft-ietf-httpapi-ratelimit-headers).
-pub(super) fn rate_limit_headers(headers: &mut HeaderMap, policy: &Policy, status: &QuotaStatus) {
-    let now = chrono::Utc::now().timestamp();
-    let policy_value = format!(
-        "\"{}\";q={};w={}",
-        policy.operation,
-        status.limit,
-        policy.window_secs(now)
-    );
-    let reset_in = (status.reset_at - now).max(0);
-    let limit_value = format!(
-        "\"{}\";r={};t={reset_in}",
-        policy.operation, status.remaining
-    );
-    // Operation names are validated at start-up to [a-z0-9_-], so both are valid headers.
-    if let Ok(value) = HeaderValue::from_str(&policy_value) {
-        headers.insert("ratelimit-policy", value);
-    }
-    if let Ok(value) = HeaderValue::from_str(&limit_value) {
-        headers.insert("ratelimit", value);
-    }
 }
 
 #[cfg(test)]

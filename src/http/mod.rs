@@ -20,6 +20,7 @@ mod head_timeout;
 pub mod internal;
 mod operator;
 pub mod proxy;
+mod quota_response;
 pub mod request;
 mod request_id;
 mod response;

@@ -2,17 +2,21 @@
 //! by [`super::internal`] before anything here runs):
 //! - `GET /internal/v1/sessions/{id}`: the whole session, version included;
 //! - `DELETE /internal/v1/sessions/{id}`: erasure, as `DELETE /api/session/` does it;
+//! - `PUT /internal/v1/sessions/{id}/plan`: the session's quota tier;
 //! - `POST /internal/v1/sessions/{id}/persist`: the session's current state made durable in
 //!   Supabase before the answer (write-through on demand, e.g. before inserting rows that
 //!   reference it).
 
 use http::{Method, StatusCode};
-use hyper::Response;
+use hyper::body::Incoming;
+use hyper::{Request, Response};
 use serde::Serialize;
+use simd_json::prelude::*;
 use uuid::Uuid;
 
 use super::body::Body;
 use super::error::ApiError;
+use super::request::json_body;
 use super::response::{json, no_content, timestamp, RateLimits};
 use super::state::Api;
 use crate::model::session::{parse_id, Usage};
@@ -24,8 +28,16 @@ struct SessionBody<'a> {
     last_active: String,
     usage_stats: &'a Usage,
     rate_limits: RateLimits<'a>,
+    plan: Option<&'a str>,
     preferences: simd_json::OwnedValue,
     version: i64,
+}
+
+#[derive(Serialize)]
+struct PlanBody<'a> {
+    session_id: &'a Uuid,
+    plan: Option<&'a str>,
+    rate_limits: RateLimits<'a>,
 }
 
 #[derive(Serialize)]
@@ -79,8 +91,57 @@ pub(super) async fn session(
             quotas: &api.quotas,
             record,
         },
+        plan: record.plan.as_deref(),
         preferences,
         version,
+    };
+    Ok(json(StatusCode::OK, &body))
+}
+
+/// `PUT /internal/v1/sessions/{id}/plan` with `{"plan": "<name>"}` or `{"plan": null}`:
+/// 200 with the limits now in force; 400 for a plan that is not configured.
+pub(super) async fn plan(
+    api: &Api,
+    request: Request<Incoming>,
+    id: &str,
+) -> Result<Response<Body>, ApiError> {
+    if request.method() != Method::PUT {
+        return Err(ApiError::method_not_allowed("PUT"));
+    }
+    let id = path_id(id)?;
+    let (parts, body) = request.into_parts();
+    let body = json_body(&parts.headers, body, api).await?;
+    let object = body
+        .as_ref()
+        .and_then(|body| body.as_object())
+        .ok_or_else(|| ApiError::invalid_body("The request body must be a JSON object"))?;
+    let plan = match object.get("plan") {
+        None => return Err(ApiError::invalid_field("plan", "This field is required")),
+        Some(plan) if plan.is_null() => None,
+        Some(plan) => {
+            let plan = plan
+                .as_str()
+                .ok_or_else(|| ApiError::invalid_field("plan", "Must be a string or null"))?;
+            let known = api.quotas.plans();
+            if !known.iter().any(|name| &**name == plan) {
+                let known = known.iter().map(|name| name.to_string()).collect();
+                return Err(ApiError::unknown_plan(plan, known));
+            }
+            Some(plan)
+        }
+    };
+    let record = api
+        .quotas
+        .set_plan(id, plan)
+        .await?
+        .ok_or_else(ApiError::session_not_found)?;
+    let body = PlanBody {
+        session_id: &id,
+        plan: record.plan.as_deref(),
+        rate_limits: RateLimits {
+            quotas: &api.quotas,
+            record: &record,
+        },
     };
     Ok(json(StatusCode::OK, &body))
 }

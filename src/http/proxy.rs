@@ -32,7 +32,7 @@ use uuid::Uuid;
 use super::body::Body;
 use super::error::ApiError;
 use super::forwarded::{prepare_request, prepare_response, Forwarding};
-use super::internal::{answer_response, rate_limit_headers};
+use super::quota_response::{answer_response, rate_limit_headers};
 use super::request::{client_ip, current_session, is_trusted_proxy, named_sessions, Named};
 use super::response::set_session_cookie;
 use super::state::Api;
@@ -47,7 +47,7 @@ use crate::telemetry;
 struct Reservation<'a> {
     id: Uuid,
     policy: &'a Policy,
-    cost: u64,
+    /// What the reservation took (its cost), or would have taken (a shadow denial).
     answer: QuotaAnswer,
     /// The session was created for this request, so the response sets its cookie.
     created: bool,
@@ -212,8 +212,7 @@ async fn meter(
         tracing::error!(route = %route.pattern, "metered route without a known operation");
         return (ApiError::internal().into_response(), "rejected");
     };
-    let cost = metering.cost.unwrap_or(policy.default_cost);
-    let reservation = match reserve(api, metering, policy, cost, &request, peer).await {
+    let reservation = match reserve(api, metering, policy, &request, peer).await {
         Ok(reservation) => reservation,
         Err(error) => {
             // Refused before forwarding: no usable session, a creation throttled, or Redis
@@ -233,7 +232,9 @@ async fn meter(
     let id = reservation.id;
     match send(api, route, request, peer, Some(id)).await {
         Ok(mut response) if metering.commits(response.status()) => {
-            rate_limit_headers(response.headers_mut(), policy, &reservation.answer.status);
+            let answer = &reservation.answer;
+            let plan = answer.plan.as_deref();
+            rate_limit_headers(response.headers_mut(), policy, plan, &answer.status);
             (with_session(api, response, &reservation), "committed")
         }
         Ok(response) => {
@@ -247,22 +248,22 @@ async fn meter(
     }
 }
 
-/// Finds the request's session (creating one when the route says so) and reserves `cost`.
+/// Finds the request's session (creating one when the route says so) and reserves the
+/// route's cost (by default, that of the session's allowance).
 async fn reserve<'a>(
     api: &Api,
     metering: &Metering,
     policy: &'a Policy,
-    cost: u64,
     request: &Request<Incoming>,
     peer: SocketAddr,
 ) -> Result<Reservation<'a>, ApiError> {
+    let cost = metering.cost;
     let current = current_session(api, request.headers()).await?;
     if let Some(id) = current {
         if let Some(answer) = api.quotas.reserve(id, policy, cost).await? {
             return Ok(Reservation {
                 id,
                 policy,
-                cost,
                 answer,
                 created: false,
             });
@@ -281,7 +282,6 @@ async fn reserve<'a>(
     Ok(Reservation {
         id: session.id,
         policy,
-        cost,
         answer,
         created: true,
     })
@@ -289,9 +289,9 @@ async fn reserve<'a>(
 
 async fn release(api: &Api, reservation: &Reservation<'_>) {
     let Reservation {
-        id, policy, cost, ..
+        id, policy, answer, ..
     } = reservation;
-    if let Err(error) = api.quotas.release(*id, policy, *cost).await {
+    if let Err(error) = api.quotas.release(*id, policy, answer).await {
         // The cost stays taken until the window resets: the limit is never overshot.
         tracing::warn!(%error, session = %short_id(id), "could not release a reservation");
     }

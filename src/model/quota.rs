@@ -70,17 +70,37 @@ pub fn counters(policies: &[Policy]) -> Vec<Arc<str>> {
     names
 }
 
-/// One configured quota policy.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Policy {
-    pub operation: String,
+/// How much a policy allows: what a plan may override.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Allowance {
     /// Allowance per window, or the bucket size for GCRA.
     pub limit: u64,
     pub window: Window,
     /// Cost of a request that names none.
     pub default_cost: u64,
+}
+
+/// Whether a policy refuses what it does not allow.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Mode {
+    #[default]
+    Enforce,
+    /// Never refuses: grants everything and reports what enforcement would have answered,
+    /// to try a new limit on live traffic before it bites.
+    Shadow,
+}
+
+/// One configured quota policy.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Policy {
+    pub operation: String,
+    /// The allowance of a session on no plan (or on a plan that does not override it).
+    pub allowance: Allowance,
     /// The usage counter a granted request feeds (a name from [`is_counter_name`]).
     pub counter: Option<Arc<str>>,
+    pub mode: Mode,
+    /// The plans that override the allowance, by plan name, in configuration order.
+    pub plans: Vec<(Arc<str>, Allowance)>,
 }
 
 /// A policy's state as a client sees it.
@@ -165,14 +185,26 @@ fn first_of_month(year: i32, month: u32, fallback: i64) -> i64 {
 }
 
 impl Policy {
+    /// An enforced policy on no plan, feeding no counter.
+    pub fn new(operation: &str, limit: u64, window: Window) -> Policy {
+        Policy {
+            operation: operation.to_string(),
+            allowance: Allowance {
+                limit,
+                window,
+                default_cost: 1,
+            },
+            counter: None,
+            mode: Mode::Enforce,
+            plans: Vec::new(),
+        }
+    }
+
     /// The contract's default policies.
     pub fn defaults() -> Vec<Policy> {
         let policy = |operation: &str, window, counter: &str| Policy {
-            operation: operation.to_string(),
-            limit: 10,
-            window,
-            default_cost: 1,
             counter: Some(Arc::from(counter)),
+            ..Policy::new(operation, 10, window)
         };
         vec![
             policy(
@@ -193,6 +225,22 @@ impl Policy {
         ]
     }
 
+    /// The allowance in force for a session on `plan` (`None`: no plan).
+    pub fn allowance_on(&self, plan: Option<&str>) -> &Allowance {
+        plan.and_then(|plan| self.plans.iter().find(|(name, _)| &**name == plan))
+            .map_or(&self.allowance, |(_, allowance)| allowance)
+    }
+
+    /// The largest limit of any plan: a request may never cost more.
+    pub fn largest_limit(&self) -> u64 {
+        self.plans
+            .iter()
+            .map(|(_, allowance)| allowance.limit)
+            .fold(self.allowance.limit, u64::max)
+    }
+}
+
+impl Allowance {
     /// The window length in seconds, for the `RateLimit-Policy` header; a calendar window
     /// reports its current length (a month is 28 to 31 days).
     pub fn window_secs(&self, now: i64) -> i64 {
@@ -349,7 +397,7 @@ mod tests {
 
     #[test]
     fn fixed_window_status() {
-        let policy = &Policy::defaults()[0];
+        let policy = &Policy::defaults()[0].allowance;
         let now = at(2026, 11, 27, 12, 0, 0);
         let end = at(2026, 12, 1, 0, 0, 0);
         let fresh = policy.status(None, now * 1000);
@@ -368,21 +416,14 @@ mod tests {
         assert_eq!(lapsed.remaining, 10);
         assert_eq!(lapsed.reset_at, at(2027, 1, 1, 0, 0, 0));
 
-        let rolling = &Policy::defaults()[1];
+        let rolling = &Policy::defaults()[1].allowance;
         assert_eq!(rolling.status(None, now * 1000).reset_at, now + 86_400);
     }
 
     #[test]
     fn gcra_status() {
-        let policy = Policy {
-            operation: "burst".into(),
-            limit: 5,
-            window: Window::Gcra {
-                interval: Duration::from_millis(200),
-            },
-            default_cost: 1,
-            counter: None,
-        };
+        let interval = Duration::from_millis(200);
+        let policy = Policy::new("burst", 5, Window::Gcra { interval }).allowance;
         let now_ms = 1_000_000;
         assert_eq!(policy.status(None, now_ms).remaining, 5);
         // Three tokens spent just now: the bucket is full again 600 ms later.
@@ -394,11 +435,29 @@ mod tests {
 
     #[test]
     fn month_window_length_follows_the_calendar() {
-        let policy = &Policy::defaults()[0];
+        let policy = &Policy::defaults()[0].allowance;
         assert_eq!(policy.window_secs(at(2026, 2, 10, 0, 0, 0)), 28 * 86_400);
         assert_eq!(policy.window_secs(at(2028, 2, 10, 0, 0, 0)), 29 * 86_400);
         assert_eq!(policy.window_secs(at(2026, 1, 31, 23, 0, 0)), 31 * 86_400);
         assert_eq!(policy.window_secs(at(2026, 4, 1, 0, 0, 0)), 30 * 86_400);
+    }
+
+    #[test]
+    fn plans_override_the_allowance_they_name() {
+        let mut policy = Policy::defaults().remove(0);
+        let pro = Allowance {
+            limit: 100,
+            ..policy.allowance
+        };
+        policy.plans.push((Arc::from("pro"), pro));
+        assert_eq!(policy.allowance_on(Some("pro")).limit, 100);
+        assert_eq!(
+            policy.allowance_on(Some("free")).limit,
+            10,
+            "not overridden"
+        );
+        assert_eq!(policy.allowance_on(None).limit, 10);
+        assert_eq!(policy.largest_limit(), 100);
     }
 
     #[test]

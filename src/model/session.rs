@@ -60,6 +60,8 @@ pub struct SessionRecord {
     pub usage: Usage,
     /// Compact JSON object; `None` means the default `{}`.
     pub preferences: Option<String>,
+    /// The plan whose allowances apply; `None`: the policies' own.
+    pub plan: Option<Arc<str>>,
     /// Stored window state of the configured quota policies, by operation (absent: never
     /// used, or lapsed); empty when the operation that produced the record did not read
     /// them. Kept with its name, so no reader depends on the order of two lists.
@@ -139,6 +141,7 @@ mod tests {
             last_active: 0,
             usage: Usage::default(),
             preferences: None,
+            plan: None,
             quota_states: vec![
                 (Arc::from("concept_storage"), Some("200:1".to_string())),
                 (Arc::from("concept_generation"), Some("100:7".to_string())),

@@ -98,11 +98,12 @@ pub(super) struct Scripts {
     pub(super) settle: Lua,
     pub(super) restore: Lua,
     pub(super) reset_quota: Lua,
+    pub(super) set_plan: Lua,
     pub(super) erase: Lua,
 }
 
 impl Scripts {
-    fn all(&self) -> [&Lua; 10] {
+    fn all(&self) -> [&Lua; 11] {
         [
             &self.create,
             &self.touch,
@@ -113,6 +114,7 @@ impl Scripts {
             &self.settle,
             &self.restore,
             &self.reset_quota,
+            &self.set_plan,
             &self.erase,
         ]
     }
@@ -173,6 +175,7 @@ impl Store {
                         "reset_quota",
                         with_session_lib(include_str!("reset_quota.lua")),
                     ),
+                    set_plan: Lua::new("set_plan", with_session_lib(include_str!("set_plan.lua"))),
                     erase: Lua::new("erase", include_str!("erase.lua").to_string()),
                 },
                 read_fields: shape.fields(),
@@ -268,6 +271,7 @@ impl Store {
                     .map(|name| (name.clone(), 0))
                     .collect(),
                 preferences: None,
+                plan: None,
                 quota_states: Vec::new(),
             })),
             Value::String(s) if &*s == "backlog" => Err(StoreError::Backlog),

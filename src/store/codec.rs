@@ -51,6 +51,7 @@ pub(super) fn record(reply: Value, shape: &ReadShape) -> Result<Option<SessionRe
         created_at: int(&fields[0])?,
         last_active: int(&fields[1])?,
         preferences: text(&fields[2])?,
+        plan: text(&fields[3])?.map(Arc::from),
         usage: usage(&shape.counters, counts)?,
         quota_states: shape
             .quota_operations
@@ -80,6 +81,7 @@ pub(super) fn snapshot(id: Uuid, fields: Vec<Value>) -> Result<Snapshot, StoreEr
             last_active: 0,
             usage: Usage::default(),
             preferences: None,
+            plan: None,
             quota_states: Vec::new(),
         },
         quotas: Vec::new(),
@@ -95,6 +97,7 @@ pub(super) fn snapshot(id: Uuid, fields: Vec<Value>) -> Result<Snapshot, StoreEr
             "c" => record.created_at = int(&value)?,
             "a" => record.last_active = int(&value)?,
             "p" => record.preferences = text(&value)?,
+            "t" => record.plan = text(&value)?.map(Arc::from),
             "v" => snapshot.version = int(&value)?,
             other => {
                 if let Some(name) = counter_of_field(other) {
@@ -128,6 +131,9 @@ pub(super) fn snapshot_fields(snapshot: &Snapshot) -> Vec<Value> {
     }
     if let Some(preferences) = &record.preferences {
         fields.extend([Value::from("p"), Value::from(preferences.as_str())]);
+    }
+    if let Some(plan) = &record.plan {
+        fields.extend([Value::from("t"), Value::from(&**plan)]);
     }
     for (operation, state) in &snapshot.quotas {
         fields.extend([
@@ -180,6 +186,7 @@ mod tests {
             Value::from("100"),
             Value::from("160"),
             Value::Null,
+            Value::from("pro"),
             Value::Null,
             Value::from("2"),
             Value::from("1700000000:3"),
@@ -191,6 +198,7 @@ mod tests {
         let names: Vec<&str> = record.usage.iter().map(|(name, _)| &**name).collect();
         assert_eq!(names, ["concepts_generated", "images"]);
         assert!(record.preferences.is_none());
+        assert_eq!(record.plan.as_deref(), Some("pro"));
         assert_eq!(record.quota_state("gen"), Some("1700000000:3"));
         assert_eq!(record.quota_state("other"), None);
     }
@@ -199,13 +207,13 @@ mod tests {
     fn fields_follow_the_shape() {
         assert_eq!(
             shape().fields(),
-            ["c", "a", "p", "g", "u:images", "q:gen"].map(String::from)
+            ["c", "a", "p", "t", "g", "u:images", "q:gen"].map(String::from)
         );
     }
 
     #[test]
     fn missing_session_is_none() {
-        let reply = Value::Array(vec![Value::Null; 6]);
+        let reply = Value::Array(vec![Value::Null; 7]);
         assert!(record(reply, &shape()).expect("valid").is_none());
         assert!(record(Value::Null, &shape()).expect("valid").is_none());
     }
@@ -226,6 +234,8 @@ mod tests {
             "{\"x\":1}",
             "v",
             "7",
+            "t",
+            "pro",
             "q:gen",
             "200:3",
         ]

@@ -1,15 +1,17 @@
 -- Consumes COST from one quota policy of a session, atomically: the window check, the
 -- window update, the usage counter and the activity touch are one script, one round trip,
--- and their writes one HSET.
--- A refused request changes no counter (counters stop at the limit).
+-- and their writes one HSET. The allowance is the one of the session's plan, read with it.
+-- A refused request changes no counter (counters stop at the limit). A shadow policy
+-- never refuses: it grants, counts the usage, moves the window only as enforcement would
+-- have, and reports what enforcement would have answered (shadow_denied).
 -- Arguments: session_lib.lua and quota_lib.lua.
--- Returns {outcome, limit, remaining, reset_at, retry_after, replayed, counters...} with
--- outcome granted | denied | missing.
+-- Returns {outcome, limit, remaining, reset_at, retry_after, replayed, cost, allowance,
+-- counters...} with outcome granted | denied | shadow_denied | missing.
 local prior = replay()
 if prior then return prior end
 local session = load_session()
 if not session then return MISSING end
-local last_active, version, state = session[2], session[3], session[4]
+local last_active, version, state = session[2], session[3], session[5]
 local now, now_ms = clock()
 
 local granted, new_state, remaining, reset_at, retry
@@ -41,16 +43,24 @@ else
   retry = granted and 0 or window_end - now
 end
 
+local outcome = granted and 'granted' or (SHADOW and 'shadow_denied' or 'denied')
 local writes = {}
 if granted then
-  writes[1], writes[2], writes[3], writes[4] = FIELD, new_state, count(session, COST)
+  writes[1], writes[2] = FIELD, new_state
+end
+if outcome ~= 'denied' then
+  local counter, value = count(session, COST)
+  if counter then
+    writes[#writes + 1] = counter
+    writes[#writes + 1] = value
+  end
 end
 local touched = touch_due(last_active, now)
 if touched then
   writes[#writes + 1] = 'a'
   writes[#writes + 1] = now
 end
-if granted or touched then
+if #writes > 0 then
   write_change(writes, version, now_ms, touched)
 end
-return answer(now, granted and 'granted' or 'denied', remaining, reset_at, retry, session)
+return answer(now, outcome, remaining, reset_at, retry, outcome == 'denied' and 0 or COST, session)

@@ -8,7 +8,7 @@ pub const DEFAULT_SHARDS: u32 = 64;
 
 /// The session fields every read returns first, in this order (usage counters and quota
 /// states follow).
-pub(super) const FIELDS: [&str; 3] = ["c", "a", "p"];
+pub(super) const FIELDS: [&str; 4] = ["c", "a", "p", "t"];
 
 /// The default counters' one-letter fields: v1 stored them there, and sessions written
 /// then must keep their counts.

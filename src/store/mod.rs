@@ -26,6 +26,7 @@
 //! | `a` | last active, Unix seconds, rewritten at most once per touch interval |
 //! | `u:<counter>` | a usage counter named by configuration (absent = 0); the default counters keep v1's `g`, `r`, `s` (concepts generated, refined, stored), so hashes written by v1 read the same |
 //! | `p` | preferences as compact JSON (absent = `{}`) |
+//! | `t` | the session's plan (absent = none: the policies' own allowances) |
 //! | `q:<operation>` | quota window state of one policy (see [`crate::model::quota`]) |
 //! | `v` | version: every change sets it to the larger of itself + 1 and Redis's clock in ms, so it grows even across a restore from an older backup; the system of record keeps the newest |
 //!

@@ -263,6 +263,7 @@ mod tests {
             last_active: created_at,
             usage: Default::default(),
             preferences: None,
+            plan: None,
             quota_states: Vec::new(),
         }
     }

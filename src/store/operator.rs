@@ -1,5 +1,6 @@
 //! What operators and erasure need of Redis, apart from the request path: a session read
-//! with its version (`inspect`), a quota window reset (`reset_quota.lua`), and erasure
+//! with its version (`inspect`), a quota window reset (`reset_quota.lua`), a plan change
+//! (`set_plan.lua`), and erasure
 //! (`erase.lua`): every key of a session gone in one script, with a tombstone that keeps
 //! read-through from bringing it back.
 
@@ -53,6 +54,17 @@ impl Store {
             _ => Err(StoreError::Reply(
                 "reset_quota.lua returned neither nil nor 1",
             )),
+        }
+    }
+
+    /// Puts the session on `plan` (`None`: no plan); `None` if the session does not exist.
+    pub async fn set_plan(&self, id: &Uuid, plan: Option<&str>) -> Result<Option<()>, StoreError> {
+        let (keys, mut args) = self.session_call(id);
+        args.push(Value::from(plan.unwrap_or("")));
+        match self.eval(&self.inner.scripts.set_plan, keys, args).await? {
+            Value::Null => Ok(None),
+            Value::Integer(1) => Ok(Some(())),
+            _ => Err(StoreError::Reply("set_plan.lua returned neither nil nor 1")),
         }
     }
 

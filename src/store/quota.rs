@@ -10,7 +10,7 @@ use super::codec::usage;
 use super::error::StoreError;
 use super::keys::{quota_field, records_key};
 use crate::model::decision::{QuotaAnswer, QuotaOutcome, QuotaRequest};
-use crate::model::quota::{QuotaStatus, Window};
+use crate::model::quota::{Mode, Policy, QuotaStatus, Window};
 
 impl Store {
     /// Consumes quota (see `consume.lua`); `None` if the session does not exist.
@@ -47,11 +47,6 @@ impl Store {
             Some(key) => format!("{action}:{}:{key}", policy.operation),
             None => String::new(),
         };
-        let (kind, param) = match policy.window {
-            Window::Calendar(unit) => ("calendar", unit.as_str().to_string()),
-            Window::Rolling(length) => ("rolling", length.as_secs().to_string()),
-            Window::Gcra { interval } => ("gcra", interval.as_millis().to_string()),
-        };
         // Which of the reported counters this request feeds (1 for the first), 0 for none.
         let counter = match &policy.counter {
             Some(counter) if request.counts_usage => self
@@ -63,26 +58,50 @@ impl Store {
                 .map_or(0, |index| index + 1),
             _ => 0,
         };
+        let shadow = match action {
+            "consume" => policy.mode == Mode::Shadow,
+            _ => request.after_shadow_denial,
+        };
         args.extend([
             Value::from(quota_field(&policy.operation)),
-            Value::from(kind),
-            Value::from(param),
-            Value::from(policy.limit as i64),
-            Value::from(request.cost as i64),
             Value::from(counter as i64),
             Value::from(record),
+            Value::from(request.cost.unwrap_or(0) as i64),
+            Value::from(if shadow { "1" } else { "0" }),
+            Value::from(1 + policy.plans.len() as i64),
         ]);
+        let plans = policy.plans.iter().map(|(name, a)| (&**name, a));
+        for (plan, allowance) in std::iter::once(("", &policy.allowance)).chain(plans) {
+            let (kind, param) = match allowance.window {
+                Window::Calendar(unit) => ("calendar", unit.as_str().to_string()),
+                Window::Rolling(length) => ("rolling", length.as_secs().to_string()),
+                Window::Gcra { interval } => ("gcra", interval.as_millis().to_string()),
+            };
+            args.extend([
+                Value::from(plan),
+                Value::from(kind),
+                Value::from(param),
+                Value::from(allowance.limit as i64),
+                Value::from(allowance.default_cost as i64),
+            ]);
+        }
         args.extend(self.inner.counter_fields.iter().cloned());
         answer(
             self.eval(script, keys, args).await?,
+            policy,
             &self.inner.shape.counters,
         )
     }
 }
 
-/// Decodes `{outcome, limit, remaining, reset_at, retry_after, replayed, counters...}`, the
-/// counters being those of `counters`, in order.
-fn answer(reply: Value, counters: &[Arc<str>]) -> Result<Option<QuotaAnswer>, StoreError> {
+/// Decodes `{outcome, limit, remaining, reset_at, retry_after, replayed, cost, allowance,
+/// counters...}`, the allowance being `policy`'s own (0) or its plans' (from 1), the
+/// counters those of `counters`, in order.
+fn answer(
+    reply: Value,
+    policy: &Policy,
+    counters: &[Arc<str>],
+) -> Result<Option<QuotaAnswer>, StoreError> {
     const BAD: StoreError = StoreError::Reply("a quota script returned an unexpected shape");
     let Value::Array(items) = reply else {
         return Err(BAD);
@@ -95,12 +114,13 @@ fn answer(reply: Value, counters: &[Arc<str>]) -> Result<Option<QuotaAnswer>, St
     {
         return Ok(None);
     }
-    if items.len() != 6 + counters.len() {
+    if items.len() != 8 + counters.len() {
         return Err(BAD);
     }
     let outcome = match items[0].as_str().as_deref() {
         Some("granted") => QuotaOutcome::Granted,
         Some("denied") => QuotaOutcome::Denied,
+        Some("shadow_denied") => QuotaOutcome::ShadowDenied,
         Some("refunded") => QuotaOutcome::Refunded,
         _ => return Err(BAD),
     };
@@ -115,6 +135,11 @@ fn answer(reply: Value, counters: &[Arc<str>]) -> Result<Option<QuotaAnswer>, St
         },
         retry_after: count(4)?,
         replayed: number(5)? == 1,
-        usage: usage(counters, &items[6..])?,
+        cost: count(6)?,
+        plan: match number(7)? {
+            0 => None,
+            n => Some(policy.plans.get(n as usize - 1).ok_or(BAD)?.0.clone()),
+        },
+        usage: usage(counters, &items[8..])?,
     }))
 }

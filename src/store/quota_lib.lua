@@ -5,18 +5,28 @@
 -- does anything (together a seventh of a consume's time in Redis): so there are few, and
 -- what only some calls need is defined inside the function that needs it.
 -- KEYS[3]  the session's idempotency records (a hash; same hash tag as the session)
--- ARGV[5]  quota field             ARGV[6]  kind: calendar | rolling | gcra
--- ARGV[7]  calendar unit | rolling length (s) | gcra interval (ms)
--- ARGV[8]  limit (bucket size for gcra)   ARGV[9]  cost
--- ARGV[10] which of the counters below this request feeds (1 for the first), or 0
--- ARGV[11] this request's idempotency record, a field of KEYS[3], or '' for none
--- ARGV[12...] the field of every configured usage counter, reported in this order
+-- ARGV[5]  the policy's quota field
+-- ARGV[6]  which of the counters below this request feeds (1 for the first), or 0
+-- ARGV[7]  this request's idempotency record, a field of KEYS[3], or '' for none
+-- ARGV[8]  cost, or 0 for the default cost of the allowance in force
+-- ARGV[9]  '1' for a shadow decision: consume never refuses (a shadow policy); refund gives
+--          back the usage only (the consume was a shadow denial, which took no window)
+-- ARGV[10] N, the number of allowances that follow: the policy's own, then one per plan
+--          that overrides it
+-- ARGV[11...] five per allowance: plan name ('' for the policy's own), kind (calendar |
+--          rolling | gcra), calendar unit | rolling length (s) | gcra interval (ms), limit
+--          (bucket size for gcra), default cost
+-- ARGV[11 + 5N...] the field of every configured usage counter, reported in this order
 -- The records of a session are one hash, so an erasure deletes them with one key. Redis 7.0
 -- cannot expire a field, so each record carries its own expiry and the hash lives as long
 -- as its longest-lived record.
-local RECORDS, RECORD = KEYS[3], ARGV[11] ~= '' and ARGV[11] or nil
-local FIELD, KIND, PARAM = ARGV[5], ARGV[6], ARGV[7]
-local LIMIT, COST, COUNTER = tonumber(ARGV[8]), tonumber(ARGV[9]), tonumber(ARGV[10])
+local RECORDS, RECORD = KEYS[3], ARGV[7] ~= '' and ARGV[7] or nil
+local FIELD, COUNTER, SHADOW = ARGV[5], tonumber(ARGV[6]), ARGV[9] == '1'
+local ALLOWANCES = tonumber(ARGV[10])
+local COUNTERS_FROM = 11 + 5 * ALLOWANCES
+-- The allowance in force for the session (0: the policy's own, i: the i-th plan's), set
+-- by load_session from the session's plan.
+local ALLOWANCE, KIND, PARAM, LIMIT, COST
 
 -- A fixed-window state "<end>:<used>", or nil when absent, malformed or lapsed at `now`.
 local function live_window(state, now)
@@ -65,8 +75,8 @@ end
 
 -- The common reply: the decision, then the usage counters in configured order, taken from
 -- `counts` (an HMGET reply) from position `from` on.
-local function reply(outcome, limit, remaining, reset_at, retry, replayed, counts, from)
-  local result = {outcome, limit, remaining, reset_at, retry, replayed}
+local function reply(outcome, limit, remaining, reset_at, retry, replayed, cost, allowance, counts, from)
+  local result = {outcome, limit, remaining, reset_at, retry, replayed, cost, allowance}
   for i = from, #counts do
     result[#result + 1] = tonumber(counts[i]) or 0
   end
@@ -78,34 +88,46 @@ local function replay()
   if not RECORD then return nil end
   local prior = redis.call('HGET', RECORDS, RECORD)
   if not prior then return nil end
-  local outcome, limit, remaining, reset_at, retry, expires = string.match(prior, '^(%a+) (%d+) (%d+) (%d+) (%d+) (%d+)$')
-  if not expires or tonumber(expires) <= tonumber(redis.call('TIME')[1]) then return nil end
+  local outcome, limit, remaining, reset_at, retry, expires, allowance = string.match(prior, '^([%a_]+) (%d+) (%d+) (%d+) (%d+) (%d+) (%d+)$')
+  if not allowance or tonumber(expires) <= tonumber(redis.call('TIME')[1]) then return nil end
   local counts = {}
-  if #ARGV > 11 then
-    counts = redis.call('HMGET', SESSION, unpack(ARGV, 12))
+  if #ARGV >= COUNTERS_FROM then
+    counts = redis.call('HMGET', SESSION, unpack(ARGV, COUNTERS_FROM))
   end
-  return reply(outcome, tonumber(limit), tonumber(remaining), tonumber(reset_at), tonumber(retry), 1, counts, 1)
+  return reply(outcome, tonumber(limit), tonumber(remaining), tonumber(reset_at), tonumber(retry), 1, 0, tonumber(allowance), counts, 1)
 end
 
 -- Builds the reply from the decision and the session (as `load_session` read it, counters
 -- updated) and, with an idempotency record, keeps it until the window resets.
-local function answer(now, outcome, remaining, reset_at, retry, session)
+local function answer(now, outcome, remaining, reset_at, retry, cost, session)
   if RECORD then
     local keep = math.max(reset_at - now, 60)
-    redis.call('HSET', RECORDS, RECORD, table.concat({outcome, LIMIT, remaining, reset_at, retry, now + keep}, ' '))
+    redis.call('HSET', RECORDS, RECORD, table.concat({outcome, LIMIT, remaining, reset_at, retry, now + keep, ALLOWANCE}, ' '))
     if redis.call('TTL', RECORDS) < keep then
       redis.call('EXPIRE', RECORDS, keep)
     end
   end
-  return reply(outcome, LIMIT, remaining, reset_at, retry, 0, session, 5)
+  return reply(outcome, LIMIT, remaining, reset_at, retry, 0, cost, ALLOWANCE, session, 6)
 end
 
--- The session as an HMGET reply: created, last active, version, this policy's state, then
--- every configured usage counter from position 5 (the one this request feeds at
--- 4 + COUNTER); nil for an unknown session.
+-- The session as an HMGET reply: created, last active, version, plan, this policy's state,
+-- then every configured usage counter from position 6 (the one this request feeds at
+-- 5 + COUNTER); nil for an unknown session. Chooses the allowance of the session's plan:
+-- the plan's when it overrides this policy, else the policy's own.
 local function load_session()
-  local session = redis.call('HMGET', SESSION, 'c', 'a', 'v', FIELD, unpack(ARGV, 12))
+  local session = redis.call('HMGET', SESSION, 'c', 'a', 'v', 't', FIELD, unpack(ARGV, COUNTERS_FROM))
   if not session[1] then return nil end
+  ALLOWANCE = 0
+  for i = 1, ALLOWANCES - 1 do
+    if ARGV[11 + 5 * i] == session[4] then
+      ALLOWANCE = i
+      break
+    end
+  end
+  local at = 11 + 5 * ALLOWANCE
+  KIND, PARAM, LIMIT = ARGV[at + 1], ARGV[at + 2], tonumber(ARGV[at + 3])
+  COST = tonumber(ARGV[8])
+  if COST == 0 then COST = tonumber(ARGV[at + 4]) end
   return session
 end
 
@@ -114,11 +136,11 @@ end
 -- does not move.
 local function count(session, delta)
   if COUNTER == 0 then return end
-  local before = tonumber(session[4 + COUNTER]) or 0
+  local before = tonumber(session[5 + COUNTER]) or 0
   local after = math.max(0, before + delta)
   if after == before then return end
-  session[4 + COUNTER] = after
-  return ARGV[11 + COUNTER], after
+  session[5 + COUNTER] = after
+  return ARGV[COUNTERS_FROM - 1 + COUNTER], after
 end
 
-local MISSING = {'missing', 0, 0, 0, 0, 0}
+local MISSING = {'missing', 0, 0, 0, 0, 0, 0, 0}

@@ -1,13 +1,14 @@
 -- Gives COST back to one quota policy of a session (the upstream work failed): the
 -- current window's use and the usage counter go down, never below zero. A lapsed window
--- has nothing to give back. Idempotent with a record key, like consume.lua.
+-- has nothing to give back, nor has a shadow denial (SHADOW: only the usage goes back).
+-- Idempotent with a record key, like consume.lua.
 -- Arguments: session_lib.lua and quota_lib.lua. Returns consume.lua's shape with outcome
 -- refunded | missing.
 local prior = replay()
 if prior then return prior end
 local session = load_session()
 if not session then return MISSING end
-local last_active, version, state = session[2], session[3], session[4]
+local last_active, version, state = session[2], session[3], session[5]
 local now, now_ms = clock()
 
 local remaining, reset_at
@@ -15,7 +16,7 @@ local writes = {}
 if KIND == 'gcra' then
   local interval = tonumber(PARAM)
   local tat = math.max(tonumber(state) or now_ms, now_ms)
-  if tat > now_ms then
+  if tat > now_ms and not SHADOW then
     tat = math.max(now_ms, tat - COST * interval)
     writes[1], writes[2] = FIELD, string.format('%d', tat)
   end
@@ -24,8 +25,10 @@ if KIND == 'gcra' then
 else
   local window_end, used = live_window(state, now)
   if window_end then
-    used = math.max(0, used - COST)
-    writes[1], writes[2] = FIELD, window_end .. ':' .. used
+    if not SHADOW then
+      used = math.max(0, used - COST)
+      writes[1], writes[2] = FIELD, window_end .. ':' .. used
+    end
   else
     window_end, used = fresh_window_end(now), 0
   end
@@ -44,4 +47,4 @@ if touched then
   writes[#writes + 1] = now
 end
 write_change(writes, version, now_ms, touched)
-return answer(now, 'refunded', remaining, reset_at, 0, session)
+return answer(now, 'refunded', remaining, reset_at, 0, COST, session)

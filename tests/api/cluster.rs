@@ -120,12 +120,10 @@ async fn a_master_failing_over_under_traffic_costs_a_short_503_window_and_no_cou
     let gw = Arc::new(
         TestGateway::start_on(&cluster.url(), |config| {
             with_token(config);
+            let month = Window::Calendar(sessiongate::model::quota::CalendarUnit::Month);
             config.policies = vec![Policy {
-                operation: "work".to_string(),
-                limit: 1_000_000,
-                window: Window::Calendar(sessiongate::model::quota::CalendarUnit::Month),
-                default_cost: 1,
                 counter: Some("concepts_generated".into()),
+                ..Policy::new("work", 1_000_000, month)
             }];
         })
         .await,

@@ -37,12 +37,10 @@ async fn a_counter_named_by_configuration_is_counted_shown_and_written_behind() 
     let gw = TestGateway::start_with(|config| {
         writing_to(postgrest)(config);
         let mut policies = Policy::defaults();
+        let hour = Window::Rolling(Duration::from_secs(3600));
         policies.push(Policy {
-            operation: "image_render".to_string(),
-            limit: 5,
-            window: Window::Rolling(Duration::from_secs(3600)),
-            default_cost: 1,
             counter: Some("images_rendered".into()),
+            ..Policy::new("image_render", 5, hour)
         });
         config.policies = policies;
     })

@@ -218,7 +218,13 @@ async fn a_write_behind_in_flight_during_an_erasure_does_not_bring_the_row_back(
         }
     })
     .await;
-    let eraser = TestGateway::start_on(&writer.redis_url, writing_to(erasers)).await;
+    // The eraser flushes nothing: the session must wait in the writer's hung claim, not be
+    // written by another flusher first.
+    let eraser = TestGateway::start_on(&writer.redis_url, |config| {
+        writing_to(erasers)(config);
+        config.flush_enabled = false;
+    })
+    .await;
     let id = writer.new_session().await;
     eventually(Duration::from_secs(10), "the session's row", || async {
         stored(erasers, &id).await.then_some(())

@@ -22,6 +22,7 @@ mod near_cache;
 mod observability;
 mod operator;
 mod origins;
+mod plans;
 mod quotas;
 mod supabase;
 mod writebehind;

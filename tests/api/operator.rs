@@ -138,15 +138,8 @@ async fn a_reset_starts_the_window_afresh_and_keeps_the_usage() {
 async fn a_reset_refills_a_token_bucket() {
     let gw = TestGateway::start_with(|c| {
         with_token(c);
-        c.policies = vec![Policy {
-            operation: "api".to_string(),
-            limit: 2,
-            window: Window::Gcra {
-                interval: Duration::from_secs(60),
-            },
-            default_cost: 1,
-            counter: None,
-        }];
+        let interval = Duration::from_secs(60);
+        c.policies = vec![Policy::new("api", 2, Window::Gcra { interval })];
     })
     .await;
     let id = gw.new_session().await;

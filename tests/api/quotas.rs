@@ -10,11 +10,8 @@ use crate::support::{session_key, split, with_token, RedisServer, TestGateway, T
 
 fn policy(operation: &str, limit: u64, window: Window, counter: Option<&str>) -> Policy {
     Policy {
-        operation: operation.to_string(),
-        limit,
-        window,
-        default_cost: 1,
         counter: counter.map(Into::into),
+        ..Policy::new(operation, limit, window)
     }
 }
 
@@ -500,8 +497,11 @@ async fn session_creation_is_throttled_per_client_ip() {
 async fn lua_and_rust_calendar_math_agree_at_the_edges() {
     let gw = TestGateway::start().await;
     let lib = include_str!("../../src/store/quota_lib.lua");
-    // fresh_window_end reads the policy's kind and unit from ARGV[6] and ARGV[7].
-    let script = format!("{lib}\nreturn fresh_window_end(tonumber(ARGV[1]))");
+    // fresh_window_end reads the allowance's kind and unit, which a script's load_session
+    // sets; the library needs ARGV[10], the number of allowances.
+    let script = format!(
+        "{lib}\nKIND, PARAM = 'calendar', ARGV[2]\nreturn fresh_window_end(tonumber(ARGV[1]))"
+    );
     let mut instants = Vec::new();
     for year in [1999, 2000, 2024, 2025, 2026, 2028, 2099, 2100] {
         for month in 1..=12u32 {
@@ -531,15 +531,11 @@ async fn lua_and_rust_calendar_math_agree_at_the_edges() {
                 .eval(
                     script.as_str(),
                     Vec::<String>::new(),
-                    vec![
-                        instant.to_string(),
-                        String::new(),
-                        String::new(),
-                        String::new(),
-                        String::new(),
-                        "calendar".to_string(),
-                        unit.as_str().to_string(),
-                    ],
+                    [instant.to_string(), unit.as_str().to_string()]
+                        .into_iter()
+                        .chain(std::iter::repeat_n(String::new(), 7))
+                        .chain(["1".to_string()])
+                        .collect::<Vec<_>>(),
                 )
                 .await
                 .expect("EVAL");
