@@ -11,6 +11,7 @@
 //!   Supabase);
 //! - [`path`]: the canonical form of a request path, before anything routes on it;
 //! - [`routes`]: the gateway-mode route table (path + method → upstream + quota);
+//! - [`reload`]: the handlers' shared state, built at start-up and again on `SIGHUP`;
 //! - [`http`]: listeners, routing, and translation between HTTP and the domain;
 //! - [`telemetry`]: metric names, descriptions and the Prometheus recorder.
 //!
@@ -27,6 +28,7 @@ pub mod model;
 pub mod path;
 pub mod preferences;
 pub mod quota;
+pub mod reload;
 pub mod routes;
 pub mod service_error;
 pub mod serving;
@@ -44,15 +46,12 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use crate::config::{Config, ConfigError};
-use crate::erasure::Erasure;
 use crate::flush::{Flusher, ReadThrough, Supabase, SupabaseError};
 use crate::health::Health;
 use crate::http::admin::Admin;
-use crate::http::state::{Api, Browser, Forwarding, Intake, Internal, Upstreams};
 use crate::http::ConnectionLimits;
-use crate::quota::Quotas;
+use crate::reload::Reloader;
 use crate::serving::{Plan, ServingThreads};
-use crate::session::Sessions;
 use crate::store::{NearCache, Store, StoreConfig, StoreError};
 use crate::throttle::CreationThrottle;
 
@@ -85,6 +84,7 @@ pub struct Gateway {
     admin_stop: watch::Sender<bool>,
     admin_task: JoinHandle<()>,
     store: Store,
+    reloader: Arc<Reloader>,
 }
 
 /// How long start-up waits for Redis before serving anyway (503 until Redis appears).
@@ -168,24 +168,13 @@ pub async fn start(config: Config) -> Result<Gateway, StartError> {
     }
     let creations = Arc::new(CreationThrottle::new(&config.creation_throttle));
     let served_here = internal.is_none();
-    let api_over = {
-        let (config, creations, read_through, supabase) = (
-            config.clone(),
-            creations.clone(),
-            read_through.clone(),
-            supabase.clone(),
-        );
-        move |store: Store| {
-            api(
-                &config,
-                store,
-                creations.clone(),
-                read_through.clone(),
-                supabase.clone(),
-                served_here,
-            )
-        }
-    };
+    let reloader = Arc::new(Reloader::new(
+        config.clone(),
+        creations.clone(),
+        read_through.clone(),
+        supabase.clone(),
+        store_config.near_cache.clone(),
+    ));
     let health = Health::new(
         store.clone(),
         config.supabase.is_some(),
@@ -209,11 +198,11 @@ pub async fn start(config: Config) -> Result<Gateway, StartError> {
     ));
     let mut tasks = Vec::new();
     if let Some(internal) = internal {
-        let api = Arc::new(api_over(store.clone()));
+        let api = reloader.cell(store.clone(), false);
         tasks.push(tokio::spawn(http::serve(
             "internal",
             internal,
-            move |request, _peer| http::internal::handle_listener(api.clone(), request),
+            move |request, _peer| http::internal::handle_listener(api.load(), request),
             limits,
             trusted_proxies.clone(),
             stopped(watcher.clone()),
@@ -224,7 +213,10 @@ pub async fn start(config: Config) -> Result<Gateway, StartError> {
         public,
         Plan {
             store: store_config,
-            api: api_over,
+            api: {
+                let reloader = reloader.clone();
+                move |store| reloader.cell(store, served_here)
+            },
             limits,
             trusted_proxies,
             redis_answered,
@@ -256,53 +248,8 @@ pub async fn start(config: Config) -> Result<Gateway, StartError> {
         admin_stop,
         admin_task,
         store,
+        reloader,
     })
-}
-
-/// The use cases and settings the handlers share, over `store` (each serving thread has its
-/// own; the creation throttle and read-through are one for the whole gateway).
-fn api(
-    config: &Config,
-    store: Store,
-    creations: Arc<CreationThrottle>,
-    read_through: Option<ReadThrough>,
-    supabase: Option<Supabase>,
-    served_here: bool,
-) -> Api {
-    Api {
-        sessions: Sessions::new(store.clone(), creations, read_through.clone()),
-        erasure: Erasure::new(store.clone(), supabase),
-        quotas: Quotas::new(
-            store,
-            config.policies.clone(),
-            config.plans.clone(),
-            read_through.clone(),
-            config.near_limit,
-        ),
-        read_through,
-        browser: Browser {
-            cookie: config.cookie.clone(),
-            cors: config.cors.clone(),
-        },
-        intake: Intake {
-            body_limit: config.body_limit,
-            body_read_timeout: config.body_read_timeout,
-            trusted_proxies: config.trusted_proxies.clone(),
-        },
-        internal: Internal {
-            tokens: config
-                .service_token
-                .iter()
-                .chain(&config.service_token_next)
-                .cloned()
-                .collect(),
-            served_here,
-        },
-        forwarding: Forwarding {
-            routes: config.routes.clone(),
-            upstreams: Upstreams::default(),
-        },
-    }
 }
 
 /// Refuses a Redis that may evict sessions (unless allowed), and says what it keeps on disk:
@@ -386,6 +333,13 @@ impl Gateway {
     /// The bound admin address.
     pub fn admin_addr(&self) -> SocketAddr {
         self.admin_addr
+    }
+
+    /// Applies what a running gateway can of `config` (policies, plans, routes, CORS, the
+    /// creation throttle; see [`reload`]) to the requests that start from now on, and
+    /// returns the file settings that changed but take a restart (left as they are).
+    pub fn reload(&self, config: Config) -> Vec<&'static str> {
+        self.reloader.reload(config)
     }
 
     /// Stops accepting, lets in-flight requests finish (within the grace period), and closes

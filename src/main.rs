@@ -4,7 +4,7 @@ use std::io::IsTerminal;
 use std::process::ExitCode;
 
 use sessiongate::config::{Config, LogFormat};
-use sessiongate::StartError;
+use sessiongate::{telemetry, Gateway, StartError};
 use tracing_subscriber::EnvFilter;
 
 // glibc's malloc was a tenth of the CPU of a request (`perf`), and its per-thread arenas kept
@@ -43,7 +43,7 @@ fn main() -> ExitCode {
                 };
             }
         };
-        wait_for_signal().await;
+        serve_until_stopped(&gateway).await;
         tracing::info!("shutting down: finishing in-flight requests");
         gateway.shutdown().await;
         tracing::info!("stopped");
@@ -65,25 +65,54 @@ fn init_logging(config: &Config) {
     }
 }
 
-async fn wait_for_signal() {
+/// Returns on SIGTERM or Ctrl-C; reloads the configuration on every SIGHUP meanwhile.
+async fn serve_until_stopped(gateway: &Gateway) {
+    use tokio::signal::unix::{signal, SignalKind};
     let ctrl_c = tokio::signal::ctrl_c();
-    #[cfg(unix)]
-    {
-        let mut term = match tokio::signal::unix::signal(
-            tokio::signal::unix::SignalKind::terminate(),
-        ) {
-            Ok(term) => term,
-            Err(error) => {
-                tracing::warn!(%error, "cannot listen for SIGTERM; only Ctrl-C stops the gateway");
-                let _ = ctrl_c.await;
-                return;
-            }
-        };
+    tokio::pin!(ctrl_c);
+    let mut term = signal(SignalKind::terminate())
+        .inspect_err(|error| {
+            tracing::warn!(%error, "cannot listen for SIGTERM; only Ctrl-C stops the gateway")
+        })
+        .ok();
+    let mut hup = signal(SignalKind::hangup())
+        .inspect_err(
+            |error| tracing::warn!(%error, "cannot listen for SIGHUP; configuration reload is off"),
+        )
+        .ok();
+    loop {
         tokio::select! {
-            _ = ctrl_c => {}
-            _ = term.recv() => {}
+            _ = &mut ctrl_c => return,
+            Some(()) = recv(&mut term) => return,
+            Some(()) = recv(&mut hup) => reload(gateway),
         }
     }
-    #[cfg(not(unix))]
-    let _ = ctrl_c.await;
+}
+
+/// The next signal of `signal`, or never when there is no such stream.
+async fn recv(signal: &mut Option<tokio::signal::unix::Signal>) -> Option<()> {
+    match signal {
+        Some(signal) => signal.recv().await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Reads the environment and `SESSIONGATE_CONFIG` again and applies what can be applied
+/// while running; a configuration that does not validate changes nothing.
+fn reload(gateway: &Gateway) {
+    match Config::from_env() {
+        Ok(config) => {
+            let needs_restart = gateway.reload(config);
+            if needs_restart.is_empty() {
+                tracing::info!("configuration reloaded");
+            } else {
+                let settings = needs_restart.join(", ");
+                tracing::warn!(%settings, "configuration reloaded; these changed settings need a restart and were left as they are");
+            }
+        }
+        Err(error) => {
+            telemetry::config_reload("error");
+            tracing::error!(%error, "configuration reload refused; nothing changed");
+        }
+    }
 }

@@ -21,8 +21,8 @@ use tokio::net::{TcpListener, TcpSocket};
 use tokio::runtime::Runtime;
 use tokio::sync::{oneshot, watch};
 
-use crate::http::state::Api;
 use crate::http::{self, ConnectionLimits};
+use crate::reload::ApiCell;
 use crate::store::{Store, StoreConfig};
 
 /// Connections the kernel queues for each socket before they are accepted.
@@ -62,7 +62,7 @@ pub struct ServingThreads {
 /// What every serving thread is built from.
 pub struct Plan<F> {
     pub store: StoreConfig,
-    /// Builds a thread's use cases over its own store.
+    /// Builds a thread's use cases over its own store (in a cell a reload replaces).
     pub api: F,
     pub limits: ConnectionLimits,
     pub trusted_proxies: Arc<[IpNet]>,
@@ -80,7 +80,7 @@ impl ServingThreads {
         shutdown: watch::Receiver<bool>,
     ) -> std::io::Result<ServingThreads>
     where
-        F: Fn(Store) -> Api,
+        F: Fn(Store) -> Arc<ApiCell>,
     {
         let mut threads = Vec::with_capacity(listeners.len());
         let mut accepting = Vec::with_capacity(listeners.len());
@@ -97,7 +97,7 @@ impl ServingThreads {
                     .map_err(|e| std::io::Error::other(format!("cannot set up redis: {e}")))?;
                 (listener, store)
             };
-            let api = Arc::new((plan.api)(store.clone()));
+            let api = (plan.api)(store.clone());
             let (ready, accepts) = oneshot::channel();
             accepting.push(accepts);
             let serve = serve(
@@ -148,7 +148,7 @@ fn run(runtime: Runtime, serve: impl std::future::Future<Output = ()>, done: one
 /// What a serving thread has to itself.
 struct Own {
     listener: TcpListener,
-    api: Arc<Api>,
+    api: Arc<ApiCell>,
     store: Store,
 }
 
@@ -175,7 +175,7 @@ async fn serve(
     http::serve(
         "public",
         listener,
-        move |request, peer| http::api::handle(api.clone(), request, peer),
+        move |request, peer| http::api::handle(api.load(), request, peer),
         limits,
         trusted_proxies,
         async move {

@@ -86,6 +86,7 @@ pub const SESSIONS_CREATED: &str = "sessiongate_sessions_created_total";
 pub const SESSIONS_SYNCED: &str = "sessiongate_sessions_synced_total";
 pub const SESSIONS_READ: &str = "sessiongate_sessions_read_total";
 pub const SESSIONS_ERASED: &str = "sessiongate_sessions_erased_total";
+pub const CONFIG_RELOADS: &str = "sessiongate_config_reloads_total";
 pub const CREATIONS_THROTTLED: &str = "sessiongate_session_creations_throttled_total";
 pub const QUOTA_DECISIONS: &str = "sessiongate_quota_decisions_total";
 pub const QUOTA_COST: &str = "sessiongate_quota_consumed_cost_total";
@@ -139,6 +140,10 @@ fn describe() {
         "Sync requests, by result: adopted the client's id, kept the current session, created one."
     );
     describe_counter!(SESSIONS_READ, "Session reads (info and preferences).");
+    describe_counter!(
+        CONFIG_RELOADS,
+        "Configuration reloads (SIGHUP), by result: ok (applied), error (the file did not validate; nothing changed)."
+    );
     describe_counter!(
         SESSIONS_ERASED,
         "Erasure requests, by result: erased, absent (nothing in Redis; the system of record was still cleared), unavailable (503, to be repeated)."
@@ -350,6 +355,10 @@ pub fn session_created() {
 
 pub fn session_synced(result: &'static str) {
     counter!(SESSIONS_SYNCED, "result" => result).increment(1);
+}
+
+pub fn config_reload(result: &'static str) {
+    counter!(CONFIG_RELOADS, "result" => result).increment(1);
 }
 
 pub fn session_erased(result: &'static str) {

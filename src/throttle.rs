@@ -6,11 +6,15 @@
 //! whole /64, and rotating addresses inside it must not buy new allowances. The per-gateway
 //! ceiling is the backstop for what per-network keys can't see (many networks, a botnet).
 //! State lives in this process's memory (counted per replica); it never talks to Redis.
+//! A configuration reload replaces the limits in place ([`CreationThrottle::reconfigure`]),
+//! starting their counts afresh; a reload that leaves them as they were keeps the counts.
 
 use std::net::IpAddr;
 use std::num::NonZeroU32;
+use std::sync::Arc;
 use std::time::Duration;
 
+use arc_swap::ArcSwap;
 use governor::clock::Clock;
 use governor::{DefaultDirectRateLimiter, DefaultKeyedRateLimiter, NotUntil, Quota, RateLimiter};
 use ipnet::IpNet;
@@ -42,50 +46,71 @@ impl Default for ThrottleConfig {
 
 /// Allows or refuses one creation at a time.
 pub struct CreationThrottle {
-    per_network: DefaultKeyedRateLimiter<IpAddr>,
-    overall: DefaultDirectRateLimiter,
-    ipv4_prefix: u8,
-    ipv6_prefix: u8,
+    limits: ArcSwap<Limits>,
 }
 
-impl CreationThrottle {
-    pub fn new(config: &ThrottleConfig) -> Self {
-        CreationThrottle {
+/// The limiters of one configuration.
+struct Limits {
+    config: ThrottleConfig,
+    per_network: DefaultKeyedRateLimiter<IpAddr>,
+    overall: DefaultDirectRateLimiter,
+}
+
+impl Limits {
+    fn new(config: &ThrottleConfig) -> Limits {
+        Limits {
+            config: *config,
             per_network: RateLimiter::keyed(
                 Quota::per_minute(config.per_minute).allow_burst(config.burst),
             ),
             overall: RateLimiter::direct(Quota::per_second(config.max_per_second)),
-            ipv4_prefix: config.ipv4_prefix.min(32),
-            ipv6_prefix: config.ipv6_prefix.min(128),
         }
-    }
-
-    /// `Err(wait)` when a creation from `client` must wait `wait` first.
-    pub fn check(&self, client: IpAddr) -> Result<(), Duration> {
-        // The limiter's own clock, read only on refusal: building a clock runs CPUID, which
-        // a virtual machine traps (it was an eighth of the CPU of session creation).
-        let wait = |not_until: NotUntil<_>| not_until.wait_time_from(self.overall.clock().now());
-        self.per_network
-            .check_key(&self.network(client))
-            .map_err(wait)?;
-        self.overall.check().map_err(wait)
-    }
-
-    /// Drops the state of networks whose allowance is full again, so the table stays as
-    /// small as the set of recently active clients.
-    pub fn forget_idle(&self) {
-        self.per_network.retain_recent();
-        self.per_network.shrink_to_fit();
     }
 
     /// The first address of `client`'s network: the throttle's key.
     fn network(&self, client: IpAddr) -> IpAddr {
         let client = client.to_canonical();
         let prefix = match client {
-            IpAddr::V4(_) => self.ipv4_prefix,
-            IpAddr::V6(_) => self.ipv6_prefix,
+            IpAddr::V4(_) => self.config.ipv4_prefix.min(32),
+            IpAddr::V6(_) => self.config.ipv6_prefix.min(128),
         };
         IpNet::new(client, prefix).map_or(client, |net| net.network())
+    }
+}
+
+impl CreationThrottle {
+    pub fn new(config: &ThrottleConfig) -> Self {
+        CreationThrottle {
+            limits: ArcSwap::from_pointee(Limits::new(config)),
+        }
+    }
+
+    /// Applies `config` to the creations that come after, unless it is the one in force.
+    pub fn reconfigure(&self, config: &ThrottleConfig) {
+        if self.limits.load().config != *config {
+            self.limits.store(Arc::new(Limits::new(config)));
+        }
+    }
+
+    /// `Err(wait)` when a creation from `client` must wait `wait` first.
+    pub fn check(&self, client: IpAddr) -> Result<(), Duration> {
+        let limits = self.limits.load();
+        // The limiter's own clock, read only on refusal: building a clock runs CPUID, which
+        // a virtual machine traps (it was an eighth of the CPU of session creation).
+        let wait = |not_until: NotUntil<_>| not_until.wait_time_from(limits.overall.clock().now());
+        limits
+            .per_network
+            .check_key(&limits.network(client))
+            .map_err(wait)?;
+        limits.overall.check().map_err(wait)
+    }
+
+    /// Drops the state of networks whose allowance is full again, so the table stays as
+    /// small as the set of recently active clients.
+    pub fn forget_idle(&self) {
+        let limits = self.limits.load();
+        limits.per_network.retain_recent();
+        limits.per_network.shrink_to_fit();
     }
 }
 
@@ -125,6 +150,20 @@ mod tests {
             throttle.check(ip("::ffff:192.0.2.2")).is_err(),
             "a mapped address is the same client"
         );
+    }
+
+    #[test]
+    fn a_new_configuration_applies_at_once_and_the_same_one_keeps_the_counts() {
+        let throttle = throttle(1, 1000);
+        assert!(throttle.check(ip("192.0.2.1")).is_ok());
+        let same = throttle.limits.load().config;
+        throttle.reconfigure(&same);
+        assert!(throttle.check(ip("192.0.2.1")).is_err(), "counts kept");
+        throttle.reconfigure(&ThrottleConfig {
+            burst: NonZeroU32::new(3).expect("nonzero"),
+            ..same
+        });
+        assert!(throttle.check(ip("192.0.2.1")).is_ok(), "the new burst");
     }
 
     #[test]

@@ -1,8 +1,8 @@
 //! Configuration: where settings come from and what they may be.
 //!
-//! Settings are read once at start-up from the environment (the 12-factor names of the
-//! contract) on top of an optional TOML file named by `SESSIONGATE_CONFIG`; the environment
-//! wins. Anything unknown or invalid stops start-up with one line naming the variable or key
+//! Settings are read at start-up from the environment (the 12-factor names of the contract)
+//! on top of an optional TOML file named by `SESSIONGATE_CONFIG`; the environment wins. A
+//! reload reads both again, and [`Config::restart_changes`] names what it cannot apply. Anything unknown or invalid stops start-up with one line naming the variable or key
 //! and the form it accepts. This module validates values; it never opens sockets or talks to
 //! Redis. Its parts: `table` (every setting, where it may be set and what it sets), `form`
 //! (reading a value of one form from either source), `parse` (checks of one value), `file`
@@ -29,6 +29,21 @@ use table::SETTINGS;
 
 /// The variable naming the TOML file; not a setting itself.
 const CONFIG_FILE_VAR: &str = "SESSIONGATE_CONFIG";
+
+/// The file settings a running gateway applies on reload (see `crate::reload`); every
+/// other one needs a restart.
+const RELOADABLE: [&str; 10] = [
+    "quotas",
+    "plans",
+    "routes",
+    "cors",
+    "near_limit_fraction",
+    "session.creations_per_minute",
+    "session.creation_burst",
+    "session.creation_ipv4_prefix",
+    "session.creation_ipv6_prefix",
+    "session.max_creations_per_second",
+];
 
 impl Config {
     /// Reads the process environment (and the TOML file it may name).
@@ -67,6 +82,17 @@ impl Config {
         Config::merge(&file, &HashMap::new())
     }
 
+    /// The settings of `newer`'s file that differ from this one's and that a reload does not
+    /// apply: they take a restart. (The environment does not change under a process.)
+    pub fn restart_changes(&self, newer: &Config) -> Vec<&'static str> {
+        SETTINGS
+            .iter()
+            .filter_map(|setting| setting.key)
+            .filter(|key| !RELOADABLE.contains(key))
+            .filter(|key| lookup(&self.source, key) != lookup(&newer.source, key))
+            .collect()
+    }
+
     /// Walks the table: each setting from its variable, else from its key.
     fn merge(file: &toml::Table, vars: &HashMap<String, String>) -> Result<Config, ConfigError> {
         unknown_keys(file, "")?;
@@ -86,7 +112,9 @@ impl Config {
                 setting.form.apply_toml(&mut draft, key, value.clone())?;
             }
         }
-        draft.finish()
+        let mut config = draft.finish()?;
+        config.source = file.clone();
+        Ok(config)
     }
 }
 

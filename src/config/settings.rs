@@ -105,6 +105,9 @@ pub struct Config {
     pub routes: RouteTable,
     /// `None`: no CORS headers at all (browsers then refuse cross-origin reads).
     pub cors: Option<CorsConfig>,
+    /// The TOML file as read (empty without one): a reload compares the settings it cannot
+    /// apply against it.
+    pub source: toml::Table,
 }
 
 /// Cross-origin access for browser apps served from other origins.
@@ -162,6 +165,7 @@ impl Default for Config {
             flush_enabled: true,
             routes: RouteTable::default(),
             cors: None,
+            source: toml::Table::new(),
         }
     }
 }

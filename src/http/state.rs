@@ -61,7 +61,8 @@ pub struct Forwarding {
     pub upstreams: Upstreams,
 }
 
-/// The pooled client every route shares.
+/// The pooled client every route shares (a clone shares the pool).
+#[derive(Clone)]
 pub struct Upstreams {
     client: Client<HttpConnector, Incoming>,
 }

@@ -11,14 +11,12 @@ use fred::types::scripts::Script;
 use fred::types::Value;
 use uuid::Uuid;
 
-use super::codec::{record, ReadShape};
+use super::codec::{record, Shaped};
 use super::error::StoreError;
-use super::keys::{
-    counter_field, inflight_key, session_key, session_of_key, shard_of, shard_prefix, SHARDS_KEY,
-};
+use super::keys::{inflight_key, session_key, session_of_key, shard_of, shard_prefix, SHARDS_KEY};
 use super::near_cache::NearCache;
 use super::tracking::tracked_pool;
-use crate::model::quota::{counters, Policy};
+use crate::model::quota::Policy;
 use crate::model::session::SessionRecord;
 use crate::telemetry;
 
@@ -41,10 +39,12 @@ pub struct StoreConfig {
     pub near_cache: Option<NearCache>,
 }
 
-/// A cheap-to-clone handle on the Redis connection pool and the loaded scripts.
+/// A cheap-to-clone handle on the Redis connection pool and the loaded scripts, reading
+/// sessions in the shape of one set of policies.
 #[derive(Clone)]
 pub struct Store {
     pub(super) inner: Arc<Inner>,
+    pub(super) shape: Arc<Shaped>,
 }
 
 pub(super) struct Inner {
@@ -56,14 +56,6 @@ pub(super) struct Inner {
     pub(super) outbox: bool,
     pub(super) max_dirty_per_shard: u64,
     pub(super) scripts: Scripts,
-    /// The configured counters and quota states a read returns: the one place where a
-    /// reply's values are paired with their names.
-    pub(super) shape: ReadShape,
-    /// `shape`'s hash fields, as a read asks for them.
-    pub(super) read_fields: Vec<String>,
-    /// The field of every configured counter, in `shape`'s order: the quota scripts report
-    /// them (see `quota_lib.lua`).
-    pub(super) counter_fields: Vec<Value>,
     pub(super) near: Option<Near>,
 }
 
@@ -137,14 +129,6 @@ impl Store {
             }
             None => None,
         };
-        let shape = ReadShape {
-            counters: counters(&config.policies),
-            quota_operations: config
-                .policies
-                .iter()
-                .map(|policy| Arc::from(policy.operation.as_str()))
-                .collect(),
-        };
         let with_session_lib =
             |script: &str| format!("{}\n{script}", include_str!("session_lib.lua"));
         let with_quota_lib = |script: &str| {
@@ -178,16 +162,19 @@ impl Store {
                     set_plan: Lua::new("set_plan", with_session_lib(include_str!("set_plan.lua"))),
                     erase: Lua::new("erase", include_str!("erase.lua").to_string()),
                 },
-                read_fields: shape.fields(),
-                counter_fields: shape
-                    .counters
-                    .iter()
-                    .map(|c| Value::from(counter_field(c)))
-                    .collect(),
-                shape,
                 near,
             }),
+            shape: Arc::new(Shaped::of(&config.policies)),
         })
+    }
+
+    /// This store, reading sessions in the shape of `policies` (a configuration reload):
+    /// same connections, same scripts.
+    pub fn reshaped(&self, policies: &[Policy]) -> Store {
+        Store {
+            inner: self.inner.clone(),
+            shape: Arc::new(Shaped::of(policies)),
+        }
     }
 
     /// Waits (bounded) for the first connection, checks that the data in Redis was written
@@ -264,7 +251,7 @@ impl Store {
                 created_at: now,
                 last_active: now,
                 usage: self
-                    .inner
+                    .shape
                     .shape
                     .counters
                     .iter()
@@ -283,13 +270,13 @@ impl Store {
     pub async fn touch(&self, id: &Uuid) -> Result<Option<SessionRecord>, StoreError> {
         let (keys, mut args) = self.session_call(id);
         args.extend(
-            self.inner
+            self.shape
                 .read_fields
                 .iter()
                 .map(|f| Value::from(f.as_str())),
         );
         let reply = self.eval(&self.inner.scripts.touch, keys, args).await?;
-        record(reply, &self.inner.shape)
+        record(reply, &self.shape.shape)
     }
 
     /// Reads a session without writing: from the near cache, or one plain `HMGET`.
@@ -297,7 +284,7 @@ impl Store {
         let Some(near) = &self.inner.near else {
             return self.read_from(&self.inner.pool, id).await;
         };
-        if let Some(record) = near.cache.get(id) {
+        if let Some(record) = near.cache.get(id, self.shape.generation) {
             // Redis expires a hash lazily and announces it late: past its TTL, ask Redis.
             if unix_now() - record.last_active < self.inner.ttl_secs as i64 {
                 return Ok(Some(record));
@@ -311,8 +298,11 @@ impl Store {
         let ticket = near.cache.begin(id);
         let read = self.read_from(&near.pool, id).await;
         if let Some(ticket) = ticket {
-            near.cache
-                .fill(ticket, read.as_ref().ok().and_then(Option::as_ref));
+            near.cache.fill(
+                ticket,
+                read.as_ref().ok().and_then(Option::as_ref),
+                self.shape.generation,
+            );
         }
         read
     }
@@ -322,10 +312,10 @@ impl Store {
         let reply: Value = self
             .bounded_on(pool, "read", async {
                 let client = pool.next_connected();
-                Ok(client.hmget(key, self.inner.read_fields.clone()).await?)
+                Ok(client.hmget(key, self.shape.read_fields.clone()).await?)
             })
             .await?;
-        record(reply, &self.inner.shape)
+        record(reply, &self.shape.shape)
     }
 
     /// Whether a read at `now` should also record activity.

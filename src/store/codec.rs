@@ -1,6 +1,7 @@
 //! Codec: Redis replies to the model's records and snapshots, and snapshots back to hash
 //! fields (the one-letter fields of the module doc of [`crate::store`]). No I/O.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use fred::types::Value;
@@ -8,7 +9,45 @@ use uuid::Uuid;
 
 use super::error::StoreError;
 use super::keys::{counter_field, counter_of_field, quota_field, FIELDS};
+use crate::model::quota::{counters, Policy};
 use crate::model::session::{SessionRecord, Snapshot, Usage};
+
+/// A read shape with what calls send for it, built once per set of policies (at start-up,
+/// and again on each configuration reload).
+pub(super) struct Shaped {
+    pub shape: ReadShape,
+    /// `shape`'s hash fields, as a read asks for them.
+    pub read_fields: Vec<String>,
+    /// The field of every configured counter, in `shape`'s order: the quota scripts report
+    /// them (see `quota_lib.lua`).
+    pub counter_fields: Vec<Value>,
+    /// Tells records read with this shape from those read with another (the near cache
+    /// serves a reader only what was read with its own).
+    pub generation: u64,
+}
+
+impl Shaped {
+    pub fn of(policies: &[Policy]) -> Shaped {
+        static GENERATIONS: AtomicU64 = AtomicU64::new(0);
+        let shape = ReadShape {
+            counters: counters(policies),
+            quota_operations: policies
+                .iter()
+                .map(|policy| Arc::from(policy.operation.as_str()))
+                .collect(),
+        };
+        Shaped {
+            read_fields: shape.fields(),
+            counter_fields: shape
+                .counters
+                .iter()
+                .map(|c| Value::from(counter_field(c)))
+                .collect(),
+            shape,
+            generation: GENERATIONS.fetch_add(1, Ordering::Relaxed),
+        }
+    }
+}
 
 /// What a read asks for after [`FIELDS`]: the configured usage counters, then the quota
 /// state of each policy, each list in configuration order.

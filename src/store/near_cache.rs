@@ -13,6 +13,11 @@
 //! same lock that a flush takes, after checking that every connection tracks, so a read
 //! cannot slip between a connection's loss and the flush that follows it.
 //!
+//! A record is kept with the generation of the read shape it was read in (the policies'
+//! counters and quota states; see `codec::Shaped`) and served only to readers of the same
+//! shape: after a configuration reload, a request still running on the old policies neither
+//! serves nor is served a record of the other shape.
+//!
 //! Plain data and locks: this module never talks to Redis and never decides what a record
 //! means.
 
@@ -66,7 +71,8 @@ struct Stripe {
 enum Slot {
     /// A read of this id is in flight; its reply may be cached under this ticket.
     Pending(u64),
-    Ready(SessionRecord),
+    /// A record, and the generation of the shape it was read in.
+    Ready(SessionRecord, u64),
 }
 
 /// A read's claim to cache its reply (see the module doc).
@@ -87,6 +93,8 @@ pub enum Flush {
     Lagged,
     /// Redis said every key changed (`FLUSHALL`, `FLUSHDB`).
     Everything,
+    /// The configuration was reloaded: what was read in the old shape is of no more use.
+    Reload,
 }
 
 impl Flush {
@@ -96,6 +104,7 @@ impl Flush {
             Flush::Reconnected => "reconnected",
             Flush::Lagged => "lagged",
             Flush::Everything => "everything",
+            Flush::Reload => "reload",
         }
     }
 }
@@ -115,10 +124,10 @@ impl NearCache {
         }
     }
 
-    /// The cached record of `id`, if any.
-    pub(super) fn get(&self, id: &Uuid) -> Option<SessionRecord> {
+    /// The cached record of `id` read in the shape of generation `shape`, if any.
+    pub(super) fn get(&self, id: &Uuid, shape: u64) -> Option<SessionRecord> {
         let found = match self.stripe(id).slots.get(id) {
-            Some(Slot::Ready(record)) => Some(record.clone()),
+            Some(Slot::Ready(record, read_in)) if *read_in == shape => Some(record.clone()),
             _ => None,
         };
         telemetry::near_cache_lookup(found.is_some());
@@ -134,15 +143,16 @@ impl NearCache {
             return None;
         }
         let number = self.inner.next_ticket.fetch_add(1, Ordering::Relaxed);
-        if let Some(Slot::Ready(_)) = stripe.slots.insert(*id, Slot::Pending(number)) {
+        if let Some(Slot::Ready(..)) = stripe.slots.insert(*id, Slot::Pending(number)) {
             stripe.records -= 1;
         }
         Some(Ticket { id: *id, number })
     }
 
-    /// Caches the reply of the read `ticket` began, unless its key changed meanwhile (its
-    /// marker is gone). A missing session is not cached, only its marker removed.
-    pub(super) fn fill(&self, ticket: Ticket, record: Option<&SessionRecord>) {
+    /// Caches the reply of the read `ticket` began, read in the shape of generation `shape`,
+    /// unless its key changed meanwhile (its marker is gone). A missing session is not
+    /// cached, only its marker removed.
+    pub(super) fn fill(&self, ticket: Ticket, record: Option<&SessionRecord>, shape: u64) {
         let mut stripe = self.stripe(&ticket.id);
         let Some(Slot::Pending(number)) = stripe.slots.get(&ticket.id) else {
             return;
@@ -154,7 +164,9 @@ impl NearCache {
             stripe.slots.remove(&ticket.id);
             return;
         };
-        stripe.slots.insert(ticket.id, Slot::Ready(record.clone()));
+        stripe
+            .slots
+            .insert(ticket.id, Slot::Ready(record.clone(), shape));
         stripe.records += 1;
         stripe.order.push_back(ticket.id);
         self.evict(&mut stripe);
@@ -163,7 +175,7 @@ impl NearCache {
     /// Drops what is known of `id`: it changed (an invalidation, or a write of this process).
     pub(super) fn forget(&self, id: &Uuid) {
         let mut stripe = self.stripe(id);
-        if let Some(Slot::Ready(_)) = stripe.slots.remove(id) {
+        if let Some(Slot::Ready(..)) = stripe.slots.remove(id) {
             stripe.records -= 1;
         }
     }
@@ -203,9 +215,14 @@ impl NearCache {
         telemetry::near_cache_flushed(why.label());
     }
 
+    /// Drops every entry after a configuration reload.
+    pub fn drop_all(&self) {
+        self.flush(Flush::Reload);
+    }
+
     /// Whether a record of `id` is cached now.
     pub fn holds(&self, id: &Uuid) -> bool {
-        matches!(self.stripe(id).slots.get(id), Some(Slot::Ready(_)))
+        matches!(self.stripe(id).slots.get(id), Some(Slot::Ready(..)))
     }
 
     /// Changes Redis has announced since the cache was made.
@@ -233,7 +250,7 @@ impl NearCache {
             let Some(oldest) = stripe.order.pop_front() else {
                 break;
             };
-            if let Some(Slot::Ready(_)) = stripe.slots.get(&oldest) {
+            if let Some(Slot::Ready(..)) = stripe.slots.get(&oldest) {
                 stripe.slots.remove(&oldest);
                 stripe.records -= 1;
             }
@@ -241,7 +258,7 @@ impl NearCache {
         // Ids of dropped entries linger in `order`; keep it within twice the capacity.
         if stripe.order.len() > 2 * self.inner.stripe_capacity {
             let Stripe { slots, order, .. } = stripe;
-            order.retain(|id| matches!(slots.get(id), Some(Slot::Ready(_))));
+            order.retain(|id| matches!(slots.get(id), Some(Slot::Ready(..))));
         }
     }
 }
@@ -280,8 +297,8 @@ mod tests {
         let cache = tracking_cache(100);
         let id = Uuid::new_v4();
         let ticket = cache.begin(&id).expect("tracking");
-        cache.fill(ticket, Some(&record(1)));
-        assert_eq!(cache.get(&id), Some(record(1)));
+        cache.fill(ticket, Some(&record(1)), 0);
+        assert_eq!(cache.get(&id, 0), Some(record(1)));
     }
 
     #[test]
@@ -290,8 +307,8 @@ mod tests {
         let id = Uuid::new_v4();
         let ticket = cache.begin(&id).expect("tracking");
         cache.forget(&id);
-        cache.fill(ticket, Some(&record(1)));
-        assert_eq!(cache.get(&id), None);
+        cache.fill(ticket, Some(&record(1)), 0);
+        assert_eq!(cache.get(&id, 0), None);
     }
 
     #[test]
@@ -300,10 +317,10 @@ mod tests {
         let id = Uuid::new_v4();
         let first = cache.begin(&id).expect("tracking");
         let second = cache.begin(&id).expect("tracking");
-        cache.fill(first, Some(&record(1)));
-        assert_eq!(cache.get(&id), None);
-        cache.fill(second, Some(&record(2)));
-        assert_eq!(cache.get(&id), Some(record(2)));
+        cache.fill(first, Some(&record(1)), 0);
+        assert_eq!(cache.get(&id, 0), None);
+        cache.fill(second, Some(&record(2)), 0);
+        assert_eq!(cache.get(&id, 0), Some(record(2)));
     }
 
     #[test]
@@ -313,12 +330,12 @@ mod tests {
         let in_flight = cache.begin(&id).expect("tracking");
         let cached = Uuid::new_v4();
         let ticket = cache.begin(&cached).expect("tracking");
-        cache.fill(ticket, Some(&record(1)));
+        cache.fill(ticket, Some(&record(1)), 0);
         cache.not_tracking(Flush::Lost);
-        assert_eq!(cache.get(&cached), None, "flushed");
+        assert_eq!(cache.get(&cached, 0), None, "flushed");
         assert!(cache.begin(&id).is_none(), "untracked");
-        cache.fill(in_flight, Some(&record(1)));
-        assert_eq!(cache.get(&id), None);
+        cache.fill(in_flight, Some(&record(1)), 0);
+        assert_eq!(cache.get(&id, 0), None);
         cache.tracking();
         assert!(cache.begin(&id).is_some());
     }
@@ -328,9 +345,19 @@ mod tests {
         let cache = tracking_cache(100);
         let id = Uuid::new_v4();
         let ticket = cache.begin(&id).expect("tracking");
-        cache.fill(ticket, None);
-        assert_eq!(cache.get(&id), None);
+        cache.fill(ticket, None, 0);
+        assert_eq!(cache.get(&id, 0), None);
         assert!(cache.is_empty());
+    }
+
+    #[test]
+    fn a_reader_gets_only_records_of_its_own_shape() {
+        let cache = tracking_cache(100);
+        let id = Uuid::new_v4();
+        let ticket = cache.begin(&id).expect("tracking");
+        cache.fill(ticket, Some(&record(1)), 1);
+        assert_eq!(cache.get(&id, 2), None, "read in another shape");
+        assert_eq!(cache.get(&id, 1), Some(record(1)));
     }
 
     #[test]
@@ -342,10 +369,10 @@ mod tests {
             .collect();
         for (n, id) in ids.iter().enumerate() {
             let ticket = cache.begin(id).expect("tracking");
-            cache.fill(ticket, Some(&record(n as i64)));
+            cache.fill(ticket, Some(&record(n as i64)), 0);
         }
         assert_eq!(cache.len(), 1);
-        assert_eq!(cache.get(&ids[0]), None);
-        assert_eq!(cache.get(&ids[2]), Some(record(2)));
+        assert_eq!(cache.get(&ids[0], 0), None);
+        assert_eq!(cache.get(&ids[2], 0), Some(record(2)));
     }
 }

@@ -26,7 +26,7 @@ impl Store {
     /// staff see what Redis holds); `None` if it does not exist.
     pub async fn inspect(&self, id: &Uuid) -> Result<Option<(SessionRecord, i64)>, StoreError> {
         let key = self.session_key(id);
-        let mut fields = self.inner.read_fields.clone();
+        let mut fields = self.shape.read_fields.clone();
         fields.push("v".to_string());
         let reply: Value = self
             .bounded("inspect", async {
@@ -37,7 +37,7 @@ impl Store {
             return Err(StoreError::Reply("expected the session fields"));
         };
         let version = values.pop().and_then(|v| v.as_i64()).unwrap_or(0);
-        Ok(record(Value::Array(values), &self.inner.shape)?.map(|record| (record, version)))
+        Ok(record(Value::Array(values), &self.shape.shape)?.map(|record| (record, version)))
     }
 
     /// Starts the current window of `operation`'s policy afresh; `None` if the session does

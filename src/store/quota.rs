@@ -50,7 +50,7 @@ impl Store {
         // Which of the reported counters this request feeds (1 for the first), 0 for none.
         let counter = match &policy.counter {
             Some(counter) if request.counts_usage => self
-                .inner
+                .shape
                 .shape
                 .counters
                 .iter()
@@ -85,11 +85,11 @@ impl Store {
                 Value::from(allowance.default_cost as i64),
             ]);
         }
-        args.extend(self.inner.counter_fields.iter().cloned());
+        args.extend(self.shape.counter_fields.iter().cloned());
         answer(
             self.eval(script, keys, args).await?,
             policy,
-            &self.inner.shape.counters,
+            &self.shape.shape.counters,
         )
     }
 }

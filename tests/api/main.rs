@@ -24,5 +24,6 @@ mod operator;
 mod origins;
 mod plans;
 mod quotas;
+mod reload;
 mod supabase;
 mod writebehind;

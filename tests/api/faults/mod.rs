@@ -18,6 +18,7 @@ mod gateway_kill;
 mod idle_and_vanishing_clients;
 mod record_outage;
 mod redis_kill;
+mod reload;
 mod slow_clients;
 mod soak;
 
