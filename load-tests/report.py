@@ -28,12 +28,13 @@ def main():
     proxy = runs["proxy"]["rps"]
     ceiling = {"hello": None, "hgetall": None, "evalsha": None, "proxy": None,
                "info": ("hgetall", hget), "info_cached": ("hello", hello), "create": ("evalsha", evalsha), "consume": ("evalsha", evalsha),
+               "consume_plan": ("evalsha", evalsha), "consume_no_plan": ("evalsha", evalsha),
                "proxy_plain": ("proxy", proxy), "proxy_metered": ("proxy", proxy)}
-    print(f"{'run':<14}{'req/s':>10}{'p50 ms':>9}{'p99 ms':>9}{'non-2xx':>9}{'cpu µs':>8}{'redis µs':>9}"
+    print(f"{'run':<16}{'req/s':>10}{'p50 ms':>9}{'p99 ms':>9}{'non-2xx':>9}{'cpu µs':>8}{'redis µs':>9}"
           f"{'/hello':>8}{'/ceiling':>16}{'cpu x':>7}{'rt/req':>8}{'cmds/req':>10}")
     ratios = {}
     for name, run in runs.items():
-        line = (f"{name:<14}{run['rps']:>10.0f}{run['p50']:>9.2f}{run['p99']:>9.2f}{run['non2xx']:>9}"
+        line = (f"{name:<16}{run['rps']:>10.0f}{run['p50']:>9.2f}{run['p99']:>9.2f}{run['non2xx']:>9}"
                 f"{run['server_us']:>8.1f}{run['redis_us']:>9.1f}{run['rps'] / hello:>8.2f}")
         if ceiling[name]:
             base, value = ceiling[name]
@@ -54,7 +55,8 @@ def main():
     print(f"summary: info/HGETALL {ratios['info']:.2f} (>=0.90), info cached/hello {ratios['info_cached']:.2f} (>=0.60), create/EVALSHA {ratios['create']:.2f} (>=0.90), "
           f"consume/EVALSHA {ratios['consume']:.2f} (>=0.90), round trips/req {rt['info']:.2f}/{rt['create']:.2f}/{rt['consume']:.2f}, "
           f"{memory['sample_with_quotas']} B/session with quotas (<=300), RSS {conns['during_kib'] / 1024:.0f} MiB at {conns['count']} conns (<=64), "
-          f"gateway mode/plain proxy {ratios['proxy_plain']:.2f} unmetered, {ratios['proxy_metered']:.2f} metered")
+          f"gateway mode/plain proxy {ratios['proxy_plain']:.2f} unmetered, {ratios['proxy_metered']:.2f} metered, "
+          f"consume on a plan/no plan {runs['consume_plan']['rps'] / runs['consume_no_plan']['rps']:.2f}")
 
 
 main()

@@ -205,7 +205,7 @@ fn describe() {
         NEAR_CACHE_INVALIDATIONS,
         "Session keys Redis announced as changed to the near cache."
     );
-    describe_counter!(NEAR_CACHE_FLUSHES, "Times the whole near cache was dropped, by reason: lost (a tracking connection failed or went silent), reconnected (a new tracking connection), lagged (invalidations missed), everything (Redis flushed its keys).");
+    describe_counter!(NEAR_CACHE_FLUSHES, "Times the whole near cache was dropped, by reason: lost (a tracking connection failed or went silent), reconnected (a new tracking connection), lagged (invalidations missed), everything (Redis flushed its keys), reload (a configuration reload: records of the old policies' shape).");
     describe_gauge!(
         NEAR_CACHE_ENTRIES,
         "Session records held in the near cache."

@@ -229,6 +229,8 @@ fn sessiongate_described_names() -> BTreeSet<String> {
         SESSIONS_CREATED,
         SESSIONS_SYNCED,
         SESSIONS_READ,
+        SESSIONS_ERASED,
+        CONFIG_RELOADS,
         CREATIONS_THROTTLED,
         QUOTA_DECISIONS,
         QUOTA_COST,
