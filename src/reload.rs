@@ -31,8 +31,6 @@ use crate::throttle::CreationThrottle;
 /// A listener thread's current [`Api`].
 pub struct ApiCell {
     current: ArcSwap<Api>,
-    /// The thread's own store, as built at start-up: each reload reshapes it anew.
-    store: Store,
     /// Whether `/internal/` is served by this listener.
     served_here: bool,
 }
@@ -56,7 +54,8 @@ struct Parts {
     creations: Arc<CreationThrottle>,
     read_through: Option<ReadThrough>,
     supabase: Option<Supabase>,
-    cells: Vec<Arc<ApiCell>>,
+    /// Every listener thread's cell, and its store in the shape of the policies in force.
+    cells: Vec<(Arc<ApiCell>, Store)>,
 }
 
 impl Reloader {
@@ -85,10 +84,9 @@ impl Reloader {
         let api = parts.api(store.clone(), served_here, Upstreams::default());
         let cell = Arc::new(ApiCell {
             current: ArcSwap::from_pointee(api),
-            store,
             served_here,
         });
-        parts.cells.push(cell.clone());
+        parts.cells.push((cell.clone(), store));
         cell
     }
 
@@ -97,7 +95,9 @@ impl Reloader {
     /// restart, which stay as they were.
     pub fn reload(&self, config: Config) -> Vec<&'static str> {
         let mut parts = lock(&self.parts);
+        let parts = &mut *parts;
         let needs_restart = parts.config.restart_changes(&config);
+        let reshape = parts.config.policies != config.policies;
         let running = &mut parts.config;
         running.policies = config.policies;
         running.plans = config.plans;
@@ -106,15 +106,19 @@ impl Reloader {
         running.creation_throttle = config.creation_throttle;
         running.near_limit = config.near_limit;
         parts.creations.reconfigure(&parts.config.creation_throttle);
-        for cell in &parts.cells {
-            let store = cell.store.reshaped(&parts.config.policies);
+        let mut cells = std::mem::take(&mut parts.cells);
+        for (cell, store) in &mut cells {
+            if reshape {
+                *store = store.reshaped(&parts.config.policies);
+            }
             let upstreams = cell.current.load().forwarding.upstreams.clone();
-            cell.current
-                .store(Arc::new(parts.api(store, cell.served_here, upstreams)));
+            let api = parts.api(store.clone(), cell.served_here, upstreams);
+            cell.current.store(Arc::new(api));
         }
+        parts.cells = cells;
         // Records read in the old shape are never served again (see `store::near_cache`);
         // they go now rather than wait for eviction.
-        if let Some(cache) = &self.near_cache {
+        if let (true, Some(cache)) = (reshape, &self.near_cache) {
             cache.drop_all();
         }
         telemetry::config_reload("ok");

@@ -1,7 +1,7 @@
 //! Codec: Redis replies to the model's records and snapshots, and snapshots back to hash
 //! fields (the one-letter fields of the module doc of [`crate::store`]). No I/O.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::hash::{DefaultHasher, Hash, Hasher};
 use std::sync::Arc;
 
 use fred::types::Value;
@@ -22,13 +22,13 @@ pub(super) struct Shaped {
     /// them (see `quota_lib.lua`).
     pub counter_fields: Vec<Value>,
     /// Tells records read with this shape from those read with another (the near cache
-    /// serves a reader only what was read with its own).
+    /// serves a reader only what was read with its own): a hash of `read_fields`, which
+    /// determine the shape, so every thread's store of the same policies agrees.
     pub generation: u64,
 }
 
 impl Shaped {
     pub fn of(policies: &[Policy]) -> Shaped {
-        static GENERATIONS: AtomicU64 = AtomicU64::new(0);
         let shape = ReadShape {
             counters: counters(policies),
             quota_operations: policies
@@ -36,15 +36,18 @@ impl Shaped {
                 .map(|policy| Arc::from(policy.operation.as_str()))
                 .collect(),
         };
+        let read_fields = shape.fields();
+        let mut hasher = DefaultHasher::new();
+        read_fields.hash(&mut hasher);
         Shaped {
-            read_fields: shape.fields(),
+            generation: hasher.finish(),
+            read_fields,
             counter_fields: shape
                 .counters
                 .iter()
                 .map(|c| Value::from(counter_field(c)))
                 .collect(),
             shape,
-            generation: GENERATIONS.fetch_add(1, Ordering::Relaxed),
         }
     }
 }

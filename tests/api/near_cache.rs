@@ -68,6 +68,36 @@ async fn repeated_reads_are_served_from_memory_and_never_with_the_cache_off() {
     assert_eq!(reads_in_redis(&redis), before + 20, "one HMGET per read");
 }
 
+/// One cache per process, shared by every serving thread: a record one thread read is
+/// served by the others. Connections are spread over the threads by the kernel, so 16 of
+/// them land on both of two threads (all on one: a chance of 2 in 65,536).
+#[tokio::test]
+async fn every_serving_thread_is_served_what_another_read() {
+    let redis = RedisServer::start();
+    let gw = TestGateway::start_on(&redis.url(0), |config| {
+        with_cache(config);
+        config.serving_threads = 2;
+    })
+    .await;
+    let id = gw.new_session().await;
+    until_cached(&redis, &gw, &id).await;
+    let before = reads_in_redis(&redis);
+    for _ in 0..16 {
+        let response = crate::process::one_shot()
+            .get(gw.url("/api/session/info"))
+            .header("x-session-id", &id)
+            .send()
+            .await
+            .expect("request");
+        assert_eq!(response.status(), 200);
+    }
+    assert_eq!(
+        reads_in_redis(&redis),
+        before,
+        "16 connections, no read in Redis"
+    );
+}
+
 #[tokio::test]
 async fn a_change_through_another_gateway_is_seen_once_redis_announces_it() {
     let redis = RedisServer::start();
