@@ -24,6 +24,11 @@ async fn a_reload_applies_new_policies_to_the_next_request() {
         assert_eq!(gw.consume(&id, "concept_generation", None).await.0, 200);
     }
     assert_eq!(gw.consume(&id, "concept_generation", None).await.0, 429);
+    let routed = || async {
+        let response = gw.http.get(gw.url("/app/x")).send().await.expect("request");
+        response.status().as_u16()
+    };
+    assert_eq!(routed().await, 404, "no route yet");
     // Read (and cached) in the default policies' shape.
     let before = gw.info(&id).await;
     assert_eq!(before["usage_stats"]["concepts_generated"], 10);
@@ -40,10 +45,15 @@ async fn a_reload_applies_new_policies_to_the_next_request() {
         counter = "images_rendered"
         [plans.pro.quotas.image_render]
         limit = 20
+        [[routes]]
+        path = "/app/*"
+        upstream = "http://127.0.0.1:9"
         "#,
     ));
     assert!(needs_restart.is_empty(), "{needs_restart:?}");
 
+    // The new route at once (its upstream refuses connections: 502, not 404).
+    assert_eq!(routed().await, 502);
     // The new shape at once: the new counter and policy show, the old ones are gone.
     let info = gw.info(&id).await;
     assert_eq!(info["rate_limits"]["concept_generation"]["limit"], 12);
