@@ -98,15 +98,23 @@ async fn every_serving_thread_is_served_what_another_read() {
     );
 }
 
+/// Both gateways know the plan `pro`: 20 concept generations instead of 10.
+fn with_cache_and_plan(config: &mut sessiongate::config::Config) {
+    with_token(config);
+    with_cache(config);
+    let pro = sessiongate::model::quota::Allowance {
+        limit: 20,
+        ..config.policies[0].allowance
+    };
+    config.policies[0].plans = vec![(std::sync::Arc::from("pro"), pro)];
+    config.plans = vec![std::sync::Arc::from("pro")];
+}
+
 #[tokio::test]
 async fn a_change_through_another_gateway_is_seen_once_redis_announces_it() {
     let redis = RedisServer::start();
-    let a = TestGateway::start_on(&redis.url(0), with_cache).await;
-    let b = TestGateway::start_on(&redis.url(0), |c| {
-        with_token(c);
-        with_cache(c);
-    })
-    .await;
+    let a = TestGateway::start_on(&redis.url(0), with_cache_and_plan).await;
+    let b = TestGateway::start_on(&redis.url(0), with_cache_and_plan).await;
     let id = a.new_session().await;
 
     until_cached(&redis, &a, &id).await;
@@ -139,6 +147,47 @@ async fn a_change_through_another_gateway_is_seen_once_redis_announces_it() {
     .await;
     eprintln!(
         "near cache: preferences set through B seen through A after {:?}",
+        changed.elapsed()
+    );
+
+    until_cached(&redis, &a, &id).await;
+    let response = b
+        .http
+        .put(b.url(&format!("/internal/v1/sessions/{id}/plan")))
+        .bearer_auth(crate::support::TOKEN)
+        .json(&json!({ "plan": "pro" }))
+        .send()
+        .await
+        .expect("request");
+    assert_eq!(response.status(), 200);
+    let changed = Instant::now();
+    eventually(Duration::from_secs(2), "A to see B's plan", || async {
+        let info = a.info(&id).await;
+        (info["rate_limits"]["concept_generation"]["limit"] == 20).then_some(())
+    })
+    .await;
+    eprintln!(
+        "near cache: a plan set through B seen through A after {:?}",
+        changed.elapsed()
+    );
+
+    until_cached(&redis, &a, &id).await;
+    let response = b
+        .http
+        .delete(b.url(&format!("/internal/v1/sessions/{id}")))
+        .bearer_auth(crate::support::TOKEN)
+        .send()
+        .await
+        .expect("request");
+    assert_eq!(response.status(), 204);
+    let changed = Instant::now();
+    eventually(Duration::from_secs(2), "A to see B's erasure", || async {
+        let status = a.get_as("/api/session/info", &id).await.status();
+        (status == 404).then_some(())
+    })
+    .await;
+    eprintln!(
+        "near cache: an erasure through B seen through A after {:?}",
         changed.elapsed()
     );
 }
