@@ -136,9 +136,13 @@ fn answer(
         retry_after: count(4)?,
         replayed: number(5)? == 1,
         cost: count(6)?,
+        // A replay may name a plan a reload has removed since: then the policy's own.
         plan: match number(7)? {
-            0 => None,
-            n => Some(policy.plans.get(n as usize - 1).ok_or(BAD)?.0.clone()),
+            n if n >= 1 => policy
+                .plans
+                .get(n as usize - 1)
+                .map(|(name, _)| name.clone()),
+            _ => None,
         },
         usage: usage(counters, &items[8..])?,
     }))

@@ -80,6 +80,26 @@ async fn a_reload_applies_new_policies_to_the_next_request() {
         gw.info(&id).await["rate_limits"]["image_render"]["limit"],
         20
     );
+
+    // A keyed answer given on a plan is replayed after a reload removed the plan.
+    let keyed = serde_json::json!({ "idempotency_key": "before-the-reload" });
+    assert_eq!(
+        gw.consume(&id, "image_render", Some(keyed.clone())).await.0,
+        200
+    );
+    gw.gateway.reload(reloaded(
+        "[quotas.image_render]\nlimit = 2\nwindow = \"day\"\ncounter = \"images_rendered\"\n",
+    ));
+    let replay = gw
+        .quota(
+            reqwest::Method::POST,
+            &id,
+            "image_render/consume",
+            Some(keyed),
+        )
+        .await;
+    assert_eq!(replay.status(), 200);
+    assert_eq!(replay.headers()["idempotent-replayed"], "true");
 }
 
 #[tokio::test]
