@@ -441,7 +441,7 @@ async fn the_gateway_role_may_do_nothing_else() {
 }
 
 /// A gateway whose SUPABASE_SERVICE_ROLE_KEY is a token for the gateway's role does its
-/// whole job: write-behind, read-through after Redis lost the session, and persist.
+/// whole job: write-behind, read-through after Redis lost the session, persist and erasure.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_gateway_with_the_gateway_role_writes_behind_and_reads_through() {
     let rest = shared_postgrest();
@@ -484,4 +484,19 @@ async fn a_gateway_with_the_gateway_role_writes_behind_and_reads_through() {
     let (status, body) = split_response(response).await;
     assert_eq!(status, 200, "{body}");
     assert_eq!(body["persisted"], true, "{body}");
+
+    // And erasure, through `erase_session` (migration 0004), the one delete it may do.
+    let response = gw
+        .http
+        .delete(gw.url(&format!("/internal/v1/sessions/{id}")))
+        .bearer_auth(TOKEN)
+        .send()
+        .await
+        .expect("request");
+    assert_eq!(response.status(), 204);
+    let rows = rest
+        .rows(std::slice::from_ref(&id))
+        .await
+        .expect("postgrest");
+    assert!(!rows.contains_key(&id), "the row is deleted");
 }
