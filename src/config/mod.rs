@@ -2,12 +2,14 @@
 //!
 //! Settings are read at start-up from the environment (the 12-factor names of the contract)
 //! on top of an optional TOML file named by `SESSIONGATE_CONFIG`; the environment wins. A
-//! reload reads both again, and [`Config::restart_changes`] names what it cannot apply. Anything unknown or invalid stops start-up with one line naming the variable or key
-//! and the form it accepts. This module validates values; it never opens sockets or talks to
-//! Redis. Its parts: `table` (every setting, where it may be set and what it sets), `form`
-//! (reading a value of one form from either source), `parse` (checks of one value), `file`
-//! (the shapes of TOML sections), `settings` (the values) and `error`; this file reads the
-//! sources, and walks the table; `draft` holds what is read and checks the rules that span several settings.
+//! reload reads both again, and [`Config::restart_changes`] names what it cannot apply.
+//! Anything unknown or invalid stops start-up (or a reload) with one line naming the
+//! variable or key and the form it accepts. This module validates values; it never opens
+//! sockets or talks to Redis. Its parts: `table` (every setting, where it may be set and what
+//! it sets), `form` (reading a value of one form from either source), `parse` (checks of one
+//! value), `plans` (`[plans.*]`), `file` (the shapes of TOML sections), `settings` (the
+//! values) and `error`; this file reads the sources and walks the table; `draft` holds what
+//! is read and checks the rules that span several settings.
 
 mod draft;
 mod error;
