@@ -33,14 +33,6 @@ fn timestamp(unix_seconds: i64) -> String {
 
 fn row(snapshot: &Snapshot) -> Row<'_> {
     let record = &snapshot.record;
-    // Preferences were validated as a JSON object when stored; anything else is written
-    // as {} rather than blocking the session's row.
-    let preferences = record
-        .preferences
-        .as_ref()
-        .and_then(|p| simd_json::to_owned_value(&mut p.clone().into_bytes()).ok())
-        .filter(|v| v.is_object())
-        .unwrap_or_else(OwnedValue::object);
     let mut quota_state = OwnedValue::object();
     if let Some(object) = quota_state.as_object_mut() {
         for (operation, state) in &snapshot.quotas {
@@ -52,7 +44,7 @@ fn row(snapshot: &Snapshot) -> Row<'_> {
         created_at: timestamp(record.created_at),
         last_active_at: timestamp(record.last_active),
         usage: &record.usage,
-        preferences,
+        preferences: record.preferences_object(),
         quota_state,
         plan: record.plan.as_deref(),
         version: snapshot.version,

@@ -73,15 +73,6 @@ pub(super) async fn session(
         .await?
         .ok_or_else(ApiError::session_not_found)?;
     let record = &session.record;
-    // Stored as validated compact JSON; an object is all it can be.
-    let mut preferences = record
-        .preferences
-        .as_deref()
-        .unwrap_or("{}")
-        .as_bytes()
-        .to_vec();
-    let preferences = simd_json::to_owned_value(&mut preferences)
-        .unwrap_or_else(|_| simd_json::OwnedValue::from(simd_json::owned::Object::new()));
     let body = SessionBody {
         session_id: &session.id,
         created_at: timestamp(record.created_at),
@@ -92,7 +83,7 @@ pub(super) async fn session(
             record,
         },
         plan: record.plan.as_deref(),
-        preferences,
+        preferences: record.preferences_object(),
         version,
     };
     Ok(json(StatusCode::OK, &body))

@@ -5,6 +5,8 @@
 use std::sync::Arc;
 
 use serde::ser::{Serialize, SerializeMap, Serializer};
+use simd_json::prelude::*;
+use simd_json::OwnedValue;
 use uuid::Uuid;
 
 /// Usage counters of a session by name, in a fixed order (the configuration's, when read
@@ -69,6 +71,16 @@ pub struct SessionRecord {
 }
 
 impl SessionRecord {
+    /// The preferences as a JSON object. They were validated as one when stored; anything
+    /// else reads as `{}`, so that a damaged value never blocks what shows the session.
+    pub fn preferences_object(&self) -> OwnedValue {
+        self.preferences
+            .as_ref()
+            .and_then(|p| simd_json::to_owned_value(&mut p.clone().into_bytes()).ok())
+            .filter(|v| v.is_object())
+            .unwrap_or_else(OwnedValue::object)
+    }
+
     /// The stored window state of `operation`'s policy, when it was read and is set.
     pub fn quota_state(&self, operation: &str) -> Option<&str> {
         self.quota_states
