@@ -10,7 +10,7 @@ use uuid::Uuid;
 
 use crate::services::{shared_postgres, shared_postgrest, Postgrest};
 use crate::support::{
-    eventually, metric, session_key, set_cookies, split, store_on, writing_to, TestGateway, TOKEN,
+    eventually, metric, session_key, set_cookies, split, store_on, writing_to, TestGateway,
 };
 
 /// Every Redis key that names the session (its hash, records, tombstone...).
@@ -56,9 +56,7 @@ async fn delete_public(gw: &TestGateway, id: &str) -> reqwest::Response {
 }
 
 async fn delete_internal(gw: &TestGateway, id: &str) -> reqwest::Response {
-    gw.http
-        .delete(gw.url(&format!("/internal/v1/sessions/{id}")))
-        .bearer_auth(TOKEN)
+    gw.session_request(reqwest::Method::DELETE, id, "")
         .send()
         .await
         .expect("request")
@@ -138,9 +136,7 @@ async fn an_erased_session_is_gone_everywhere_and_stays_gone() {
         "a new session, not the erased one"
     );
     let response = gw
-        .http
-        .get(gw.url(&format!("/internal/v1/sessions/{id}")))
-        .bearer_auth(TOKEN)
+        .session_request(reqwest::Method::GET, &id, "")
         .send()
         .await
         .expect("request");

@@ -152,9 +152,7 @@ async fn a_change_through_another_gateway_is_seen_once_redis_announces_it() {
 
     until_cached(&redis, &a, &id).await;
     let response = b
-        .http
-        .put(b.url(&format!("/internal/v1/sessions/{id}/plan")))
-        .bearer_auth(crate::support::TOKEN)
+        .session_request(reqwest::Method::PUT, &id, "/plan")
         .json(&json!({ "plan": "pro" }))
         .send()
         .await
@@ -173,9 +171,7 @@ async fn a_change_through_another_gateway_is_seen_once_redis_announces_it() {
 
     until_cached(&redis, &a, &id).await;
     let response = b
-        .http
-        .delete(b.url(&format!("/internal/v1/sessions/{id}")))
-        .bearer_auth(crate::support::TOKEN)
+        .session_request(reqwest::Method::DELETE, &id, "")
         .send()
         .await
         .expect("request");

@@ -5,13 +5,11 @@ use std::time::Duration;
 use serde_json::json;
 use sessiongate::model::quota::{Policy, Window};
 
-use crate::support::{split, with_token, TestGateway, TOKEN};
+use crate::support::{split, with_token, TestGateway};
 
 async fn inspect(gw: &TestGateway, id: &str) -> (u16, serde_json::Value) {
     let response = gw
-        .http
-        .get(gw.url(&format!("/internal/v1/sessions/{id}")))
-        .bearer_auth(TOKEN)
+        .session_request(reqwest::Method::GET, id, "")
         .send()
         .await
         .expect("request");
@@ -71,9 +69,7 @@ async fn support_reads_the_whole_session() {
         .expect("request");
     assert_eq!(anonymous.status().as_u16(), 401);
     let put = gw
-        .http
-        .put(gw.url(&format!("/internal/v1/sessions/{id}")))
-        .bearer_auth(TOKEN)
+        .session_request(reqwest::Method::PUT, &id, "")
         .send()
         .await
         .expect("request");

@@ -13,7 +13,7 @@ use sessiongate::quota::Quotas;
 use crate::services::shared_postgrest;
 use crate::support::{
     eventually, metric, split, store_config, store_with, with_token, writing_to, RedisServer,
-    TestGateway, TOKEN,
+    TestGateway,
 };
 
 const MONTH: Window = Window::Calendar(CalendarUnit::Month);
@@ -41,9 +41,7 @@ fn tiers(config: &mut Config) {
 
 async fn set_plan(gw: &TestGateway, id: &str, body: serde_json::Value) -> (u16, serde_json::Value) {
     let response = gw
-        .http
-        .put(gw.url(&format!("/internal/v1/sessions/{id}/plan")))
-        .bearer_auth(TOKEN)
+        .session_request(reqwest::Method::PUT, id, "/plan")
         .json(&body)
         .send()
         .await
@@ -92,9 +90,7 @@ async fn a_plan_sets_the_limits_in_force_and_keeps_what_was_counted() {
     assert_eq!((status, &body["limit"]), (200, &json!(5)));
 
     let inspect = gw
-        .http
-        .get(gw.url(&format!("/internal/v1/sessions/{id}")))
-        .bearer_auth(TOKEN)
+        .session_request(reqwest::Method::GET, &id, "")
         .send()
         .await
         .expect("request");
@@ -145,9 +141,7 @@ async fn plan_changes_refuse_bad_input() {
     );
     assert_eq!(set_plan(&gw, "nope", json!({ "plan": "pro" })).await.0, 400);
     let get = gw
-        .http
-        .get(gw.url(&format!("/internal/v1/sessions/{id}/plan")))
-        .bearer_auth(TOKEN)
+        .session_request(reqwest::Method::GET, &id, "/plan")
         .send()
         .await
         .expect("request");

@@ -68,9 +68,7 @@ async fn a_reload_applies_new_policies_to_the_next_request() {
     assert_eq!(gw.consume(&id, "image_render", None).await.0, 200);
     assert_eq!(gw.consume(&id, "concept_storage", None).await.0, 404);
     let plan = gw
-        .http
-        .put(gw.url(&format!("/internal/v1/sessions/{id}/plan")))
-        .bearer_auth(crate::support::TOKEN)
+        .session_request(reqwest::Method::PUT, &id, "/plan")
         .json(&serde_json::json!({ "plan": "pro" }))
         .send()
         .await

@@ -6,7 +6,7 @@
 use std::time::Duration;
 
 use crate::services::{shared_postgres, shared_postgrest, Postgrest};
-use crate::support::{eventually, split as split_response, writing_to, TestGateway, TOKEN};
+use crate::support::{eventually, split as split_response, writing_to, TestGateway};
 use chrono::{DateTime, FixedOffset};
 use serde_json::{json, Value};
 use uuid::Uuid;
@@ -475,9 +475,7 @@ async fn a_gateway_with_the_gateway_role_writes_behind_and_reads_through() {
     );
 
     let response = gw
-        .http
-        .post(gw.url(&format!("/internal/v1/sessions/{id}/persist")))
-        .bearer_auth(TOKEN)
+        .session_request(reqwest::Method::POST, &id, "/persist")
         .send()
         .await
         .expect("request");
@@ -487,9 +485,7 @@ async fn a_gateway_with_the_gateway_role_writes_behind_and_reads_through() {
 
     // And erasure, through `erase_session` (migration 0004), the one delete it may do.
     let response = gw
-        .http
-        .delete(gw.url(&format!("/internal/v1/sessions/{id}")))
-        .bearer_auth(TOKEN)
+        .session_request(reqwest::Method::DELETE, &id, "")
         .send()
         .await
         .expect("request");

@@ -286,6 +286,21 @@ impl TestGateway {
 
 /// The internal API's quota endpoints, with [`TOKEN`], and `/api/session/info`.
 impl TestGateway {
+    /// `method` on `/internal/v1/sessions/{id}{rest}` with [`TOKEN`], ready to send.
+    pub fn session_request(
+        &self,
+        method: reqwest::Method,
+        id: &str,
+        rest: &str,
+    ) -> reqwest::RequestBuilder {
+        self.http
+            .request(
+                method,
+                self.url(&format!("/internal/v1/sessions/{id}{rest}")),
+            )
+            .bearer_auth(TOKEN)
+    }
+
     /// `method` on `/internal/v1/sessions/{id}/quota/{path}` with [`TOKEN`], `body` as JSON.
     pub async fn quota(
         &self,
@@ -294,13 +309,7 @@ impl TestGateway {
         path: &str,
         body: Option<serde_json::Value>,
     ) -> reqwest::Response {
-        let mut request = self
-            .http
-            .request(
-                method,
-                self.url(&format!("/internal/v1/sessions/{id}/quota/{path}")),
-            )
-            .bearer_auth(TOKEN);
+        let mut request = self.session_request(method, id, &format!("/quota/{path}"));
         if let Some(body) = body {
             request = request.json(&body);
         }
