@@ -22,6 +22,7 @@ use crate::config::Config;
 use crate::erasure::Erasure;
 use crate::flush::{ReadThrough, Supabase};
 use crate::http::state::{Api, Browser, Forwarding, Intake, Internal, Upstreams};
+use crate::http::SessionCookie;
 use crate::quota::Quotas;
 use crate::session::Sessions;
 use crate::store::{NearCache, Store};
@@ -144,7 +145,7 @@ impl Parts {
             ),
             read_through,
             browser: Browser {
-                cookie: config.cookie.clone(),
+                cookie: SessionCookie::new(config.cookie.clone()),
                 cors: config.cors.clone(),
             },
             intake: Intake {

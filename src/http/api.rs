@@ -26,6 +26,7 @@ use super::request::{
 };
 use super::response::{
     clear_session_cookie, json, json_text, no_content, set_session_cookie, timestamp, RateLimits,
+    Timestamp,
 };
 use super::state::Api;
 use crate::model::session::{Session, Usage};
@@ -160,8 +161,8 @@ fn forwarded_scheme<'a>(
 struct SessionBody<'a> {
     session_id: &'a Uuid,
     is_new_session: bool,
-    created_at: String,
-    last_active: String,
+    created_at: Timestamp,
+    last_active: Timestamp,
     usage_stats: &'a Usage,
 }
 
@@ -175,8 +176,8 @@ struct SyncBody<'a> {
 #[derive(Serialize)]
 struct InfoBody<'a> {
     session_id: &'a Uuid,
-    created_at: String,
-    last_active: String,
+    created_at: Timestamp,
+    last_active: Timestamp,
     usage_stats: &'a Usage,
     rate_limits: RateLimits<'a>,
 }

@@ -26,6 +26,8 @@ mod request_id;
 mod response;
 pub mod state;
 
+pub use response::SessionCookie;
+
 use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;

@@ -17,15 +17,15 @@ use uuid::Uuid;
 use super::body::Body;
 use super::error::ApiError;
 use super::request::json_body;
-use super::response::{json, no_content, timestamp, RateLimits};
+use super::response::{json, no_content, timestamp, RateLimits, Timestamp};
 use super::state::Api;
 use crate::model::session::{parse_id, Usage};
 
 #[derive(Serialize)]
 struct SessionBody<'a> {
     session_id: &'a Uuid,
-    created_at: String,
-    last_active: String,
+    created_at: Timestamp,
+    last_active: Timestamp,
     usage_stats: &'a Usage,
     rate_limits: RateLimits<'a>,
     plan: Option<&'a str>,

@@ -111,7 +111,7 @@ async fn forward_unmetered(
 /// sessions, so a missing, malformed or unknown id, or Redis being unavailable, forwards the
 /// request without one rather than refusing it.
 async fn checked_session(api: &Api, headers: &HeaderMap) -> Option<Uuid> {
-    let named = match named_sessions(headers, &api.browser.cookie.name) {
+    let named = match named_sessions(headers, &api.browser.cookie.config.name) {
         Ok(Named::None) | Err(_) => return None,
         Ok(Named::One(id)) => vec![id],
         Ok(Named::Several(ids)) => ids,
@@ -331,7 +331,7 @@ async fn send(
         peer: peer_ip,
         trusted: is_trusted_proxy(&api.intake.trusted_proxies, peer_ip),
         session,
-        cookie_name: &api.browser.cookie.name,
+        cookie_name: &api.browser.cookie.config.name,
     };
     prepare_request(&mut parts.headers, &forwarding);
     debug_assert_ne!(

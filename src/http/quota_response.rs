@@ -7,7 +7,7 @@ use hyper::Response;
 use serde::Serialize;
 
 use super::body::Body;
-use super::response::{json, timestamp};
+use super::response::{json, timestamp, Timestamp};
 use crate::model::decision::{QuotaAnswer, QuotaOutcome, QuotaState};
 use crate::model::quota::{Policy, QuotaStatus};
 use crate::model::session::Usage;
@@ -17,7 +17,7 @@ struct QuotaBody<'a> {
     allowed: bool,
     limit: u64,
     remaining: u64,
-    reset_at: String,
+    reset_at: Timestamp,
     usage_stats: &'a Usage,
     /// A shadow policy's grant that enforcement would have refused: `"denied"`.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -29,7 +29,7 @@ struct RefundBody<'a> {
     refunded: bool,
     limit: u64,
     remaining: u64,
-    reset_at: String,
+    reset_at: Timestamp,
     usage_stats: &'a Usage,
 }
 
@@ -43,7 +43,7 @@ struct DeniedBody<'a> {
     allowed: bool,
     limit: u64,
     remaining: u64,
-    reset_at: String,
+    reset_at: Timestamp,
     usage_stats: &'a Usage,
 }
 

@@ -105,7 +105,7 @@ pub fn named_sessions(headers: &HeaderMap, cookie_name: &str) -> Result<Named, A
 /// The request's current session id: the one it names, or of several the first that is
 /// live (or, when none is, the first).
 pub async fn current_session(api: &Api, headers: &HeaderMap) -> Result<Option<Uuid>, ApiError> {
-    match named_sessions(headers, &api.browser.cookie.name)? {
+    match named_sessions(headers, &api.browser.cookie.config.name)? {
         Named::None => Ok(None),
         Named::One(id) => Ok(Some(id)),
         Named::Several(ids) => {

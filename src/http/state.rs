@@ -11,7 +11,8 @@ use hyper_util::client::legacy::{Client, ResponseFuture};
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 use ipnet::IpNet;
 
-use crate::config::{CookieConfig, CorsConfig};
+use super::response::SessionCookie;
+use crate::config::CorsConfig;
 use crate::erasure::Erasure;
 use crate::flush::ReadThrough;
 use crate::quota::Quotas;
@@ -34,7 +35,7 @@ pub struct Api {
 
 /// What browsers are told: the session cookie's attributes and cross-origin access.
 pub struct Browser {
-    pub cookie: CookieConfig,
+    pub cookie: SessionCookie,
     /// `None`: no CORS headers.
     pub cors: Option<CorsConfig>,
 }
