@@ -25,13 +25,15 @@ use crate::model::session::SessionRecord;
 use crate::service_error::ServiceError;
 use crate::session::or_read_through;
 use crate::store::Store;
-use crate::telemetry;
+use crate::telemetry::QuotaMeters;
 
 /// The quota operations over a [`Store`], for the configured policies.
 #[derive(Clone)]
 pub struct Quotas {
     store: Store,
     policies: Arc<[Policy]>,
+    /// Each policy's counters, in the same order.
+    meters: Arc<[QuotaMeters]>,
     /// The plans a session may be put on.
     plans: Arc<[Arc<str>]>,
     read_through: Option<ReadThrough>,
@@ -49,6 +51,10 @@ impl Quotas {
     ) -> Self {
         Quotas {
             store,
+            meters: policies
+                .iter()
+                .map(|policy| QuotaMeters::new(&policy.operation))
+                .collect(),
             policies: policies.into(),
             plans: plans.into(),
             read_through,
@@ -104,25 +110,26 @@ impl Quotas {
     }
 
     fn record_decision(&self, request: &QuotaRequest<'_>, answer: &QuotaAnswer) {
-        let operation = &request.policy.operation;
-        if answer.replayed {
-            telemetry::quota_replay(operation);
+        let Some(meters) = self.meters(request.policy) else {
             return;
-        }
-        match answer.outcome {
-            QuotaOutcome::Granted => telemetry::quota_decision(operation, "granted"),
-            QuotaOutcome::ShadowDenied => telemetry::quota_decision(operation, "shadow_denied"),
-            _ => {
-                telemetry::quota_decision(operation, "denied");
-                return;
-            }
-        }
-        telemetry::quota_cost(operation, answer.cost);
+        };
         let limit = answer.status.limit.max(1) as f64;
         let used = limit - answer.status.remaining as f64;
-        if used / limit >= self.near_limit {
-            telemetry::quota_decision(operation, "near_limit");
+        let near_limit = used / limit >= self.near_limit;
+        match answer.outcome {
+            _ if answer.replayed => meters.replayed(),
+            QuotaOutcome::Granted => meters.granted(answer.cost, near_limit),
+            QuotaOutcome::ShadowDenied => meters.shadow_denied(answer.cost, near_limit),
+            _ => meters.denied(),
         }
+    }
+
+    fn meters(&self, policy: &Policy) -> Option<&QuotaMeters> {
+        let index = self
+            .policies
+            .iter()
+            .position(|p| p.operation == policy.operation)?;
+        self.meters.get(index)
     }
 
     /// Gives the request's cost back, never below zero; `None` for an unknown session.
@@ -133,11 +140,11 @@ impl Quotas {
     ) -> Result<Option<QuotaAnswer>, ServiceError> {
         let refund = || self.store.refund(&id, request);
         let answer = or_read_through(self.read_through.as_ref(), &id, refund).await?;
-        let operation = &request.policy.operation;
-        match &answer {
-            Some(answer) if answer.replayed => telemetry::quota_replay(operation),
-            Some(_) => telemetry::quota_refund(operation),
-            None => {}
+        if let (Some(answer), Some(meters)) = (&answer, self.meters(request.policy)) {
+            match answer.replayed {
+                true => meters.replayed(),
+                false => meters.refunded(),
+            }
         }
         Ok(answer)
     }
@@ -177,7 +184,9 @@ impl Quotas {
             after_shadow_denial: reserved.outcome == QuotaOutcome::ShadowDenied,
         };
         self.store.refund(&id, &request).await?;
-        telemetry::quota_refund(&policy.operation);
+        if let Some(meters) = self.meters(policy) {
+            meters.refunded();
+        }
         Ok(())
     }
 

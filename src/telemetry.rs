@@ -375,21 +375,62 @@ pub fn creation_throttled() {
     counter!(CREATIONS_THROTTLED).increment(1);
 }
 
-pub fn quota_decision(operation: &str, decision: &'static str) {
-    counter!(QUOTA_DECISIONS, "operation" => operation.to_string(), "decision" => decision)
-        .increment(1);
+/// One quota policy's counters, looked up once (when the policies are built): they move on
+/// every metered request, and the registry would hash their labels and allocate the
+/// operation's name each time.
+pub struct QuotaMeters {
+    granted: Counter,
+    denied: Counter,
+    shadow_denied: Counter,
+    near_limit: Counter,
+    cost: Counter,
+    replays: Counter,
+    refunds: Counter,
 }
 
-pub fn quota_cost(operation: &str, cost: u64) {
-    counter!(QUOTA_COST, "operation" => operation.to_string()).increment(cost);
-}
+impl QuotaMeters {
+    pub fn new(operation: &str) -> QuotaMeters {
+        let decision = |decision: &'static str| counter!(QUOTA_DECISIONS, "operation" => operation.to_string(), "decision" => decision);
+        let of = |name: &'static str| counter!(name, "operation" => operation.to_string());
+        QuotaMeters {
+            granted: decision("granted"),
+            denied: decision("denied"),
+            shadow_denied: decision("shadow_denied"),
+            near_limit: decision("near_limit"),
+            cost: of(QUOTA_COST),
+            replays: of(QUOTA_REPLAYS),
+            refunds: of(QUOTA_REFUNDS),
+        }
+    }
 
-pub fn quota_refund(operation: &str) {
-    counter!(QUOTA_REFUNDS, "operation" => operation.to_string()).increment(1);
-}
+    pub fn granted(&self, cost: u64, near_limit: bool) {
+        self.granted.increment(1);
+        self.cost.increment(cost);
+        if near_limit {
+            self.near_limit.increment(1);
+        }
+    }
 
-pub fn quota_replay(operation: &str) {
-    counter!(QUOTA_REPLAYS, "operation" => operation.to_string()).increment(1);
+    /// A shadow policy's grant that enforcement would have refused.
+    pub fn shadow_denied(&self, cost: u64, near_limit: bool) {
+        self.shadow_denied.increment(1);
+        self.cost.increment(cost);
+        if near_limit {
+            self.near_limit.increment(1);
+        }
+    }
+
+    pub fn denied(&self) {
+        self.denied.increment(1);
+    }
+
+    pub fn replayed(&self) {
+        self.replays.increment(1);
+    }
+
+    pub fn refunded(&self) {
+        self.refunds.increment(1);
+    }
 }
 
 pub fn flush_backlog(sessions: u64, oldest_age: Duration) {
