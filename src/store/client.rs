@@ -13,7 +13,7 @@ use uuid::Uuid;
 
 use super::codec::{record, Shaped};
 use super::error::StoreError;
-use super::keys::{inflight_key, session_key, session_of_key, shard_of, shard_prefix, SHARDS_KEY};
+use super::keys::{inflight_key, session_key, shard_of, shard_prefix, SHARDS_KEY};
 use super::near_cache::NearCache;
 use super::tracking::tracked_pool;
 use crate::model::quota::Policy;
@@ -240,12 +240,18 @@ impl Store {
 
     /// Creates a session under `id` and returns its record; `None` if the id is taken.
     pub async fn create(&self, id: &Uuid) -> Result<Option<SessionRecord>, StoreError> {
-        let (mut keys, mut args) = self.session_call(id);
-        keys.push(inflight_key(shard_of(id, self.inner.shards)));
-        args.push(Value::from(
-            i64::try_from(self.inner.max_dirty_per_shard).unwrap_or(i64::MAX),
-        ));
-        match self.eval(&self.inner.scripts.create, keys, args).await? {
+        let call = || {
+            let (mut keys, mut args) = self.session_call(id);
+            keys.push(inflight_key(shard_of(id, self.inner.shards)));
+            args.push(Value::from(
+                i64::try_from(self.inner.max_dirty_per_shard).unwrap_or(i64::MAX),
+            ));
+            (keys, args)
+        };
+        match self
+            .eval(&self.inner.scripts.create, Some(id), call)
+            .await?
+        {
             Value::Null => Ok(None),
             Value::Integer(now) => Ok(Some(SessionRecord {
                 created_at: now,
@@ -268,14 +274,17 @@ impl Store {
 
     /// Reads a session and records activity on it (script; for requests that write anyway).
     pub async fn touch(&self, id: &Uuid) -> Result<Option<SessionRecord>, StoreError> {
-        let (keys, mut args) = self.session_call(id);
-        args.extend(
-            self.shape
-                .read_fields
-                .iter()
-                .map(|f| Value::from(f.as_str())),
-        );
-        let reply = self.eval(&self.inner.scripts.touch, keys, args).await?;
+        let call = || {
+            let (keys, mut args) = self.session_call(id);
+            args.extend(
+                self.shape
+                    .read_fields
+                    .iter()
+                    .map(|f| Value::from(f.as_str())),
+            );
+            (keys, args)
+        };
+        let reply = self.eval(&self.inner.scripts.touch, Some(id), call).await?;
         record(reply, &self.shape.shape)
     }
 
@@ -329,10 +338,13 @@ impl Store {
         id: &Uuid,
         preferences: &str,
     ) -> Result<Option<i64>, StoreError> {
-        let (keys, mut args) = self.session_call(id);
-        args.push(Value::from(preferences));
+        let call = || {
+            let (keys, mut args) = self.session_call(id);
+            args.push(Value::from(preferences));
+            (keys, args)
+        };
         match self
-            .eval(&self.inner.scripts.set_preferences, keys, args)
+            .eval(&self.inner.scripts.set_preferences, Some(id), call)
             .await?
         {
             Value::Null => Ok(None),
@@ -359,36 +371,37 @@ impl Store {
         (keys, args)
     }
 
-    /// `EVALSHA`, loading the script and retrying once if Redis has forgotten it.
+    /// `EVALSHA` of the keys and arguments `call` makes, loading the script and retrying once
+    /// (with a second `call`) if Redis has forgotten it: built again rather than kept in
+    /// case, since copying them was a twentieth of a consume's cost. `session` names the
+    /// session the script may change.
     pub(super) async fn eval(
         &self,
         lua: &Lua,
-        keys: Vec<String>,
-        args: Vec<Value>,
+        session: Option<&Uuid>,
+        call: impl Fn() -> (Vec<String>, Vec<Value>) + Sync,
     ) -> Result<Value, StoreError> {
         let script = &lua.script;
-        // A script whose first key is a session's hash may change it: what this process
-        // cached of it goes, whatever the outcome (a call that timed out may have run).
-        let changes = keys.first().and_then(|key| session_of_key(key.as_bytes()));
         let result = self
             .bounded(lua.op, async {
                 let client = self.inner.pool.next_connected();
-                match client
-                    .evalsha(script.sha1().clone(), keys.clone(), args.clone())
-                    .await
-                {
+                let (keys, args) = call();
+                match client.evalsha(script.sha1().clone(), keys, args).await {
                     Err(error) if error.details().starts_with("NOSCRIPT") => {
                         tracing::info!(op = lua.op, "script missing in redis, reloading");
                         telemetry::script_reloaded();
                         script.load(client).await?;
+                        let (keys, args) = call();
                         Ok(client.evalsha(script.sha1().clone(), keys, args).await?)
                     }
                     result => Ok(result?),
                 }
             })
             .await;
-        if let (Some(near), Some(id)) = (&self.inner.near, changes) {
-            near.cache.forget(&id);
+        // What this process cached of the session goes, whatever the outcome (a call that
+        // timed out may have run).
+        if let (Some(near), Some(id)) = (&self.inner.near, session) {
+            near.cache.forget(id);
         }
         result
     }

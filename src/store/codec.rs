@@ -1,6 +1,7 @@
 //! Codec: Redis replies to the model's records and snapshots, and snapshots back to hash
 //! fields (the one-letter fields of the module doc of [`crate::store`]). No I/O.
 
+use std::collections::HashMap;
 use std::hash::{DefaultHasher, Hash, Hasher};
 use std::sync::Arc;
 
@@ -9,7 +10,7 @@ use uuid::Uuid;
 
 use super::error::StoreError;
 use super::keys::{counter_field, counter_of_field, quota_field, FIELDS};
-use crate::model::quota::{counters, Policy};
+use crate::model::quota::{counters, Policy, Window};
 use crate::model::session::{SessionRecord, Snapshot, Usage};
 
 /// A read shape with what calls send for it, built once per set of policies (at start-up,
@@ -25,6 +26,52 @@ pub(super) struct Shaped {
     /// serves a reader only what was read with its own): a hash of `read_fields`, which
     /// determine the shape, so every thread's store of the same policies agrees.
     pub generation: u64,
+    /// What the quota scripts are told of each policy, by operation.
+    pub quota_args: HashMap<String, QuotaArgs>,
+}
+
+/// A policy as the quota scripts take it (see `quota_lib.lua`), encoded once: a metered
+/// request only adds what is its own (record, cost, mode), and formatting the rest on
+/// every call was a tenth of a consume's cost in the gateway.
+pub(super) struct QuotaArgs {
+    /// `q:<operation>`, the hash field of the policy's window.
+    pub field: Value,
+    /// Which of the reported counters the policy feeds (1 for the first), 0 for none.
+    pub counter: i64,
+    /// N, then five per allowance: the policy's own first, then each plan's.
+    pub allowances: Vec<Value>,
+}
+
+impl QuotaArgs {
+    pub fn of(policy: &Policy, counters: &[Arc<str>]) -> QuotaArgs {
+        let counter = policy.counter.as_ref().and_then(|counter| {
+            counters
+                .iter()
+                .position(|name| name == counter)
+                .map(|index| index as i64 + 1)
+        });
+        let mut allowances = vec![Value::from(1 + policy.plans.len() as i64)];
+        let plans = policy.plans.iter().map(|(name, a)| (&**name, a));
+        for (plan, allowance) in std::iter::once(("", &policy.allowance)).chain(plans) {
+            let (kind, param) = match allowance.window {
+                Window::Calendar(unit) => ("calendar", unit.as_str().to_string()),
+                Window::Rolling(length) => ("rolling", length.as_secs().to_string()),
+                Window::Gcra { interval } => ("gcra", interval.as_millis().to_string()),
+            };
+            allowances.extend([
+                Value::from(plan.to_string()),
+                Value::from(kind),
+                Value::from(param),
+                Value::from(allowance.limit as i64),
+                Value::from(allowance.default_cost as i64),
+            ]);
+        }
+        QuotaArgs {
+            field: Value::from(quota_field(&policy.operation)),
+            counter: counter.unwrap_or(0),
+            allowances,
+        }
+    }
 }
 
 impl Shaped {
@@ -40,6 +87,13 @@ impl Shaped {
         let mut hasher = DefaultHasher::new();
         read_fields.hash(&mut hasher);
         Shaped {
+            quota_args: policies
+                .iter()
+                .map(|policy| {
+                    let args = QuotaArgs::of(policy, &shape.counters);
+                    (policy.operation.clone(), args)
+                })
+                .collect(),
             generation: hasher.finish(),
             read_fields,
             counter_fields: shape

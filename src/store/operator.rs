@@ -43,10 +43,13 @@ impl Store {
     /// Starts the current window of `operation`'s policy afresh; `None` if the session does
     /// not exist.
     pub async fn reset_quota(&self, id: &Uuid, operation: &str) -> Result<Option<()>, StoreError> {
-        let (keys, mut args) = self.session_call(id);
-        args.push(Value::from(quota_field(operation)));
+        let call = || {
+            let (keys, mut args) = self.session_call(id);
+            args.push(Value::from(quota_field(operation)));
+            (keys, args)
+        };
         match self
-            .eval(&self.inner.scripts.reset_quota, keys, args)
+            .eval(&self.inner.scripts.reset_quota, Some(id), call)
             .await?
         {
             Value::Null => Ok(None),
@@ -59,9 +62,15 @@ impl Store {
 
     /// Puts the session on `plan` (`None`: no plan); `None` if the session does not exist.
     pub async fn set_plan(&self, id: &Uuid, plan: Option<&str>) -> Result<Option<()>, StoreError> {
-        let (keys, mut args) = self.session_call(id);
-        args.push(Value::from(plan.unwrap_or("")));
-        match self.eval(&self.inner.scripts.set_plan, keys, args).await? {
+        let call = || {
+            let (keys, mut args) = self.session_call(id);
+            args.push(Value::from(plan.unwrap_or("")));
+            (keys, args)
+        };
+        match self
+            .eval(&self.inner.scripts.set_plan, Some(id), call)
+            .await?
+        {
             Value::Null => Ok(None),
             Value::Integer(1) => Ok(Some(())),
             _ => Err(StoreError::Reply("set_plan.lua returned neither nil nor 1")),
@@ -71,21 +80,24 @@ impl Store {
     /// Deletes the session's hash and idempotency records and drops it from its shard's
     /// outbox and in-flight set. Returns whether the session was there.
     pub async fn erase(&self, id: &Uuid) -> Result<bool, StoreError> {
-        let shard = shard_of(id, self.inner.shards);
-        let session = self.session_key(id);
-        let (records, tombstone) = (records_key(&session), tombstone_key(&session));
-        let keys = vec![
-            session,
-            records,
-            dirty_key(shard),
-            inflight_key(shard),
-            tombstone,
-        ];
-        let args = vec![
-            Value::from(id.hyphenated().to_string()),
-            Value::from(TOMBSTONE.as_secs() as i64),
-        ];
-        let reply = self.eval(&self.inner.scripts.erase, keys, args).await?;
+        let call = || {
+            let shard = shard_of(id, self.inner.shards);
+            let session = self.session_key(id);
+            let (records, tombstone) = (records_key(&session), tombstone_key(&session));
+            let keys = vec![
+                session,
+                records,
+                dirty_key(shard),
+                inflight_key(shard),
+                tombstone,
+            ];
+            let args = vec![
+                Value::from(id.hyphenated().to_string()),
+                Value::from(TOMBSTONE.as_secs() as i64),
+            ];
+            (keys, args)
+        };
+        let reply = self.eval(&self.inner.scripts.erase, Some(id), call).await?;
         Ok(reply.as_i64() == Some(1))
     }
 }

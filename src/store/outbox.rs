@@ -48,13 +48,16 @@ impl Store {
     ) -> Result<Claim, StoreError> {
         const BAD: StoreError = StoreError::Reply("claim.lua returned an unexpected shape");
         let prefix = shard_prefix(shard);
-        let keys = vec![dirty_key(shard), inflight_key(shard)];
-        let args = vec![
-            Value::from(prefix),
-            Value::from(batch as i64),
-            Value::from(lease_ms as i64),
-        ];
-        let Value::Array(items) = self.eval(&self.inner.scripts.claim, keys, args).await? else {
+        let call = || {
+            let keys = vec![dirty_key(shard), inflight_key(shard)];
+            let args = vec![
+                Value::from(prefix.as_str()),
+                Value::from(batch as i64),
+                Value::from(lease_ms as i64),
+            ];
+            (keys, args)
+        };
+        let Value::Array(items) = self.eval(&self.inner.scripts.claim, None, call).await? else {
             return Err(BAD);
         };
         let mut items = items.into_iter();
@@ -84,16 +87,19 @@ impl Store {
         if ids.is_empty() {
             return Ok(());
         }
-        let keys = vec![dirty_key(claim.shard), inflight_key(claim.shard)];
-        let mut args = vec![
-            Value::from(claim.deadline),
-            Value::from(if written { "ack" } else { "retry" }),
-        ];
-        args.extend(
-            ids.iter()
-                .map(|id| Value::from(id.hyphenated().to_string())),
-        );
-        self.eval(&self.inner.scripts.settle, keys, args).await?;
+        let call = || {
+            let keys = vec![dirty_key(claim.shard), inflight_key(claim.shard)];
+            let mut args = vec![
+                Value::from(claim.deadline),
+                Value::from(if written { "ack" } else { "retry" }),
+            ];
+            args.extend(
+                ids.iter()
+                    .map(|id| Value::from(id.hyphenated().to_string())),
+            );
+            (keys, args)
+        };
+        self.eval(&self.inner.scripts.settle, None, call).await?;
         Ok(())
     }
 
@@ -176,12 +182,16 @@ impl Store {
     /// Loads a session read back from the system of record, unless it exists meanwhile or
     /// was erased a moment ago, expiring after `ttl_secs`. Returns whether it was restored.
     pub async fn restore(&self, snapshot: &Snapshot, ttl_secs: u64) -> Result<bool, StoreError> {
-        let session = self.session_key(&snapshot.id);
-        let tombstone = tombstone_key(&session);
-        let keys = vec![session, tombstone];
-        let mut args = vec![Value::from(ttl_secs as i64)];
-        args.extend(snapshot_fields(snapshot));
-        let reply = self.eval(&self.inner.scripts.restore, keys, args).await?;
+        let call = || {
+            let session = self.session_key(&snapshot.id);
+            let tombstone = tombstone_key(&session);
+            let mut args = vec![Value::from(ttl_secs as i64)];
+            args.extend(snapshot_fields(snapshot));
+            (vec![session, tombstone], args)
+        };
+        let reply = self
+            .eval(&self.inner.scripts.restore, Some(&snapshot.id), call)
+            .await?;
         Ok(reply.as_i64() == Some(1))
     }
 }

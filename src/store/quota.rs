@@ -6,11 +6,11 @@ use fred::types::Value;
 use uuid::Uuid;
 
 use super::client::{Lua, Store};
-use super::codec::usage;
+use super::codec::{usage, QuotaArgs};
 use super::error::StoreError;
-use super::keys::{quota_field, records_key};
+use super::keys::records_key;
 use crate::model::decision::{QuotaAnswer, QuotaOutcome, QuotaRequest};
-use crate::model::quota::{Mode, Policy, QuotaStatus, Window};
+use crate::model::quota::{Mode, Policy, QuotaStatus};
 
 impl Store {
     /// Consumes quota (see `consume.lua`); `None` if the session does not exist.
@@ -41,56 +41,44 @@ impl Store {
         request: &QuotaRequest<'_>,
     ) -> Result<Option<QuotaAnswer>, StoreError> {
         let policy = request.policy;
-        let (mut keys, mut args) = self.session_call(id);
-        keys.push(records_key(&keys[0]));
+        let built;
+        let policy_args = match self.shape.quota_args.get(&policy.operation) {
+            Some(args) => args,
+            // A policy this store's shape was not built with (not one of its configuration's).
+            None => {
+                built = QuotaArgs::of(policy, &self.shape.shape.counters);
+                &built
+            }
+        };
         let record = match request.idempotency_key {
             Some(key) => format!("{action}:{}:{key}", policy.operation),
             None => String::new(),
-        };
-        // Which of the reported counters this request feeds (1 for the first), 0 for none.
-        let counter = match &policy.counter {
-            Some(counter) if request.counts_usage => self
-                .shape
-                .shape
-                .counters
-                .iter()
-                .position(|name| name == counter)
-                .map_or(0, |index| index + 1),
-            _ => 0,
         };
         let shadow = match action {
             "consume" => policy.mode == Mode::Shadow,
             _ => request.after_shadow_denial,
         };
-        args.extend([
-            Value::from(quota_field(&policy.operation)),
-            Value::from(counter as i64),
-            Value::from(record),
-            Value::from(request.cost.unwrap_or(0) as i64),
-            Value::from(if shadow { "1" } else { "0" }),
-            Value::from(1 + policy.plans.len() as i64),
-        ]);
-        let plans = policy.plans.iter().map(|(name, a)| (&**name, a));
-        for (plan, allowance) in std::iter::once(("", &policy.allowance)).chain(plans) {
-            let (kind, param) = match allowance.window {
-                Window::Calendar(unit) => ("calendar", unit.as_str().to_string()),
-                Window::Rolling(length) => ("rolling", length.as_secs().to_string()),
-                Window::Gcra { interval } => ("gcra", interval.as_millis().to_string()),
-            };
+        let call = || {
+            let (mut keys, mut args) = self.session_call(id);
+            keys.push(records_key(&keys[0]));
+            args.reserve(5 + policy_args.allowances.len() + self.shape.counter_fields.len());
             args.extend([
-                Value::from(plan),
-                Value::from(kind),
-                Value::from(param),
-                Value::from(allowance.limit as i64),
-                Value::from(allowance.default_cost as i64),
+                policy_args.field.clone(),
+                Value::from(if request.counts_usage {
+                    policy_args.counter
+                } else {
+                    0
+                }),
+                Value::from(record.as_str()),
+                Value::from(request.cost.unwrap_or(0) as i64),
+                Value::from(if shadow { "1" } else { "0" }),
             ]);
-        }
-        args.extend(self.shape.counter_fields.iter().cloned());
-        answer(
-            self.eval(script, keys, args).await?,
-            policy,
-            &self.shape.shape.counters,
-        )
+            args.extend(policy_args.allowances.iter().cloned());
+            args.extend(self.shape.counter_fields.iter().cloned());
+            (keys, args)
+        };
+        let reply = self.eval(script, Some(id), call).await?;
+        answer(reply, policy, &self.shape.shape.counters)
     }
 }
 
