@@ -36,7 +36,8 @@ start_redis() {
 
 # Starts the release gateway on Redis (the private one, or the URL given) with the default
 # quotas plus `bench` (which never runs out) and a creation throttle no load test reaches;
-# sets GATEWAY_PID, BASE and ADMIN.
+# sets GATEWAY_PID, BASE and ADMIN. GATEWAY_RUNNER, when set, is the command it runs under
+# (load-tests/instructions: valgrind).
 start_gateway() {
     local redis_url=${1:-redis://127.0.0.1:$REDIS_PORT}
     cat >"$work/gateway.toml" <<TOML
@@ -71,7 +72,7 @@ TOML
     admin_port=$(free_port)
     SESSIONGATE_LISTEN=127.0.0.1:$port SESSIONGATE_ADMIN_LISTEN=127.0.0.1:$admin_port \
         REDIS_URL=$redis_url SESSIONGATE_SERVICE_TOKEN=$TOKEN \
-        SESSIONGATE_CONFIG=$work/gateway.toml RUST_LOG=warn target/release/sessiongate &
+        SESSIONGATE_CONFIG=$work/gateway.toml RUST_LOG=warn ${GATEWAY_RUNNER:-} target/release/sessiongate &
     GATEWAY_PID=$!
     pids+=("$GATEWAY_PID")
     BASE=http://127.0.0.1:$port
