@@ -25,11 +25,11 @@ use super::request::{
     canonicalize, client_ip, client_session_id, current_session, is_trusted_proxy, json_body,
 };
 use super::response::{
-    clear_session_cookie, json, json_text, no_content, set_session_cookie, timestamp, RateLimits,
-    Timestamp,
+    clear_session_cookie, json, json_object, json_text, no_content, session_body,
+    set_session_cookie, write_rate_limits,
 };
 use super::state::Api;
-use crate::model::session::{Session, Usage};
+use crate::model::session::Session;
 use crate::preferences::{self, PreferencesError};
 use crate::routes::Lookup;
 
@@ -158,28 +158,10 @@ fn forwarded_scheme<'a>(
 }
 
 #[derive(Serialize)]
-struct SessionBody<'a> {
-    session_id: &'a Uuid,
-    is_new_session: bool,
-    created_at: Timestamp,
-    last_active: Timestamp,
-    usage_stats: &'a Usage,
-}
-
-#[derive(Serialize)]
 struct SyncBody<'a> {
     session_id: &'a Uuid,
     is_synced: bool,
     message: &'static str,
-}
-
-#[derive(Serialize)]
-struct InfoBody<'a> {
-    session_id: &'a Uuid,
-    created_at: Timestamp,
-    last_active: Timestamp,
-    usage_stats: &'a Usage,
-    rate_limits: RateLimits<'a>,
 }
 
 async fn create_or_get(
@@ -193,15 +175,12 @@ async fn create_or_get(
     let client = client_session_id(body.as_ref(), false)?;
     let origin = client_ip(&parts.headers, peer.ip(), &api.intake.trusted_proxies);
     let (session, is_new) = api.sessions.create_or_get(current, client, origin).await?;
-    let record = &session.record;
-    let body = SessionBody {
-        session_id: &session.id,
-        is_new_session: is_new,
-        created_at: timestamp(record.created_at),
-        last_active: timestamp(record.last_active),
-        usage_stats: &record.usage,
-    };
-    Ok(with_cookie(api, json(StatusCode::OK, &body), &session.id))
+    let body = session_body(&session, Some(is_new));
+    Ok(with_cookie(
+        api,
+        json_object(StatusCode::OK, body),
+        &session.id,
+    ))
 }
 
 async fn sync(
@@ -233,18 +212,13 @@ async fn sync(
 
 async fn info(api: &Api, request: Request<Incoming>) -> Result<Response<Body>, ApiError> {
     let session = read_current(api, &request).await?;
-    let record = &session.record;
-    let body = InfoBody {
-        session_id: &session.id,
-        created_at: timestamp(record.created_at),
-        last_active: timestamp(record.last_active),
-        usage_stats: &record.usage,
-        rate_limits: RateLimits {
-            quotas: &api.quotas,
-            record,
-        },
-    };
-    Ok(with_cookie(api, json(StatusCode::OK, &body), &session.id))
+    let mut body = session_body(&session, None);
+    write_rate_limits(&mut body, &api.quotas, &session.record);
+    Ok(with_cookie(
+        api,
+        json_object(StatusCode::OK, body),
+        &session.id,
+    ))
 }
 
 async fn get_preferences(

@@ -18,6 +18,7 @@ mod error;
 mod forwarded;
 mod head_timeout;
 pub mod internal;
+mod json_out;
 mod operator;
 pub mod proxy;
 mod quota_response;

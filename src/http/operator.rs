@@ -16,29 +16,11 @@ use uuid::Uuid;
 
 use super::body::Body;
 use super::error::ApiError;
+use super::json_out::JsonObject;
 use super::request::json_body;
-use super::response::{json, no_content, timestamp, RateLimits, Timestamp};
+use super::response::{json, json_object, no_content, session_body, write_rate_limits};
 use super::state::Api;
-use crate::model::session::{parse_id, Usage};
-
-#[derive(Serialize)]
-struct SessionBody<'a> {
-    session_id: &'a Uuid,
-    created_at: Timestamp,
-    last_active: Timestamp,
-    usage_stats: &'a Usage,
-    rate_limits: RateLimits<'a>,
-    plan: Option<&'a str>,
-    preferences: simd_json::OwnedValue,
-    version: i64,
-}
-
-#[derive(Serialize)]
-struct PlanBody<'a> {
-    session_id: &'a Uuid,
-    plan: Option<&'a str>,
-    rate_limits: RateLimits<'a>,
-}
+use crate::model::session::parse_id;
 
 #[derive(Serialize)]
 struct PersistBody {
@@ -73,20 +55,13 @@ pub(super) async fn session(
         .await?
         .ok_or_else(ApiError::session_not_found)?;
     let record = &session.record;
-    let body = SessionBody {
-        session_id: &session.id,
-        created_at: timestamp(record.created_at),
-        last_active: timestamp(record.last_active),
-        usage_stats: &record.usage,
-        rate_limits: RateLimits {
-            quotas: &api.quotas,
-            record,
-        },
-        plan: record.plan.as_deref(),
-        preferences: record.preferences_object(),
-        version,
-    };
-    Ok(json(StatusCode::OK, &body))
+    let preferences = simd_json::to_vec(&record.preferences_object()).unwrap_or_default();
+    let mut body = session_body(&session, None);
+    write_rate_limits(&mut body, &api.quotas, record);
+    body.string_or_null("plan", record.plan.as_deref())
+        .raw("preferences", &preferences)
+        .number("version", version);
+    Ok(json_object(StatusCode::OK, body))
 }
 
 /// `PUT /internal/v1/sessions/{id}/plan` with `{"plan": "<name>"}` or `{"plan": null}`:
@@ -126,15 +101,14 @@ pub(super) async fn plan(
         .set_plan(id, plan)
         .await?
         .ok_or_else(ApiError::session_not_found)?;
-    let body = PlanBody {
-        session_id: &id,
-        plan: record.plan.as_deref(),
-        rate_limits: RateLimits {
-            quotas: &api.quotas,
-            record: &record,
-        },
-    };
-    Ok(json(StatusCode::OK, &body))
+    let mut body = JsonObject::new();
+    body.string(
+        "session_id",
+        id.hyphenated().encode_lower(&mut Uuid::encode_buffer()),
+    )
+    .string_or_null("plan", record.plan.as_deref());
+    write_rate_limits(&mut body, &api.quotas, &record);
+    Ok(json_object(StatusCode::OK, body))
 }
 
 /// `POST /internal/v1/sessions/{id}/persist`; 404 without Supabase.

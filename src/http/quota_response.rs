@@ -4,48 +4,13 @@
 
 use http::{header, HeaderMap, HeaderValue, StatusCode};
 use hyper::Response;
-use serde::Serialize;
 
 use super::body::Body;
-use super::response::{json, timestamp, Timestamp};
+use super::json_out::JsonObject;
+use super::response::{json_object, timestamp, write_status, write_usage};
 use crate::model::decision::{QuotaAnswer, QuotaOutcome, QuotaState};
 use crate::model::quota::{Policy, QuotaStatus};
 use crate::model::session::Usage;
-
-#[derive(Serialize)]
-struct QuotaBody<'a> {
-    allowed: bool,
-    limit: u64,
-    remaining: u64,
-    reset_at: Timestamp,
-    usage_stats: &'a Usage,
-    /// A shadow policy's grant that enforcement would have refused: `"denied"`.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    shadow: Option<&'static str>,
-}
-
-#[derive(Serialize)]
-struct RefundBody<'a> {
-    refunded: bool,
-    limit: u64,
-    remaining: u64,
-    reset_at: Timestamp,
-    usage_stats: &'a Usage,
-}
-
-/// A refused consume: the error shape of the contract plus the quota fields.
-#[derive(Serialize)]
-struct DeniedBody<'a> {
-    error: bool,
-    error_code: &'static str,
-    detail: String,
-    status_code: u16,
-    allowed: bool,
-    limit: u64,
-    remaining: u64,
-    reset_at: Timestamp,
-    usage_stats: &'a Usage,
-}
 
 /// A consume's or refund's answer: 200, or 429 with `Retry-After` for a refusal.
 pub(super) fn answer_response(policy: &Policy, answer: &QuotaAnswer) -> Response<Body> {
@@ -57,31 +22,26 @@ pub(super) fn answer_response(policy: &Policy, answer: &QuotaAnswer) -> Response
             quota_response(policy, plan, status, &answer.usage, true, Some("denied"))
         }
         QuotaOutcome::Refunded => {
-            let body = RefundBody {
-                refunded: true,
-                limit: status.limit,
-                remaining: status.remaining,
-                reset_at: timestamp(status.reset_at),
-                usage_stats: &answer.usage,
-            };
-            let mut response = json(StatusCode::OK, &body);
+            let mut body = JsonObject::new();
+            body.boolean("refunded", true);
+            write_status(&mut body, status);
+            write_usage(&mut body, &answer.usage);
+            let mut response = json_object(StatusCode::OK, body);
             rate_limit_headers(response.headers_mut(), policy, plan, status);
             response
         }
         QuotaOutcome::Denied => {
             let reset_at = timestamp(status.reset_at);
-            let body = DeniedBody {
-                error: true,
-                error_code: "rate_limit_exceeded",
-                detail: format!("Quota for {} exhausted until {reset_at}", policy.operation),
-                status_code: 429,
-                allowed: false,
-                limit: status.limit,
-                remaining: status.remaining,
-                reset_at,
-                usage_stats: &answer.usage,
-            };
-            let mut response = json(StatusCode::TOO_MANY_REQUESTS, &body);
+            let detail = format!("Quota for {} exhausted until {reset_at}", policy.operation);
+            let mut body = JsonObject::new();
+            body.boolean("error", true)
+                .string("error_code", "rate_limit_exceeded")
+                .string("detail", &detail)
+                .number("status_code", 429u16)
+                .boolean("allowed", false);
+            write_status(&mut body, status);
+            write_usage(&mut body, &answer.usage);
+            let mut response = json_object(StatusCode::TOO_MANY_REQUESTS, body);
             let headers = response.headers_mut();
             headers.insert(
                 header::RETRY_AFTER,
@@ -115,15 +75,15 @@ fn quota_response(
     allowed: bool,
     shadow: Option<&'static str>,
 ) -> Response<Body> {
-    let body = QuotaBody {
-        allowed,
-        limit: status.limit,
-        remaining: status.remaining,
-        reset_at: timestamp(status.reset_at),
-        usage_stats: usage,
-        shadow,
-    };
-    let mut response = json(StatusCode::OK, &body);
+    let mut body = JsonObject::new();
+    body.boolean("allowed", allowed);
+    write_status(&mut body, status);
+    write_usage(&mut body, usage);
+    if let Some(shadow) = shadow {
+        // A shadow policy's grant that enforcement would have refused: `"denied"`.
+        body.string("shadow", shadow);
+    }
+    let mut response = json_object(StatusCode::OK, body);
     rate_limit_headers(response.headers_mut(), policy, plan, status);
     response
 }

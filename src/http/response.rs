@@ -4,13 +4,14 @@ use bytes::Bytes;
 use chrono::{DateTime, SecondsFormat};
 use http::{header, HeaderValue, StatusCode};
 use hyper::Response;
-use serde::ser::SerializeMap;
-use serde::{Serialize, Serializer};
+use serde::Serialize;
 use uuid::Uuid;
 
 use super::body::Body;
+use super::json_out::JsonObject;
 use crate::config::CookieConfig;
-use crate::model::session::SessionRecord;
+use crate::model::quota::QuotaStatus;
+use crate::model::session::{Session, SessionRecord, Usage};
 use crate::quota::Quotas;
 
 /// Serialises `body` into one buffer and wraps it with the common headers. Session data is
@@ -131,32 +132,55 @@ fn render(config: &CookieConfig, value: String, max_age: i64) -> String {
     cookie.build().to_string()
 }
 
-/// `{"<operation>": {limit, remaining, reset_at}, ...}` in policy order.
-pub struct RateLimits<'a> {
-    pub quotas: &'a Quotas,
-    pub record: &'a SessionRecord,
+/// A body written with [`JsonObject`], with the common headers.
+pub fn json_object(status: StatusCode, object: JsonObject) -> Response<Body> {
+    json_text(status, object.finish())
 }
 
-#[derive(Serialize)]
-struct RateLimitBody {
-    limit: u64,
-    remaining: u64,
-    reset_at: Timestamp,
-}
-
-impl Serialize for RateLimits<'_> {
-    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        let mut map = serializer.serialize_map(Some(self.quotas.policies().len()))?;
-        for (policy, status) in self.quotas.statuses(self.record) {
-            let body = RateLimitBody {
-                limit: status.limit,
-                remaining: status.remaining,
-                reset_at: timestamp(status.reset_at),
-            };
-            map.serialize_entry(&policy.operation, &body)?;
-        }
-        map.end()
+/// A session's answer: `session_id`, `is_new_session` (when given), its times and
+/// `usage_stats`; the caller adds what is its own.
+pub fn session_body(session: &Session, is_new: Option<bool>) -> JsonObject {
+    let record = &session.record;
+    let mut body = JsonObject::new();
+    body.string(
+        "session_id",
+        session
+            .id
+            .hyphenated()
+            .encode_lower(&mut Uuid::encode_buffer()),
+    );
+    if let Some(is_new) = is_new {
+        body.boolean("is_new_session", is_new);
     }
+    body.string("created_at", timestamp(record.created_at).as_str())
+        .string("last_active", timestamp(record.last_active).as_str());
+    write_usage(&mut body, &record.usage);
+    body
+}
+
+/// `usage_stats`: every counter by name, in configured order.
+pub fn write_usage(object: &mut JsonObject, usage: &Usage) {
+    object.counts(
+        "usage_stats",
+        usage.iter().map(|(name, count)| (&**name, count)),
+    );
+}
+
+/// `rate_limits`: `{"<operation>": {limit, remaining, reset_at}, ...}` in policy order.
+pub fn write_rate_limits(object: &mut JsonObject, quotas: &Quotas, record: &SessionRecord) {
+    object.open("rate_limits");
+    for (policy, status) in quotas.statuses(record) {
+        write_status(object.open(&policy.operation), &status).close();
+    }
+    object.close();
+}
+
+/// `limit`, `remaining` and `reset_at` of a quota.
+pub fn write_status<'a>(object: &'a mut JsonObject, status: &QuotaStatus) -> &'a mut JsonObject {
+    object
+        .number("limit", status.limit)
+        .number("remaining", status.remaining)
+        .string("reset_at", timestamp(status.reset_at).as_str())
 }
 
 /// RFC 3339 in UTC with a `Z`, to the second, from Unix seconds.
@@ -217,12 +241,6 @@ impl Timestamp {
 impl std::fmt::Display for Timestamp {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(self.as_str())
-    }
-}
-
-impl Serialize for Timestamp {
-    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        serializer.serialize_str(self.as_str())
     }
 }
 
