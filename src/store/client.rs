@@ -280,7 +280,7 @@ impl Store {
                 self.shape
                     .read_fields
                     .iter()
-                    .map(|f| Value::from(f.as_str())),
+                    .map(|field| Value::Bytes(field.inner().clone())),
             );
             (keys, args)
         };

@@ -5,7 +5,7 @@ use std::collections::HashMap;
 use std::hash::{DefaultHasher, Hash, Hasher};
 use std::sync::Arc;
 
-use fred::types::Value;
+use fred::types::{Key, Value};
 use uuid::Uuid;
 
 use super::error::StoreError;
@@ -17,8 +17,8 @@ use crate::model::session::{SessionRecord, Snapshot, Usage};
 /// and again on each configuration reload).
 pub(super) struct Shaped {
     pub shape: ReadShape,
-    /// `shape`'s hash fields, as a read asks for them.
-    pub read_fields: Vec<String>,
+    /// `shape`'s hash fields, as a read asks for them (built once, each clone a count).
+    pub read_fields: Vec<Key>,
     /// The field of every configured counter, in `shape`'s order: the quota scripts report
     /// them (see `quota_lib.lua`).
     pub counter_fields: Vec<Value>,
@@ -95,7 +95,7 @@ impl Shaped {
                 })
                 .collect(),
             generation: hasher.finish(),
-            read_fields,
+            read_fields: read_fields.into_iter().map(Key::from).collect(),
             counter_fields: shape
                 .counters
                 .iter()

@@ -27,7 +27,7 @@ impl Store {
     pub async fn inspect(&self, id: &Uuid) -> Result<Option<(SessionRecord, i64)>, StoreError> {
         let key = self.session_key(id);
         let mut fields = self.shape.read_fields.clone();
-        fields.push("v".to_string());
+        fields.push(Key::from("v"));
         let reply: Value = self
             .bounded("inspect", async {
                 Ok(self.inner.pool.next_connected().hmget(key, fields).await?)
