@@ -2,6 +2,8 @@
 //! checks, and the IETF `RateLimit` headers (draft-ietf-httpapi-ratelimit-headers), each
 //! computed with the allowance in force for the session (its plan's, when it has one).
 
+use bytes::{Bytes, BytesMut};
+use http::header::HeaderName;
 use http::{header, HeaderMap, HeaderValue, StatusCode};
 use hyper::Response;
 
@@ -95,23 +97,39 @@ pub(super) fn rate_limit_headers(
     plan: Option<&str>,
     status: &QuotaStatus,
 ) {
+    static RATELIMIT_POLICY: HeaderName = HeaderName::from_static("ratelimit-policy");
+    static RATELIMIT: HeaderName = HeaderName::from_static("ratelimit");
     let now = chrono::Utc::now().timestamp();
-    let policy_value = format!(
-        "\"{}\";q={};w={}",
-        policy.operation,
-        status.limit,
-        policy.allowance_on(plan).window_secs(now)
-    );
+    let window = policy.allowance_on(plan).window_secs(now);
     let reset_in = (status.reset_at - now).max(0);
-    let limit_value = format!(
-        "\"{}\";r={};t={reset_in}",
-        policy.operation, status.remaining
+    let policy_value = item(
+        &policy.operation,
+        [("q", status.limit as i64), ("w", window)],
+    );
+    let limit_value = item(
+        &policy.operation,
+        [("r", status.remaining as i64), ("t", reset_in)],
     );
     // Operation names are validated at start-up to [a-z0-9_-], so both are valid headers.
-    if let Ok(value) = HeaderValue::from_str(&policy_value) {
-        headers.insert("ratelimit-policy", value);
+    if let Ok(value) = HeaderValue::from_maybe_shared(policy_value) {
+        headers.insert(&RATELIMIT_POLICY, value);
     }
-    if let Ok(value) = HeaderValue::from_str(&limit_value) {
-        headers.insert("ratelimit", value);
+    if let Ok(value) = HeaderValue::from_maybe_shared(limit_value) {
+        headers.insert(&RATELIMIT, value);
     }
+}
+
+/// One item of a structured header: `"<name>";<key>=<value>;...`.
+fn item<const N: usize>(name: &str, parameters: [(&str, i64); N]) -> Bytes {
+    let mut text = BytesMut::with_capacity(name.len() + 2 + 24 * N);
+    text.extend_from_slice(b"\"");
+    text.extend_from_slice(name.as_bytes());
+    text.extend_from_slice(b"\"");
+    for (key, value) in parameters {
+        text.extend_from_slice(b";");
+        text.extend_from_slice(key.as_bytes());
+        text.extend_from_slice(b"=");
+        text.extend_from_slice(itoa::Buffer::new().format(value).as_bytes());
+    }
+    text.freeze()
 }
