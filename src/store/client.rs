@@ -53,7 +53,6 @@ pub(super) struct Inner {
     pub(super) ttl_secs: u64,
     pub(super) touch_interval_secs: u64,
     pub(super) shards: u32,
-    pub(super) outbox: bool,
     pub(super) max_dirty_per_shard: u64,
     pub(super) scripts: Scripts,
     pub(super) near: Option<Near>,
@@ -129,8 +128,16 @@ impl Store {
             }
             None => None,
         };
+        // The settings every session script reads, as literals in front of session_lib.lua
+        // (see there): each configuration has scripts of its own, under their own SHA.
+        let settings = format!(
+            "local TTL, TOUCH_INTERVAL, USE_OUTBOX = '{}', {}, {}\n",
+            config.session_ttl.as_secs(),
+            config.touch_interval.as_secs(),
+            config.outbox,
+        );
         let with_session_lib =
-            |script: &str| format!("{}\n{script}", include_str!("session_lib.lua"));
+            |script: &str| format!("{settings}{}\n{script}", include_str!("session_lib.lua"));
         let with_quota_lib = |script: &str| {
             with_session_lib(&format!("{}\n{script}", include_str!("quota_lib.lua")))
         };
@@ -141,7 +148,6 @@ impl Store {
                 ttl_secs: config.session_ttl.as_secs(),
                 touch_interval_secs: config.touch_interval.as_secs(),
                 shards: config.shards.max(1),
-                outbox: config.outbox,
                 max_dirty_per_shard: config.max_dirty_per_shard,
                 scripts: Scripts {
                     create: Lua::new("create", with_session_lib(include_str!("create.lua"))),
@@ -362,12 +368,7 @@ impl Store {
             format!("{prefix}{}", id.hyphenated()),
             format!("{prefix}dirty"),
         ];
-        let args = vec![
-            Value::from(id.hyphenated().to_string()),
-            Value::from(self.inner.ttl_secs as i64),
-            Value::from(self.inner.touch_interval_secs as i64),
-            Value::from(if self.inner.outbox { "1" } else { "0" }),
-        ];
+        let args = vec![Value::from(id.hyphenated().to_string())];
         (keys, args)
     }
 

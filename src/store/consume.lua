@@ -29,14 +29,14 @@ if KIND == 'gcra' then
   reset_at = math.ceil(tat / 1000)
   retry = granted and 0 or math.ceil((new_tat - now_ms - capacity) / 1000)
 else
-  local window_end, used = live_window(state, now)
+  local window_end, used, end_text = live_window(state, now)
   if not window_end then
     window_end, used = fresh_window_end(now), 0
   end
   granted = used + COST <= LIMIT
   if granted then
     used = used + COST
-    new_state = window_end .. ':' .. used
+    new_state = string.format('%s:%d', end_text or window_end, used)
   end
   remaining = LIMIT - used
   reset_at = window_end

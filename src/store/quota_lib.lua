@@ -5,36 +5,37 @@
 -- does anything (together a seventh of a consume's time in Redis): so there are few, and
 -- what only some calls need is defined inside the function that needs it.
 -- KEYS[3]  the session's idempotency records (a hash; same hash tag as the session)
--- ARGV[5]  the policy's quota field
--- ARGV[6]  which of the counters below this request feeds (1 for the first), or 0
--- ARGV[7]  this request's idempotency record, a field of KEYS[3], or '' for none
--- ARGV[8]  cost, or 0 for the default cost of the allowance in force
--- ARGV[9]  '1' for a shadow decision: consume never refuses (a shadow policy); refund gives
+-- ARGV[2]  the policy's quota field
+-- ARGV[3]  which of the counters below this request feeds (1 for the first), or 0
+-- ARGV[4]  this request's idempotency record, a field of KEYS[3], or '' for none
+-- ARGV[5]  cost, or 0 for the default cost of the allowance in force
+-- ARGV[6]  '1' for a shadow decision: consume never refuses (a shadow policy); refund gives
 --          back the usage only (the consume was a shadow denial, which took no window)
--- ARGV[10] N, the number of allowances that follow: the policy's own, then one per plan
+-- ARGV[7]  N, the number of allowances that follow: the policy's own, then one per plan
 --          that overrides it
--- ARGV[11...] five per allowance: plan name ('' for the policy's own), kind (calendar |
+-- ARGV[8...] five per allowance: plan name ('' for the policy's own), kind (calendar |
 --          rolling | gcra), calendar unit | rolling length (s) | gcra interval (ms), limit
 --          (bucket size for gcra), default cost
--- ARGV[11 + 5N...] the field of every configured usage counter, reported in this order
+-- ARGV[8 + 5N...] the field of every configured usage counter, reported in this order
 -- The records of a session are one hash, so an erasure deletes them with one key. Redis 7.0
 -- cannot expire a field, so each record carries its own expiry and the hash lives as long
 -- as its longest-lived record.
-local RECORDS, RECORD = KEYS[3], ARGV[7] ~= '' and ARGV[7] or nil
-local FIELD, COUNTER, SHADOW = ARGV[5], tonumber(ARGV[6]), ARGV[9] == '1'
-local ALLOWANCES = tonumber(ARGV[10])
-local COUNTERS_FROM = 11 + 5 * ALLOWANCES
+local RECORDS, RECORD = KEYS[3], ARGV[4] ~= '' and ARGV[4] or nil
+local FIELD, COUNTER, SHADOW = ARGV[2], tonumber(ARGV[3]), ARGV[6] == '1'
+local ALLOWANCES = tonumber(ARGV[7])
+local COUNTERS_FROM = 8 + 5 * ALLOWANCES
 -- The allowance in force for the session (0: the policy's own, i: the i-th plan's), set
 -- by load_session from the session's plan.
 local ALLOWANCE, KIND, PARAM, LIMIT, COST
 
--- A fixed-window state "<end>:<used>", or nil when absent, malformed or lapsed at `now`.
+-- A fixed-window state "<end>:<used>" as its end, its use and its end as text (which a new
+-- state reuses), or nil when absent, malformed or lapsed at `now`.
 local function live_window(state, now)
   if not state then return nil end
-  local window_end, used = string.match(state, '^(%d+):(%d+)$')
-  window_end = tonumber(window_end)
+  local end_text, used = string.match(state, '^(%d+):(%d+)$')
+  local window_end = tonumber(end_text)
   if not window_end or now >= window_end then return nil end
-  return window_end, tonumber(used)
+  return window_end, tonumber(used), end_text
 end
 
 -- The end of a window that starts now. A calendar window ends at the first instant of the
@@ -74,11 +75,12 @@ local function fresh_window_end(now)
 end
 
 -- The common reply: the decision, then the usage counters in configured order, taken from
--- `counts` (an HMGET reply) from position `from` on.
+-- `counts` (an HMGET reply) from position `from` on, as stored: the gateway reads numbers
+-- from text as cheaply as from integers, and Lua does not.
 local function reply(outcome, limit, remaining, reset_at, retry, replayed, cost, allowance, counts, from)
   local result = {outcome, limit, remaining, reset_at, retry, replayed, cost, allowance}
   for i = from, #counts do
-    result[#result + 1] = tonumber(counts[i]) or 0
+    result[#result + 1] = counts[i] or 0
   end
   return result
 end
@@ -119,14 +121,14 @@ local function load_session()
   if not session[1] then return nil end
   ALLOWANCE = 0
   for i = 1, ALLOWANCES - 1 do
-    if ARGV[11 + 5 * i] == session[4] then
+    if ARGV[8 + 5 * i] == session[4] then
       ALLOWANCE = i
       break
     end
   end
-  local at = 11 + 5 * ALLOWANCE
+  local at = 8 + 5 * ALLOWANCE
   KIND, PARAM, LIMIT = ARGV[at + 1], ARGV[at + 2], tonumber(ARGV[at + 3])
-  COST = tonumber(ARGV[8])
+  COST = tonumber(ARGV[5])
   if COST == 0 then COST = tonumber(ARGV[at + 4]) end
   return session
 end
@@ -140,7 +142,7 @@ local function count(session, delta)
   local after = math.max(0, before + delta)
   if after == before then return end
   session[5 + COUNTER] = after
-  return ARGV[COUNTERS_FROM - 1 + COUNTER], after
+  return ARGV[COUNTERS_FROM - 1 + COUNTER], string.format('%d', after)
 end
 
 local MISSING = {'missing', 0, 0, 0, 0, 0, 0, 0}

@@ -23,11 +23,11 @@ if KIND == 'gcra' then
   remaining = math.floor((interval * LIMIT - (tat - now_ms)) / interval)
   reset_at = math.ceil(tat / 1000)
 else
-  local window_end, used = live_window(state, now)
+  local window_end, used, end_text = live_window(state, now)
   if window_end then
     if not SHADOW then
       used = math.max(0, used - COST)
-      writes[1], writes[2] = FIELD, window_end .. ':' .. used
+      writes[1], writes[2] = FIELD, string.format('%s:%d', end_text, used)
     end
   else
     window_end, used = fresh_window_end(now), 0

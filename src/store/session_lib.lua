@@ -1,11 +1,15 @@
--- Prepended to every script that changes a session. The calling convention is shared:
+-- Prepended to every script that changes a session, after the deployment's settings, which
+-- the store writes in front as Lua literals: no call sends them, and Redis parses no number
+-- for them (each conversion costs about as much as a short command):
+--   TTL             the session TTL in seconds, as the string EXPIRE is given
+--   TOUCH_INTERVAL  the touch interval in seconds
+--   USE_OUTBOX      whether changes are recorded in the outbox
+-- The calling convention is shared:
 -- KEYS[1]  the session hash            KEYS[2]  the outbox (dirty set) of its shard
--- ARGV[1]  the session id              ARGV[2]  session TTL in seconds
--- ARGV[3]  touch interval in seconds   ARGV[4]  '1' to record changes in the outbox
--- Script-specific arguments follow from ARGV[5].
+-- ARGV[1]  the session id
+-- Script-specific arguments follow from ARGV[2].
 local SESSION, OUTBOX = KEYS[1], KEYS[2]
-local SESSION_ID, TTL, TOUCH_INTERVAL = ARGV[1], ARGV[2], tonumber(ARGV[3])
-local USE_OUTBOX = ARGV[4] == '1'
+local SESSION_ID = ARGV[1]
 
 -- Redis's clock, so every gateway agrees: Unix seconds and milliseconds.
 local function clock()
@@ -27,15 +31,18 @@ end
 -- The version is at least the clock in milliseconds: after Redis is restored from an older
 -- backup its versions are behind the rows already written, and the system of record keeps
 -- only newer versions; the clock has moved on since, so the next change still wins.
+-- Numbers reach Redis as text made here, once: Redis would turn every number argument into
+-- text again, each at about the cost of a short command.
 local function write_change(fields, version, now_ms, touched)
   version = tonumber(version or redis.call('HGET', SESSION, 'v')) or 0
+  local stamp = string.format('%d', now_ms)
   fields[#fields + 1] = 'v'
-  fields[#fields + 1] = string.format('%d', math.max(version + 1, now_ms))
+  fields[#fields + 1] = version < now_ms and stamp or string.format('%d', version + 1)
   redis.call('HSET', SESSION, unpack(fields))
   if touched then
     redis.call('EXPIRE', SESSION, TTL)
   end
   if USE_OUTBOX then
-    redis.call('ZADD', OUTBOX, 'NX', now_ms, SESSION_ID)
+    redis.call('ZADD', OUTBOX, 'NX', stamp, SESSION_ID)
   end
 end

@@ -498,7 +498,7 @@ async fn lua_and_rust_calendar_math_agree_at_the_edges() {
     let gw = TestGateway::start().await;
     let lib = include_str!("../../src/store/quota_lib.lua");
     // fresh_window_end reads the allowance's kind and unit, which a script's load_session
-    // sets; the library needs ARGV[10], the number of allowances.
+    // sets; the library needs ARGV[7], the number of allowances.
     let script = format!(
         "{lib}\nKIND, PARAM = 'calendar', ARGV[2]\nreturn fresh_window_end(tonumber(ARGV[1]))"
     );
@@ -533,7 +533,7 @@ async fn lua_and_rust_calendar_math_agree_at_the_edges() {
                     Vec::<String>::new(),
                     [instant.to_string(), unit.as_str().to_string()]
                         .into_iter()
-                        .chain(std::iter::repeat_n(String::new(), 7))
+                        .chain(std::iter::repeat_n(String::new(), 4))
                         .chain(["1".to_string()])
                         .collect::<Vec<_>>(),
                 )
