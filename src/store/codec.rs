@@ -1,5 +1,6 @@
-//! Codec: Redis replies to the model's records and snapshots, and snapshots back to hash
-//! fields (the one-letter fields of the module doc of [`crate::store`]). No I/O.
+//! Codec: Redis replies to the model's records and snapshots, snapshots back to hash fields
+//! (the one-letter fields of the module doc of [`crate::store`]), and the policies as the
+//! quota scripts take them, encoded once per configuration. No I/O.
 
 use std::collections::HashMap;
 use std::hash::{DefaultHasher, Hash, Hasher};
