@@ -1,8 +1,11 @@
 //! JSON for the answers on the request path (session, info, quota), written straight into
 //! one buffer. Their keys are fixed, and their values are numbers, booleans, UUIDs,
 //! timestamps and names checked at start-up, so a string almost never needs escaping; serde
-//! through simd-json spent a quarter of a cached info read on the same bytes. Other answers
-//! (errors, operator reads) go through serde; this writer must never grow into a general one.
+//! through simd-json spent a quarter of a cached info read on the same bytes (the operator
+//! reads share the session shape, so they use it too). Other answers (errors, sync, persist)
+//! go through serde; this writer must never grow into a general one.
+
+use uuid::Uuid;
 
 /// A JSON object being written; nested objects open and close inside it.
 pub struct JsonObject {
@@ -42,10 +45,17 @@ impl JsonObject {
         self
     }
 
+    /// A UUID, hyphenated and lower case.
+    pub fn id(&mut self, key: &str, id: &Uuid) -> &mut Self {
+        self.string(
+            key,
+            id.hyphenated().encode_lower(&mut Uuid::encode_buffer()),
+        )
+    }
+
     pub fn number(&mut self, key: &str, value: impl itoa::Integer) -> &mut Self {
         self.key(key);
-        self.out
-            .extend_from_slice(itoa::Buffer::new().format(value).as_bytes());
+        self.integer(value);
         self
     }
 
@@ -80,8 +90,7 @@ impl JsonObject {
             self.comma();
             self.quoted(name);
             self.out.push(b':');
-            self.out
-                .extend_from_slice(itoa::Buffer::new().format(count).as_bytes());
+            self.integer(count);
         }
         self.close()
     }
@@ -102,6 +111,11 @@ impl JsonObject {
         self.out.push(b'"');
         self.out.extend_from_slice(key.as_bytes());
         self.out.extend_from_slice(b"\":");
+    }
+
+    fn integer(&mut self, value: impl itoa::Integer) {
+        self.out
+            .extend_from_slice(itoa::Buffer::new().format(value).as_bytes());
     }
 
     fn comma(&mut self) {
@@ -137,6 +151,10 @@ mod tests {
         let mut object = JsonObject::new();
         object
             .string("id", "abc")
+            .id(
+                "uuid",
+                &Uuid::from_u128(0x6f9619ff_8b86_4011_b42d_00cf4fc964ff),
+            )
             .number("n", 42u64)
             .number("negative", -7i64)
             .boolean("ok", true)
@@ -155,7 +173,7 @@ mod tests {
         let text = String::from_utf8(object.finish()).unwrap();
         assert_eq!(
             text,
-            r#"{"id":"abc","n":42,"negative":-7,"ok":true,"limits":{"generate":{"limit":10},"empty":{}},"usage":{"a":1,"b\"":2},"plan":null,"named":"pro","raw":{"x":[1]},"quote":"line\nbreak\u0001\"\\"}"#
+            r#"{"id":"abc","uuid":"6f9619ff-8b86-4011-b42d-00cf4fc964ff","n":42,"negative":-7,"ok":true,"limits":{"generate":{"limit":10},"empty":{}},"usage":{"a":1,"b\"":2},"plan":null,"named":"pro","raw":{"x":[1]},"quote":"line\nbreak\u0001\"\\"}"#
         );
         let mut bytes = text.into_bytes();
         let parsed: simd_json::OwnedValue = simd_json::to_owned_value(&mut bytes).unwrap();

@@ -102,11 +102,8 @@ pub(super) async fn plan(
         .await?
         .ok_or_else(ApiError::session_not_found)?;
     let mut body = JsonObject::new();
-    body.string(
-        "session_id",
-        id.hyphenated().encode_lower(&mut Uuid::encode_buffer()),
-    )
-    .string_or_null("plan", record.plan.as_deref());
+    body.id("session_id", &id)
+        .string_or_null("plan", record.plan.as_deref());
     write_rate_limits(&mut body, &api.quotas, &record);
     Ok(json_object(StatusCode::OK, body))
 }

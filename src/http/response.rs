@@ -142,13 +142,7 @@ pub fn json_object(status: StatusCode, object: JsonObject) -> Response<Body> {
 pub fn session_body(session: &Session, is_new: Option<bool>) -> JsonObject {
     let record = &session.record;
     let mut body = JsonObject::new();
-    body.string(
-        "session_id",
-        session
-            .id
-            .hyphenated()
-            .encode_lower(&mut Uuid::encode_buffer()),
-    );
+    body.id("session_id", &session.id);
     if let Some(is_new) = is_new {
         body.boolean("is_new_session", is_new);
     }
@@ -244,8 +238,8 @@ impl std::fmt::Display for Timestamp {
     }
 }
 
-/// The civil date of a day counted from 1970-01-01 (H. Hinnant's algorithm, as the quota
-/// window arithmetic uses).
+/// The civil date of a day counted from 1970-01-01 (H. Hinnant's algorithm, as
+/// `store/quota_lib.lua`'s window arithmetic has it in Lua).
 fn civil_from_days(days: i64) -> (i64, u32, u32) {
     let z = days + 719_468;
     let era = z.div_euclid(146_097);
