@@ -1,16 +1,16 @@
-//! One connection's life: served by hyper while a request is under way, parked without
-//! buffers in between.
+//! One connection's life: served by hyper while requests come, parked without buffers once
+//! it has been idle for a moment.
 //!
 //! hyper keeps a read buffer of at least 8 KiB and a write buffer of 8 KiB for every
 //! connection it serves, idle or not: 10,000 idle keep-alive connections held 150-250 MiB,
 //! and a burst of them spent most of its time having the kernel zero fresh pages. Here a
-//! connection is taken back from hyper as soon as hyper is idle on it (every response
-//! written, and nothing more to read), which hyper allows without a word to the client, and
-//! waits for its next request as a bare socket; the next request's first byte hands it to a
-//! new hyper connection. Only connections with a request under way hold buffers, and the
-//! allocator hands the same few buffers from one to the next. After a request with a body
-//! (its handler may have left some of it unread) or with `Connection: close`, the connection
-//! stays with hyper, whose idle timer then bounds it, until its next request.
+//! connection is taken back from hyper once hyper has been idle on it (every response
+//! written, and nothing more to read) for [`LINGER`], which hyper allows without a word to
+//! the client, and waits for its next request as a bare socket; the next request's first
+//! byte hands it to a new hyper connection. A busy connection stays with hyper: building a
+//! hyper connection and its buffers for every request was a fifth of a cached read's
+//! instructions. After a request with a body (its handler may have left some of it unread)
+//! or with `Connection: close`, the connection stays with hyper until its next request.
 //!
 //! It owns the idle (keep-alive) timeout and graceful shutdown of a connection; the request
 //! head deadline is [`HeadTimeout`]'s, and what a request means is the service's.
@@ -30,6 +30,7 @@ use hyper::service::HttpService;
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 use tokio::sync::watch;
+use tokio::time::{Instant, Sleep};
 
 use super::head_timeout::HeadTimeout;
 
@@ -119,6 +120,11 @@ impl<B: hyper::body::Body + Unpin> hyper::body::Body for Tracked<B> {
     }
 }
 
+/// How long hyper keeps an idle connection, and its buffers, before it is parked: a client
+/// sending request after request never pays for a parking, and a burst of new connections
+/// holds few buffers at once. A connection is parked after one to two of these.
+pub const LINGER: Duration = Duration::from_millis(100);
+
 /// Serves `stream` with `service` until the client leaves, the idle timeout passes, or
 /// `shutdown` turns true (then the request under way, if any, is finished first);
 /// `parked_gauge` counts the listener's parked connections.
@@ -139,7 +145,11 @@ where
 {
     let mut socket = HeadTimeout::new(stream, timeouts.head);
     let awaiting = socket.awaiting();
-    let mut idle_since = tokio::time::Instant::now();
+    let mut idle_since = Instant::now();
+    // One timer for the connection's life, re-armed only when it fires, never per request:
+    // hyper's idle connection is parked (or, if it cannot be, closed at the keep-alive
+    // timeout) when the timer finds no request started since it was armed.
+    let mut idle_timer = std::pin::pin!(tokio::time::sleep_until(idle_since));
     // A new connection waits for its first request as a parked one does for its next.
     let mut ended = Ended::Parked;
     loop {
@@ -160,12 +170,14 @@ where
             }
         }
         let started = activity.started();
-        // Boxed: the hyper connection, with its buffers, lives only while a request is under
-        // way; a parked connection's task holds none of it.
+        // Boxed: the hyper connection, with its buffers, lives only while requests come; a
+        // parked connection's task holds none of it.
         let mut connection = Box::new(http.serve_connection(TokioIo::new(socket), service.clone()));
         ended = {
             let mut stop = std::pin::pin!(shutdown.wait_for(|stop| *stop));
             let (mut stopping, mut ended) = (false, Ended::Closed);
+            // When the idle timer was armed, and how many requests had started then.
+            let mut armed: Option<(Instant, u64)> = None;
             std::future::poll_fn(|cx| {
                 if !stopping && stop.as_mut().poll(cx).is_ready() {
                     // Finish the request under way; hyper closes after its response.
@@ -177,39 +189,72 @@ where
                     return polled;
                 }
                 // Waiting for a next request that has not begun:
-                if activity.started() == started {
+                let now_started = activity.started();
+                if now_started == started {
                     // No request yet, nor a byte of one: the socket's readiness was stale.
                     // Nothing was read or written, so the socket can be taken back as is.
                     ended = Ended::NothingRead;
                     return Poll::Ready(Ok(()));
                 }
-                if activity.all_finished() && activity.parkable() {
-                    // Every response written, and none of a body still to come: hyper drops
-                    // its state and lets the socket go, unannounced (or, with a response
-                    // still flushing, once it is out). A request with a body is not parked
-                    // after: its handler may have left some of it unread, and hyper's idle
-                    // timer covers the connection until its next request.
-                    Pin::new(&mut *connection).graceful_shutdown();
-                    stopping = true;
-                    let polled = connection.poll_without_shutdown(cx);
-                    if polled.is_ready() {
-                        ended = Ended::Parked;
-                    }
+                if !activity.all_finished() {
                     return polled;
                 }
-                polled
+                let idle_from = match armed {
+                    // A connection's first request: a client that made one seldom makes
+                    // another at once (and a burst of new connections would each hold
+                    // buffers while lingering), so it is parked without lingering.
+                    None if now_started == 1 && activity.parkable() => Instant::now(),
+                    None => {
+                        let now = Instant::now();
+                        armed = Some((now, now_started));
+                        arm(idle_timer.as_mut(), now + LINGER, cx);
+                        return polled;
+                    }
+                    Some((armed_at, armed_started)) => {
+                        if idle_timer.as_mut().poll(cx).is_pending() {
+                            return polled;
+                        }
+                        let now = Instant::now();
+                        if armed_started != now_started {
+                            // Requests came since it was armed: not idle that long.
+                            armed = Some((now, now_started));
+                            arm(idle_timer.as_mut(), now + LINGER, cx);
+                            return polled;
+                        }
+                        if !activity.parkable() {
+                            // A request with a body came last, which its handler may have
+                            // left unread: the connection stays with hyper until its next
+                            // request or the keep-alive timeout.
+                            let deadline = armed_at + timeouts.keep_alive;
+                            if now >= deadline {
+                                return Poll::Ready(Ok(()));
+                            }
+                            arm(idle_timer.as_mut(), deadline, cx);
+                            return polled;
+                        }
+                        armed_at
+                    }
+                };
+                // Every response written, and none of a body still to come: hyper drops its
+                // state and lets the socket go, unannounced (or, with a response still
+                // flushing, once it is out).
+                Pin::new(&mut *connection).graceful_shutdown();
+                stopping = true;
+                idle_since = idle_from;
+                ended = Ended::Parked;
+                connection.poll_without_shutdown(cx)
             })
             .await?;
             ended
         };
-        // Ended by the client, by an error, or by shutdown: nothing to park.
+        // Ended by the client, by an error, by the keep-alive timeout or by shutdown: nothing
+        // to park.
         if ended == Ended::Closed || *shutdown.borrow() {
             return Ok(());
         }
         let parts = connection.into_parts();
         socket = parts.io.into_inner();
         if ended == Ended::Parked {
-            idle_since = tokio::time::Instant::now();
             // Bytes hyper read ahead (pipelined) go first: served at once if they hold a
             // whole head, else parked until the rest comes, within the head deadline.
             // Copied: `read_buf` is a view of hyper's whole read buffer, and would keep it
@@ -219,6 +264,12 @@ where
             }
         }
     }
+}
+
+/// Sets `timer` to fire at `at`, waking the task polled with `cx`.
+fn arm(mut timer: Pin<&mut Sleep>, at: Instant, cx: &mut Context<'_>) {
+    timer.as_mut().reset(at);
+    let _ = timer.poll(cx);
 }
 
 /// How a hyper connection ended.

@@ -41,7 +41,6 @@ use hyper::body::Incoming;
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper::{Request, Response};
-use hyper_util::rt::TokioTimer;
 use ipnet::IpNet;
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, watch};
@@ -111,11 +110,9 @@ pub async fn serve<H, F>(
     F: Future<Output = Response<Body>> + Send + 'static,
 {
     let mut http = http1::Builder::new();
-    http.timer(TokioTimer::new())
-        // hyper's "header read" clock runs while a connection waits for a head, idle time
-        // included, so it is the keep-alive timeout here (for the connections `connection`
-        // does not park); HeadTimeout bounds the head itself.
-        .header_read_timeout(limits.keep_alive_timeout)
+    // hyper's "header read" clock would arm a timer for every request; `connection` times
+    // idle connections and HeadTimeout bounds a head.
+    http.header_read_timeout(None)
         .max_header_size(limits.max_header_bytes)
         // The read buffer is where an unfinished head waits: bounded by the same limit, an
         // oversized head is refused as it arrives instead of being held until the timeout.

@@ -339,6 +339,25 @@ async fn a_request_split_across_a_parking_is_served_whole() {
     stream.shutdown().await.expect("close");
 }
 
+/// A connection that made several requests lingers with hyper for a moment after the last
+/// (its next request would not pay for a new hyper connection), then is parked.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_busy_connection_is_parked_once_idle() {
+    let redis = RedisServer::start();
+    let gw = GatewayProcess::start(&redis.url(0), LOAD_SETTINGS, &[]);
+    let id = gw.new_session(&one_shot()).await;
+    let request = info_request(&id);
+    let mut stream = TcpStream::connect(gw.public).await.expect("connect");
+    for _ in 0..10 {
+        assert_eq!(exchange(&mut stream, &request).await.expect("answer"), 200);
+    }
+    until_parked(&gw, 1, Duration::from_secs(10)).await;
+    let status = exchange(&mut stream, &request)
+        .await
+        .expect("answer after parking");
+    assert_eq!(status, 200);
+}
+
 /// A request whose body comes after its answer (the handler refused it from the head alone,
 /// and left the body unread) is never parked: its body must not be read as the next
 /// request. The connection either serves the next request or is closed.

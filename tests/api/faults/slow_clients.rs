@@ -246,3 +246,38 @@ async fn a_client_stalling_mid_body_is_cut_off() {
     )
     .await;
 }
+
+/// A connection that makes request after request stays with hyper between them, and is
+/// still cut at the keep-alive timeout once idle: after plain reads (parked a moment after
+/// the last) and after a request with a body (kept by hyper, whose body might be unread).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn busy_connections_are_cut_after_keep_alive_once_idle() {
+    let _serial = SERIAL.lock().await;
+    let keep_alive = Duration::from_millis(2000);
+    let margin = Duration::from_millis(1500);
+    let (_redis, gw) = gateway_with_read_timeouts(keep_alive, keep_alive);
+    let id = gw.new_session(&one_shot()).await;
+    let body = r#"{"theme":"dark"}"#;
+    let with_body = format!(
+        "PUT /api/session/preferences HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Session-Id: {id}\r\n\
+         Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    let mut cut = Vec::new();
+    for last in [info_request(&id), with_body] {
+        let mut stream = TcpStream::connect(gw.public).await.expect("connect");
+        for _ in 0..5 {
+            let status = exchange(&mut stream, &info_request(&id)).await;
+            assert_eq!(status.expect("answer"), 200);
+        }
+        assert_eq!(exchange(&mut stream, &last).await.expect("answer"), 200);
+        cut.push(until_closed(&mut stream, Instant::now(), keep_alive * 3).await);
+    }
+    eprintln!("busy connections cut after {cut:?} idle (keep-alive {keep_alive:?})");
+    for time in cut {
+        assert!(
+            time >= keep_alive.mul_f64(0.95) && time <= keep_alive + margin,
+            "a busy connection was cut after {time:?} idle, keep_alive_timeout is {keep_alive:?}"
+        );
+    }
+}
