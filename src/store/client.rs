@@ -7,13 +7,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use fred::prelude::*;
-use fred::types::scripts::Script;
 use fred::types::Value;
 use uuid::Uuid;
 
 use super::codec::{record, Shaped};
 use super::error::StoreError;
 use super::keys::{inflight_key, session_key, shard_of, shard_prefix, SHARDS_KEY};
+use super::lua::Lua;
 use super::near_cache::NearCache;
 use super::tracking::tracked_pool;
 use crate::model::quota::Policy;
@@ -55,6 +55,9 @@ pub(super) struct Inner {
     pub(super) shards: u32,
     pub(super) max_dirty_per_shard: u64,
     pub(super) scripts: Scripts,
+    /// `session_lib.lua` with this deployment's settings in front: what every session
+    /// script is built on, the quota scripts of each reload too.
+    pub(super) session_lib: String,
     pub(super) near: Option<Near>,
 }
 
@@ -64,27 +67,10 @@ pub(super) struct Near {
     pool: Pool,
 }
 
-/// A Lua script and the operation name its calls are measured under.
-pub(super) struct Lua {
-    pub(super) op: &'static str,
-    pub(super) script: Script,
-}
-
-impl Lua {
-    fn new(op: &'static str, source: String) -> Lua {
-        Lua {
-            op,
-            script: Script::from_lua(source),
-        }
-    }
-}
-
 pub(super) struct Scripts {
     pub(super) create: Lua,
     pub(super) touch: Lua,
     pub(super) set_preferences: Lua,
-    pub(super) consume: Lua,
-    pub(super) refund: Lua,
     pub(super) claim: Lua,
     pub(super) settle: Lua,
     pub(super) restore: Lua,
@@ -94,13 +80,11 @@ pub(super) struct Scripts {
 }
 
 impl Scripts {
-    fn all(&self) -> [&Lua; 11] {
+    fn all(&self) -> [&Lua; 9] {
         [
             &self.create,
             &self.touch,
             &self.set_preferences,
-            &self.consume,
-            &self.refund,
             &self.claim,
             &self.settle,
             &self.restore,
@@ -136,11 +120,9 @@ impl Store {
             config.touch_interval.as_secs(),
             config.outbox,
         );
-        let with_session_lib =
-            |script: &str| format!("{settings}{}\n{script}", include_str!("session_lib.lua"));
-        let with_quota_lib = |script: &str| {
-            with_session_lib(&format!("{}\n{script}", include_str!("quota_lib.lua")))
-        };
+        let session_lib = format!("{settings}{}", include_str!("session_lib.lua"));
+        let with_session_lib = |script: &str| format!("{session_lib}\n{script}");
+        let shape = Arc::new(Shaped::of(&config.policies, &session_lib));
         Ok(Store {
             inner: Arc::new(Inner {
                 pool,
@@ -156,8 +138,6 @@ impl Store {
                         "set_preferences",
                         with_session_lib(include_str!("set_preferences.lua")),
                     ),
-                    consume: Lua::new("consume", with_quota_lib(include_str!("consume.lua"))),
-                    refund: Lua::new("refund", with_quota_lib(include_str!("refund.lua"))),
                     claim: Lua::new("claim", include_str!("claim.lua").to_string()),
                     settle: Lua::new("settle", include_str!("settle.lua").to_string()),
                     restore: Lua::new("restore", include_str!("restore.lua").to_string()),
@@ -169,17 +149,19 @@ impl Store {
                     erase: Lua::new("erase", include_str!("erase.lua").to_string()),
                 },
                 near,
+                session_lib,
             }),
-            shape: Arc::new(Shaped::of(&config.policies)),
+            shape,
         })
     }
 
     /// This store, reading sessions in the shape of `policies` (a configuration reload):
-    /// same connections, same scripts.
+    /// same connections and session scripts; the quota scripts of the new policies, which
+    /// Redis loads on their first use (`NOSCRIPT`).
     pub fn reshaped(&self, policies: &[Policy]) -> Store {
         Store {
             inner: self.inner.clone(),
-            shape: Arc::new(Shaped::of(policies)),
+            shape: Arc::new(Shaped::of(policies, &self.inner.session_lib)),
         }
     }
 
@@ -202,7 +184,9 @@ impl Store {
                     configured: inner.shards,
                 });
             }
-            for lua in inner.scripts.all() {
+            let quota = self.shape.quota_scripts.values();
+            let quota = quota.flat_map(|policy| [&policy.consume, &policy.refund]);
+            for lua in inner.scripts.all().into_iter().chain(quota) {
                 lua.script.load(client).await?;
             }
             Ok(())

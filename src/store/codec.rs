@@ -1,6 +1,6 @@
 //! Codec: Redis replies to the model's records and snapshots, snapshots back to hash fields
-//! (the one-letter fields of the module doc of [`crate::store`]), and the policies as the
-//! quota scripts take them, encoded once per configuration. No I/O.
+//! (the one-letter fields of the module doc of [`crate::store`]), and what a configuration's
+//! calls send, built once per configuration. No I/O.
 
 use std::collections::HashMap;
 use std::hash::{DefaultHasher, Hash, Hasher};
@@ -11,7 +11,8 @@ use uuid::Uuid;
 
 use super::error::StoreError;
 use super::keys::{counter_field, counter_of_field, quota_field, FIELDS};
-use crate::model::quota::{counters, Policy, Window};
+use super::quota_scripts::PolicyScripts;
+use crate::model::quota::{counters, Policy};
 use crate::model::session::{SessionRecord, Snapshot, Usage};
 
 /// A read shape with what calls send for it, built once per set of policies (at start-up,
@@ -20,63 +21,17 @@ pub(super) struct Shaped {
     pub shape: ReadShape,
     /// `shape`'s hash fields, as a read asks for them (built once, each clone a count).
     pub read_fields: Vec<Key>,
-    /// The field of every configured counter, in `shape`'s order: the quota scripts report
-    /// them (see `quota_lib.lua`).
-    pub counter_fields: Vec<Value>,
     /// Tells records read with this shape from those read with another (the near cache
     /// serves a reader only what was read with its own): a hash of `read_fields`, which
     /// determine the shape, so every thread's store of the same policies agrees.
     pub generation: u64,
-    /// What the quota scripts are told of each policy, by operation.
-    pub quota_args: HashMap<String, QuotaArgs>,
-}
-
-/// A policy as the quota scripts take it (see `quota_lib.lua`), encoded once: a metered
-/// request only adds what is its own (record, cost, mode), and formatting the rest on
-/// every call was a tenth of a consume's cost in the gateway.
-pub(super) struct QuotaArgs {
-    /// `q:<operation>`, the hash field of the policy's window.
-    pub field: Value,
-    /// Which of the reported counters the policy feeds (1 for the first), 0 for none.
-    pub counter: i64,
-    /// N, then five per allowance: the policy's own first, then each plan's.
-    pub allowances: Vec<Value>,
-}
-
-impl QuotaArgs {
-    pub fn of(policy: &Policy, counters: &[Arc<str>]) -> QuotaArgs {
-        let counter = policy.counter.as_ref().and_then(|counter| {
-            counters
-                .iter()
-                .position(|name| name == counter)
-                .map(|index| index as i64 + 1)
-        });
-        let mut allowances = vec![Value::from(1 + policy.plans.len() as i64)];
-        let plans = policy.plans.iter().map(|(name, a)| (&**name, a));
-        for (plan, allowance) in std::iter::once(("", &policy.allowance)).chain(plans) {
-            let (kind, param) = match allowance.window {
-                Window::Calendar(unit) => ("calendar", unit.as_str().to_string()),
-                Window::Rolling(length) => ("rolling", length.as_secs().to_string()),
-                Window::Gcra { interval } => ("gcra", interval.as_millis().to_string()),
-            };
-            allowances.extend([
-                Value::from(plan.to_string()),
-                Value::from(kind),
-                Value::from(param),
-                Value::from(allowance.limit as i64),
-                Value::from(allowance.default_cost as i64),
-            ]);
-        }
-        QuotaArgs {
-            field: Value::from(quota_field(&policy.operation)),
-            counter: counter.unwrap_or(0),
-            allowances,
-        }
-    }
+    /// Each policy's quota scripts, by operation.
+    pub quota_scripts: HashMap<String, PolicyScripts>,
 }
 
 impl Shaped {
-    pub fn of(policies: &[Policy]) -> Shaped {
+    /// `session_lib` is what the quota scripts are built on (see [`PolicyScripts::of`]).
+    pub fn of(policies: &[Policy], session_lib: &str) -> Shaped {
         let shape = ReadShape {
             counters: counters(policies),
             quota_operations: policies
@@ -88,20 +43,15 @@ impl Shaped {
         let mut hasher = DefaultHasher::new();
         read_fields.hash(&mut hasher);
         Shaped {
-            quota_args: policies
+            quota_scripts: policies
                 .iter()
                 .map(|policy| {
-                    let args = QuotaArgs::of(policy, &shape.counters);
-                    (policy.operation.clone(), args)
+                    let scripts = PolicyScripts::of(policy, &shape.counters, session_lib);
+                    (policy.operation.clone(), scripts)
                 })
                 .collect(),
             generation: hasher.finish(),
             read_fields: read_fields.into_iter().map(Key::from).collect(),
-            counter_fields: shape
-                .counters
-                .iter()
-                .map(|c| Value::from(counter_field(c)))
-                .collect(),
             shape,
         }
     }

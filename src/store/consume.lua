@@ -16,7 +16,7 @@ local now, now_ms = clock()
 
 local granted, new_state, remaining, reset_at, retry
 if KIND == 'gcra' then
-  local interval = tonumber(PARAM)
+  local interval = PARAM
   local capacity = interval * LIMIT
   local tat = math.max(tonumber(state) or now_ms, now_ms)
   local new_tat = tat + COST * interval

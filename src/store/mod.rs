@@ -37,7 +37,8 @@
 //! the configured timeout, and fails at once while the connection is known to be down.
 //!
 //! The submodules, each on its own: `keys` (names), `codec` (replies to records), `client`
-//! (the pool and the session operations), `quota` (the quota scripts), `operator`
+//! (the pool and the session operations), `lua` (scripts as data), `quota` (the quota
+//! scripts' calls), `quota_scripts` (each policy's scripts), `operator`
 //! (inspection, resets, erasure), `outbox` (what the flusher uses), `settings` (how Redis
 //! keeps the data), `near_cache` (records kept in memory) and `tracking` (the connections
 //! Redis announces changes on); this file only says what the store offers.
@@ -46,10 +47,12 @@ mod client;
 mod codec;
 mod error;
 mod keys;
+mod lua;
 mod near_cache;
 mod operator;
 mod outbox;
 mod quota;
+mod quota_scripts;
 mod settings;
 mod tracking;
 

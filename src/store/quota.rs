@@ -1,14 +1,16 @@
-//! The quota scripts (`consume.lua`, `refund.lua`): arguments out, answers back.
+//! The quota scripts (`consume.lua`, `refund.lua`, one pair per policy: see
+//! `quota_scripts`): arguments out, answers back.
 
 use std::sync::Arc;
 
 use fred::types::Value;
 use uuid::Uuid;
 
-use super::client::{Lua, Store};
-use super::codec::{usage, QuotaArgs};
+use super::client::Store;
+use super::codec::usage;
 use super::error::StoreError;
 use super::keys::records_key;
+use super::quota_scripts::PolicyScripts;
 use crate::model::decision::{QuotaAnswer, QuotaOutcome, QuotaRequest};
 use crate::model::quota::{Mode, Policy, QuotaStatus};
 
@@ -19,8 +21,7 @@ impl Store {
         id: &Uuid,
         request: &QuotaRequest<'_>,
     ) -> Result<Option<QuotaAnswer>, StoreError> {
-        let script = &self.inner.scripts.consume;
-        self.quota_call(script, "consume", id, request).await
+        self.quota_call(Action::Consume, id, request).await
     }
 
     /// Gives quota back (see `refund.lua`); `None` if the session does not exist.
@@ -29,57 +30,55 @@ impl Store {
         id: &Uuid,
         request: &QuotaRequest<'_>,
     ) -> Result<Option<QuotaAnswer>, StoreError> {
-        let script = &self.inner.scripts.refund;
-        self.quota_call(script, "refund", id, request).await
+        self.quota_call(Action::Refund, id, request).await
     }
 
     async fn quota_call(
         &self,
-        script: &Lua,
-        action: &str,
+        action: Action,
         id: &Uuid,
         request: &QuotaRequest<'_>,
     ) -> Result<Option<QuotaAnswer>, StoreError> {
         let policy = request.policy;
         let built;
-        let policy_args = match self.shape.quota_args.get(&policy.operation) {
-            Some(args) => args,
+        let scripts = match self.shape.quota_scripts.get(&policy.operation) {
+            Some(scripts) => scripts,
             // A policy this store's shape was not built with (not one of its configuration's).
             None => {
-                built = QuotaArgs::of(policy, &self.shape.shape.counters);
+                let counters = &self.shape.shape.counters;
+                built = PolicyScripts::of(policy, counters, &self.inner.session_lib);
                 &built
             }
         };
+        let (script, name, shadow) = match action {
+            Action::Consume => (&scripts.consume, "consume", policy.mode == Mode::Shadow),
+            Action::Refund => (&scripts.refund, "refund", request.after_shadow_denial),
+        };
         let record = match request.idempotency_key {
-            Some(key) => format!("{action}:{}:{key}", policy.operation),
+            Some(key) => format!("{name}:{}:{key}", policy.operation),
             None => String::new(),
         };
-        let shadow = match action {
-            "consume" => policy.mode == Mode::Shadow,
-            _ => request.after_shadow_denial,
-        };
+        let flag = |set: bool| Value::from_static_str(if set { "1" } else { "0" });
         let call = || {
             let (mut keys, mut args) = self.session_call(id);
             keys.push(records_key(&keys[0]));
-            args.reserve(5 + policy_args.allowances.len() + self.shape.counter_fields.len());
             args.extend([
-                policy_args.field.clone(),
-                Value::from(if request.counts_usage {
-                    policy_args.counter
-                } else {
-                    0
-                }),
+                flag(request.counts_usage),
                 Value::from(record.as_str()),
                 Value::from(request.cost.unwrap_or(0) as i64),
-                Value::from(if shadow { "1" } else { "0" }),
+                flag(shadow),
             ]);
-            args.extend(policy_args.allowances.iter().cloned());
-            args.extend(self.shape.counter_fields.iter().cloned());
             (keys, args)
         };
         let reply = self.eval(script, Some(id), call).await?;
         answer(reply, policy, &self.shape.shape.counters)
     }
+}
+
+#[derive(Clone, Copy)]
+enum Action {
+    Consume,
+    Refund,
 }
 
 /// Decodes `{outcome, limit, remaining, reset_at, retry_after, replayed, cost, allowance,

@@ -4,26 +4,26 @@
 -- Every function a script defines is a closure built again on each call, before the script
 -- does anything (together a seventh of a consume's time in Redis): so there are few, and
 -- what only some calls need is defined inside the function that needs it.
+-- The policy is written in front of this library as literals (store/quota_scripts.rs): each
+-- policy has scripts of its own, and a call sends only what is its own.
+--   FIELD           the policy's quota field
+--   FEEDS           which of COUNTER_FIELDS the policy feeds (1 for the first), or 0
+--   COUNTER_FIELDS  the field of every configured usage counter, reported in this order
+--   ALLOWANCES      five per allowance, the policy's own first, then one per plan that
+--                   overrides it: plan name ('' for the policy's own), kind (calendar |
+--                   rolling | gcra), calendar unit | rolling length (s) | gcra interval
+--                   (ms), limit (bucket size for gcra), default cost
 -- KEYS[3]  the session's idempotency records (a hash; same hash tag as the session)
--- ARGV[2]  the policy's quota field
--- ARGV[3]  which of the counters below this request feeds (1 for the first), or 0
--- ARGV[4]  this request's idempotency record, a field of KEYS[3], or '' for none
--- ARGV[5]  cost, or 0 for the default cost of the allowance in force
--- ARGV[6]  '1' for a shadow decision: consume never refuses (a shadow policy); refund gives
+-- ARGV[2]  '1' if this request feeds the policy's counter, else '0'
+-- ARGV[3]  this request's idempotency record, a field of KEYS[3], or '' for none
+-- ARGV[4]  cost, or 0 for the default cost of the allowance in force
+-- ARGV[5]  '1' for a shadow decision: consume never refuses (a shadow policy); refund gives
 --          back the usage only (the consume was a shadow denial, which took no window)
--- ARGV[7]  N, the number of allowances that follow: the policy's own, then one per plan
---          that overrides it
--- ARGV[8...] five per allowance: plan name ('' for the policy's own), kind (calendar |
---          rolling | gcra), calendar unit | rolling length (s) | gcra interval (ms), limit
---          (bucket size for gcra), default cost
--- ARGV[8 + 5N...] the field of every configured usage counter, reported in this order
 -- The records of a session are one hash, so an erasure deletes them with one key. Redis 7.0
 -- cannot expire a field, so each record carries its own expiry and the hash lives as long
 -- as its longest-lived record.
-local RECORDS, RECORD = KEYS[3], ARGV[4] ~= '' and ARGV[4] or nil
-local FIELD, COUNTER, SHADOW = ARGV[2], tonumber(ARGV[3]), ARGV[6] == '1'
-local ALLOWANCES = tonumber(ARGV[7])
-local COUNTERS_FROM = 8 + 5 * ALLOWANCES
+local RECORDS, RECORD = KEYS[3], ARGV[3] ~= '' and ARGV[3] or nil
+local COUNTER, SHADOW = ARGV[2] == '1' and FEEDS or 0, ARGV[5] == '1'
 -- The allowance in force for the session (0: the policy's own, i: the i-th plan's), set
 -- by load_session from the session's plan.
 local ALLOWANCE, KIND, PARAM, LIMIT, COST
@@ -41,7 +41,7 @@ end
 -- The end of a window that starts now. A calendar window ends at the first instant of the
 -- next unit; months by way of civil dates, leap years included.
 local function fresh_window_end(now)
-  if KIND ~= 'calendar' then return now + tonumber(PARAM) end
+  if KIND ~= 'calendar' then return now + PARAM end
   if PARAM == 'minute' then return (math.floor(now / 60) + 1) * 60 end
   if PARAM == 'hour' then return (math.floor(now / 3600) + 1) * 3600 end
   if PARAM == 'day' then return (math.floor(now / 86400) + 1) * 86400 end
@@ -93,8 +93,8 @@ local function replay()
   local outcome, limit, remaining, reset_at, retry, expires, allowance = string.match(prior, '^([%a_]+) (%d+) (%d+) (%d+) (%d+) (%d+) (%d+)$')
   if not allowance or tonumber(expires) <= tonumber(redis.call('TIME')[1]) then return nil end
   local counts = {}
-  if #ARGV >= COUNTERS_FROM then
-    counts = redis.call('HMGET', SESSION, unpack(ARGV, COUNTERS_FROM))
+  if #COUNTER_FIELDS > 0 then
+    counts = redis.call('HMGET', SESSION, unpack(COUNTER_FIELDS))
   end
   return reply(outcome, tonumber(limit), tonumber(remaining), tonumber(reset_at), tonumber(retry), 1, 0, tonumber(allowance), counts, 1)
 end
@@ -117,19 +117,19 @@ end
 -- 5 + COUNTER); nil for an unknown session. Chooses the allowance of the session's plan:
 -- the plan's when it overrides this policy, else the policy's own.
 local function load_session()
-  local session = redis.call('HMGET', SESSION, 'c', 'a', 'v', 't', FIELD, unpack(ARGV, COUNTERS_FROM))
+  local session = redis.call('HMGET', SESSION, 'c', 'a', 'v', 't', FIELD, unpack(COUNTER_FIELDS))
   if not session[1] then return nil end
   ALLOWANCE = 0
-  for i = 1, ALLOWANCES - 1 do
-    if ARGV[8 + 5 * i] == session[4] then
+  for i = 1, #ALLOWANCES / 5 - 1 do
+    if ALLOWANCES[1 + 5 * i] == session[4] then
       ALLOWANCE = i
       break
     end
   end
-  local at = 8 + 5 * ALLOWANCE
-  KIND, PARAM, LIMIT = ARGV[at + 1], ARGV[at + 2], tonumber(ARGV[at + 3])
-  COST = tonumber(ARGV[5])
-  if COST == 0 then COST = tonumber(ARGV[at + 4]) end
+  local at = 5 * ALLOWANCE
+  KIND, PARAM, LIMIT = ALLOWANCES[at + 2], ALLOWANCES[at + 3], ALLOWANCES[at + 4]
+  COST = tonumber(ARGV[4])
+  if COST == 0 then COST = ALLOWANCES[at + 5] end
   return session
 end
 
@@ -142,7 +142,7 @@ local function count(session, delta)
   local after = math.max(0, before + delta)
   if after == before then return end
   session[5 + COUNTER] = after
-  return ARGV[COUNTERS_FROM - 1 + COUNTER], string.format('%d', after)
+  return COUNTER_FIELDS[COUNTER], string.format('%d', after)
 end
 
 local MISSING = {'missing', 0, 0, 0, 0, 0, 0, 0}

@@ -14,7 +14,7 @@ local now, now_ms = clock()
 local remaining, reset_at
 local writes = {}
 if KIND == 'gcra' then
-  local interval = tonumber(PARAM)
+  local interval = PARAM
   local tat = math.max(tonumber(state) or now_ms, now_ms)
   if tat > now_ms and not SHADOW then
     tat = math.max(now_ms, tat - COST * interval)

@@ -497,10 +497,11 @@ async fn session_creation_is_throttled_per_client_ip() {
 async fn lua_and_rust_calendar_math_agree_at_the_edges() {
     let gw = TestGateway::start().await;
     let lib = include_str!("../../src/store/quota_lib.lua");
-    // fresh_window_end reads the allowance's kind and unit, which a script's load_session
-    // sets; the library needs ARGV[7], the number of allowances.
+    // The library is built on a policy's literals (store/quota_scripts.rs), and
+    // fresh_window_end reads the allowance's kind and unit, which load_session sets.
     let script = format!(
-        "{lib}\nKIND, PARAM = 'calendar', ARGV[2]\nreturn fresh_window_end(tonumber(ARGV[1]))"
+        "local FIELD, FEEDS, COUNTER_FIELDS, ALLOWANCES = 'q:x', 0, {{}}, {{}}\n{lib}\n\
+         KIND, PARAM = 'calendar', ARGV[2]\nreturn fresh_window_end(tonumber(ARGV[1]))"
     );
     let mut instants = Vec::new();
     for year in [1999, 2000, 2024, 2025, 2026, 2028, 2099, 2100] {
@@ -531,11 +532,7 @@ async fn lua_and_rust_calendar_math_agree_at_the_edges() {
                 .eval(
                     script.as_str(),
                     Vec::<String>::new(),
-                    [instant.to_string(), unit.as_str().to_string()]
-                        .into_iter()
-                        .chain(std::iter::repeat_n(String::new(), 4))
-                        .chain(["1".to_string()])
-                        .collect::<Vec<_>>(),
+                    vec![instant.to_string(), unit.as_str().to_string()],
                 )
                 .await
                 .expect("EVAL");
