@@ -148,8 +148,9 @@ where
     let mut idle_since = Instant::now();
     // One timer for the connection's life, re-armed only when it fires, never per request:
     // hyper's idle connection is parked (or, if it cannot be, closed at the keep-alive
-    // timeout) when the timer finds no request started since it was armed.
-    let mut idle_timer = std::pin::pin!(tokio::time::sleep_until(idle_since));
+    // timeout) when the timer finds no request started since it was armed. Made when first
+    // armed: most connections never linger, and a parked one is kept small.
+    let mut idle_timer: Option<Pin<Box<Sleep>>> = None;
     // A new connection waits for its first request as a parked one does for its next.
     let mut ended = Ended::Parked;
     loop {
@@ -207,18 +208,19 @@ where
                     None => {
                         let now = Instant::now();
                         armed = Some((now, now_started));
-                        arm(idle_timer.as_mut(), now + LINGER, cx);
+                        arm(&mut idle_timer, now + LINGER, cx);
                         return polled;
                     }
                     Some((armed_at, armed_started)) => {
-                        if idle_timer.as_mut().poll(cx).is_pending() {
+                        let timer = idle_timer.as_mut();
+                        if timer.is_some_and(|timer| timer.as_mut().poll(cx).is_pending()) {
                             return polled;
                         }
                         let now = Instant::now();
                         if armed_started != now_started {
                             // Requests came since it was armed: not idle that long.
                             armed = Some((now, now_started));
-                            arm(idle_timer.as_mut(), now + LINGER, cx);
+                            arm(&mut idle_timer, now + LINGER, cx);
                             return polled;
                         }
                         if !activity.parkable() {
@@ -229,7 +231,7 @@ where
                             if now >= deadline {
                                 return Poll::Ready(Ok(()));
                             }
-                            arm(idle_timer.as_mut(), deadline, cx);
+                            arm(&mut idle_timer, deadline, cx);
                             return polled;
                         }
                         armed_at
@@ -267,9 +269,15 @@ where
 }
 
 /// Sets `timer` to fire at `at`, waking the task polled with `cx`.
-fn arm(mut timer: Pin<&mut Sleep>, at: Instant, cx: &mut Context<'_>) {
-    timer.as_mut().reset(at);
-    let _ = timer.poll(cx);
+fn arm(timer: &mut Option<Pin<Box<Sleep>>>, at: Instant, cx: &mut Context<'_>) {
+    let timer = match timer {
+        Some(timer) => {
+            timer.as_mut().reset(at);
+            timer
+        }
+        None => timer.insert(Box::pin(tokio::time::sleep_until(at))),
+    };
+    let _ = timer.as_mut().poll(cx);
 }
 
 /// How a hyper connection ended.
