@@ -25,7 +25,9 @@ pub(super) const EPOCH_KEY: &str = "sg:epoch";
 
 /// The key of a session's hash: `sg:{<shard>}:<id>`.
 pub fn session_key(id: &Uuid, shards: u32) -> String {
-    format!("{}{}", shard_prefix(shard_of(id, shards)), id.hyphenated())
+    let mut key = shard_prefix(shard_of(id, shards));
+    key.push_str(id.hyphenated().encode_lower(&mut Uuid::encode_buffer()));
+    key
 }
 
 /// The shard a session lives in.
@@ -33,9 +35,23 @@ pub fn shard_of(id: &Uuid, shards: u32) -> u32 {
     (id.as_u128() % u128::from(shards.max(1))) as u32
 }
 
-/// `sg:{<shard>}:`, the prefix of every key of a shard.
+/// `sg:{<shard>}:`, the prefix of every key of a shard, with room for the session id that
+/// usually follows. Keys are built on every request, so without `format!`, whose machinery
+/// cost more than the rest of building them.
 pub(super) fn shard_prefix(shard: u32) -> String {
-    format!("sg:{{{shard}}}:")
+    let mut prefix = String::with_capacity(64);
+    prefix.push_str("sg:{");
+    prefix.push_str(itoa::Buffer::new().format(shard));
+    prefix.push_str("}:");
+    prefix
+}
+
+/// `key` followed by `suffix`.
+pub(super) fn suffixed(key: &str, suffix: &str) -> String {
+    let mut joined = String::with_capacity(key.len() + suffix.len());
+    joined.push_str(key);
+    joined.push_str(suffix);
+    joined
 }
 
 /// The session a key names, when it is a session's hash (`sg:{<shard>}:<id>`), not one of
@@ -53,22 +69,22 @@ pub(super) fn session_of_key(key: &[u8]) -> Option<Uuid> {
 
 /// A session's idempotency records, one hash field per record: `<session key>:idem`.
 pub(super) fn records_key(session_key: &str) -> String {
-    format!("{session_key}:idem")
+    suffixed(session_key, ":idem")
 }
 
 /// The mark an erased session leaves for a while: `<session key>:erased`.
 pub(super) fn tombstone_key(session_key: &str) -> String {
-    format!("{session_key}:erased")
+    suffixed(session_key, ":erased")
 }
 
 /// A shard's outbox: sessions changed since their last flush.
 pub fn dirty_key(shard: u32) -> String {
-    format!("{}dirty", shard_prefix(shard))
+    suffixed(&shard_prefix(shard), "dirty")
 }
 
 /// A shard's sessions claimed by a flusher.
 pub fn inflight_key(shard: u32) -> String {
-    format!("{}inflight", shard_prefix(shard))
+    suffixed(&shard_prefix(shard), "inflight")
 }
 
 /// The stream of rows the system of record refused.
@@ -114,6 +130,10 @@ mod tests {
             session_key(&id, 1),
             "sg:{0}:6f9619ff-8b86-4011-b42d-00cf4fc964ff"
         );
+        assert_eq!(dirty_key(12), "sg:{12}:dirty");
+        assert_eq!(inflight_key(0), "sg:{0}:inflight");
+        assert_eq!(records_key("sg:{1}:x"), "sg:{1}:x:idem");
+        assert_eq!(tombstone_key("sg:{1}:x"), "sg:{1}:x:erased");
     }
 
     #[test]
