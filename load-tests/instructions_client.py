@@ -3,7 +3,7 @@ one after another, and fails on any answer but 2xx (a refused request costs less
 flatter the count).
 
 usage: instructions_client.py <port> <kind> <n> [token] [ids file]
-kinds: get (GET /, the probes), create, info, consume
+kinds: get (GET /, the probes), create, info, consume, plain and metered (gateway mode)
 """
 import http.client
 import sys
@@ -25,6 +25,11 @@ def main():
         elif kind == "consume":
             path = f"/internal/v1/sessions/{session}/quota/bench/consume"
             connection.request("POST", path, headers={"Authorization": f"Bearer {token}"})
+        elif kind == "plain":
+            connection.request("GET", "/plain/x")
+        elif kind == "metered":
+            connection.request("POST", "/metered/x", body=b"",
+                               headers={"Content-Length": "0", "X-Session-Id": session})
         else:
             sys.exit(f"instructions_client: unknown kind {kind}")
         response = connection.getresponse()
