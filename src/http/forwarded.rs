@@ -36,6 +36,11 @@ pub struct Forwarding<'a> {
 const FOR: &str = "x-forwarded-for";
 const PROTO: &str = "x-forwarded-proto";
 const HOST: &str = "x-forwarded-host";
+// The same as names: a map looked up by a `&str` parses it first, on every request.
+const FOR_NAME: HeaderName = HeaderName::from_static(FOR);
+const PROTO_NAME: HeaderName = HeaderName::from_static(PROTO);
+const HOST_NAME: HeaderName = HeaderName::from_static(HOST);
+const SESSION_NAME: HeaderName = HeaderName::from_static(SESSION_HEADER);
 
 /// Client-address, scheme, host, URL-override and method-override headers that upstreams
 /// and their frameworks read (Rails reads `Client-IP`, Rack derives the scheme from
@@ -94,8 +99,10 @@ pub fn prepare_request(headers: &mut HeaderMap, forwarding: &Forwarding<'_>) {
     forwarded_for(headers, forwarding, host);
     if let Some(id) = forwarding.session {
         // `Uuid`'s hyphenated form is always a valid header value.
-        if let Ok(value) = HeaderValue::from_str(&id.hyphenated().to_string()) {
-            headers.insert(SESSION_HEADER, value);
+        if let Ok(value) =
+            HeaderValue::from_str(id.hyphenated().encode_lower(&mut Uuid::encode_buffer()))
+        {
+            headers.insert(SESSION_NAME, value);
         }
     }
     keep_used_session_cookie(headers, forwarding.cookie_name, forwarding.session);
@@ -107,21 +114,31 @@ pub fn prepare_response(headers: &mut HeaderMap) {
 }
 
 fn strip_hop_by_hop(headers: &mut HeaderMap) {
-    let named: Vec<HeaderName> = headers
-        .get_all(header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
-        .collect();
-    for name in named {
+    // One look at each name present (a head has a handful): removing every listed name
+    // would parse and hash each of them, present or not, on every forwarded request.
+    let doomed: Vec<HeaderName> = {
+        let listed: Vec<&str> = headers
+            .get_all(header::CONNECTION)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .map(str::trim)
+            .collect();
+        headers
+            .keys()
+            .filter(|name| {
+                let name = name.as_str();
+                HOP_BY_HOP.contains(&name)
+                    // hyper frames the body itself (length or chunked) on the next hop.
+                    || name == "transfer-encoding"
+                    || listed.iter().any(|l| l.eq_ignore_ascii_case(name))
+            })
+            .cloned()
+            .collect()
+    };
+    for name in doomed {
         headers.remove(name);
     }
-    for name in HOP_BY_HOP {
-        headers.remove(name);
-    }
-    // hyper frames the body itself (length or chunked) on the next hop.
-    headers.remove(header::TRANSFER_ENCODING);
 }
 
 /// Removes what a client may not claim: any spelling of the session header, the
@@ -151,7 +168,7 @@ fn forwarded_for(headers: &mut HeaderMap, forwarding: &Forwarding<'_>, host: Opt
     let peer = forwarding.peer.to_canonical();
     let trusted = forwarding.trusted;
     let earlier = headers
-        .get(FOR)
+        .get(&FOR_NAME)
         .and_then(|v| v.to_str().ok())
         .filter(|_| trusted)
         .map(str::to_string);
@@ -160,15 +177,15 @@ fn forwarded_for(headers: &mut HeaderMap, forwarding: &Forwarding<'_>, host: Opt
         None => peer.to_string(),
     };
     if let Ok(value) = HeaderValue::from_str(&chain) {
-        headers.insert(FOR, value);
+        headers.insert(FOR_NAME, value);
     }
-    if !(trusted && headers.contains_key(PROTO)) {
-        headers.insert(PROTO, HeaderValue::from_static("http"));
+    if !(trusted && headers.contains_key(&PROTO_NAME)) {
+        headers.insert(PROTO_NAME, HeaderValue::from_static("http"));
     }
-    if !(trusted && headers.contains_key(HOST)) {
+    if !(trusted && headers.contains_key(&HOST_NAME)) {
         match host {
-            Some(host) => headers.insert(HOST, host),
-            None => headers.remove(HOST),
+            Some(host) => headers.insert(HOST_NAME, host),
+            None => headers.remove(&HOST_NAME),
         };
     }
 }
@@ -290,6 +307,23 @@ mod tests {
         assert!(!h.contains_key("x_real_ip"), "underscores never pass");
         assert!(!h.contains_key("x_forwarded_for"));
         assert_eq!(h[FOR], "6.6.6.6, 192.0.2.7");
+    }
+
+    #[test]
+    fn hop_by_hop_headers_and_those_connection_names_stay_behind() {
+        let mut h = headers(&[
+            ("connection", "X-Custom, close"),
+            ("keep-alive", "timeout=5"),
+            ("x-custom", "per hop"),
+            ("te", "trailers"),
+            ("upgrade", "websocket"),
+            ("proxy-connection", "keep-alive"),
+            ("transfer-encoding", "chunked"),
+            ("x-app-header", "kept"),
+        ]);
+        prepare_response(&mut h);
+        let names: Vec<&str> = h.keys().map(HeaderName::as_str).collect();
+        assert_eq!(names, ["x-app-header"]);
     }
 
     #[test]
