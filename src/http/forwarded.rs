@@ -174,7 +174,7 @@ fn forwarded_for(headers: &mut HeaderMap, forwarding: &Forwarding<'_>, host: Opt
         .map(str::to_string);
     let chain = match earlier {
         Some(earlier) => format!("{earlier}, {peer}"),
-        None => peer.to_string(),
+        None => address(peer),
     };
     if let Ok(value) = HeaderValue::from_str(&chain) {
         headers.insert(FOR_NAME, value);
@@ -188,6 +188,22 @@ fn forwarded_for(headers: &mut HeaderMap, forwarding: &Forwarding<'_>, host: Opt
             None => headers.remove(&HOST_NAME),
         };
     }
+}
+
+/// `ip` as text; an IPv4 address (the usual peer) without the formatting machinery, which
+/// was a third of preparing a forwarded request's head.
+fn address(ip: IpAddr) -> String {
+    let IpAddr::V4(v4) = ip else {
+        return ip.to_string();
+    };
+    let mut text = String::with_capacity(15);
+    for (i, octet) in v4.octets().into_iter().enumerate() {
+        if i > 0 {
+            text.push('.');
+        }
+        text.push_str(itoa::Buffer::new().format(octet));
+    }
+    text
 }
 
 /// Drops every session cookie but the first one naming `session`, so the upstream reads the
@@ -307,6 +323,20 @@ mod tests {
         assert!(!h.contains_key("x_real_ip"), "underscores never pass");
         assert!(!h.contains_key("x_forwarded_for"));
         assert_eq!(h[FOR], "6.6.6.6, 192.0.2.7");
+    }
+
+    #[test]
+    fn addresses_are_written_as_std_writes_them() {
+        for ip in [
+            "192.0.2.7",
+            "0.0.0.0",
+            "255.255.255.255",
+            "10.0.100.1",
+            "2001:db8::1",
+        ] {
+            let ip: IpAddr = ip.parse().expect("ip");
+            assert_eq!(address(ip), ip.to_string());
+        }
     }
 
     #[test]
