@@ -12,7 +12,7 @@ use uuid::Uuid;
 
 use super::codec::{record, Shaped};
 use super::error::StoreError;
-use super::keys::{inflight_key, session_key, shard_of, shard_prefix, suffixed, SHARDS_KEY};
+use super::keys::{dirty_key, inflight_key, session_key, shard_of, SHARDS_KEY};
 use super::lua::Lua;
 use super::near_cache::NearCache;
 use super::tracking::tracked_pool;
@@ -347,12 +347,11 @@ impl Store {
 
     /// The keys and leading arguments every session script takes (see `session_lib.lua`).
     pub(super) fn session_call(&self, id: &Uuid) -> (Vec<String>, Vec<Value>) {
-        let mut session = shard_prefix(shard_of(id, self.inner.shards));
-        let dirty = suffixed(&session, "dirty");
+        let shards = self.inner.shards;
+        let keys = vec![session_key(id, shards), dirty_key(shard_of(id, shards))];
         let mut buffer = Uuid::encode_buffer();
         let id = id.hyphenated().encode_lower(&mut buffer);
-        session.push_str(id);
-        (vec![session, dirty], vec![Value::from(&*id)])
+        (keys, vec![Value::from(&*id)])
     }
 
     /// `EVALSHA` of the keys and arguments `call` makes, loading the script and retrying once

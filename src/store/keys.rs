@@ -47,7 +47,7 @@ pub(super) fn shard_prefix(shard: u32) -> String {
 }
 
 /// `key` followed by `suffix`.
-pub(super) fn suffixed(key: &str, suffix: &str) -> String {
+fn suffixed(key: &str, suffix: &str) -> String {
     let mut joined = String::with_capacity(key.len() + suffix.len());
     joined.push_str(key);
     joined.push_str(suffix);
