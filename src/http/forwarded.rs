@@ -21,7 +21,7 @@ use http::header::{self, HeaderName};
 use http::{HeaderMap, HeaderValue};
 use uuid::Uuid;
 
-use super::request::SESSION_HEADER;
+use super::request::{SESSION_HEADER, SESSION_HEADER_NAME};
 use crate::model::session::parse_id;
 
 /// Who sent the request, and which session the gateway settled on.
@@ -40,7 +40,6 @@ const HOST: &str = "x-forwarded-host";
 const FOR_NAME: HeaderName = HeaderName::from_static(FOR);
 const PROTO_NAME: HeaderName = HeaderName::from_static(PROTO);
 const HOST_NAME: HeaderName = HeaderName::from_static(HOST);
-const SESSION_NAME: HeaderName = HeaderName::from_static(SESSION_HEADER);
 
 /// Client-address, scheme, host, URL-override and method-override headers that upstreams
 /// and their frameworks read (Rails reads `Client-IP`, Rack derives the scheme from
@@ -102,7 +101,7 @@ pub fn prepare_request(headers: &mut HeaderMap, forwarding: &Forwarding<'_>) {
         if let Ok(value) =
             HeaderValue::from_str(id.hyphenated().encode_lower(&mut Uuid::encode_buffer()))
         {
-            headers.insert(SESSION_NAME, value);
+            headers.insert(SESSION_HEADER_NAME, value);
         }
     }
     keep_used_session_cookie(headers, forwarding.cookie_name, forwarding.session);

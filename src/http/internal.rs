@@ -23,7 +23,7 @@ use super::body::Body;
 use super::error::ApiError;
 use super::operator;
 use super::quota_response::{answer_response, rate_limit_headers, state_response};
-use super::request::{current_session, json_body, SESSION_HEADER};
+use super::request::{current_session, json_body, SESSION_HEADER_NAME};
 use super::state::Api;
 use crate::model::decision::QuotaRequest;
 use crate::model::quota::Policy;
@@ -267,7 +267,7 @@ fn authorized_response(id: &uuid::Uuid) -> Response<Body> {
         HeaderValue::from_static("nosniff"),
     );
     if let Ok(value) = HeaderValue::from_str(&id.hyphenated().to_string()) {
-        headers.insert(SESSION_HEADER, value);
+        headers.insert(SESSION_HEADER_NAME, value);
     }
     response
 }

@@ -5,8 +5,9 @@ use std::borrow::Cow;
 use std::net::IpAddr;
 
 use bytes::{Bytes, BytesMut};
+use http::header::{self, HeaderName};
 use http::uri::PathAndQuery;
-use http::{header, HeaderMap, Request, Uri};
+use http::{HeaderMap, Request, Uri};
 use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
 use ipnet::IpNet;
@@ -20,6 +21,8 @@ use crate::model::session::parse_id;
 use crate::path;
 
 pub const SESSION_HEADER: &str = "x-session-id";
+/// The same as a name: a header map looked up by a `&str` parses it first, on every request.
+pub const SESSION_HEADER_NAME: HeaderName = HeaderName::from_static(SESSION_HEADER);
 
 /// Replaces the request's path with its canonical form (see [`crate::path`]), so routing,
 /// metering and forwarding all see one path; a path without one is a 400.
@@ -86,7 +89,7 @@ pub fn named_sessions(headers: &HeaderMap, cookie_name: &str) -> Result<Named, A
         .filter_map(|c| parse_id(c.value()))
         .for_each(&mut add);
     let from_header = headers
-        .get(SESSION_HEADER)
+        .get(&SESSION_HEADER_NAME)
         .map(|value| value.to_str().ok().and_then(parse_id));
     match from_header {
         None => {}
