@@ -42,7 +42,7 @@ def cpu(work, name, seconds):
 def main():
     work = sys.argv[1]
     run = lambda name: parse(os.path.join(work, name + ".txt"))
-    writes = lambda name: int(open(os.path.join(work, name + ".evalsha")).read())
+    writes = lambda name: int(open(os.path.join(work, name + ".writes")).read())
     touched, others = 0, 0.0
 
     print(f"{'sessions':>8}{'used_memory':>12}{'B/sess':>7}{'fill s':>7} |{'info req/s':>11}{'p50':>6}{'p99 ms':>7}"

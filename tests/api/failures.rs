@@ -1,11 +1,13 @@
-//! Redis failures: down, slow, restarted, scripts flushed. Each test owns its Redis.
+//! Redis failures: down, slow, restarted, functions flushed or swept. Most tests own their Redis.
 
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use fred::prelude::*;
 
-use crate::support::{eventually, metric, split, RedisServer, TestGateway};
+use sessiongate::model::quota::{CalendarUnit, Policy, Window};
+
+use crate::support::{eventually, metric, split, with_token, RedisServer, TestGateway};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redis_down_answers_503_then_recovers() {
@@ -233,10 +235,14 @@ async fn slow_redis_answers_503_within_the_timeout() {
 }
 
 #[tokio::test]
-async fn flushed_scripts_are_reloaded_transparently() {
+async fn flushed_functions_are_loaded_again_transparently() {
     let gw = TestGateway::start().await;
     let id = gw.new_session().await;
-    let _: () = gw.redis.script_flush(false).await.expect("SCRIPT FLUSH");
+    let _: () = gw
+        .redis
+        .function_flush(false)
+        .await
+        .expect("FUNCTION FLUSH");
     let response = gw
         .http
         .post(gw.url("/api/session/"))
@@ -249,6 +255,78 @@ async fn flushed_scripts_are_reloaded_transparently() {
         (status, body["session_id"].as_str()),
         (200, Some(id.as_str()))
     );
-    let _: () = gw.redis.script_flush(false).await.expect("SCRIPT FLUSH");
+    let _: () = gw
+        .redis
+        .function_flush(false)
+        .await
+        .expect("FUNCTION FLUSH");
     gw.new_session().await;
+}
+
+/// Libraries in Redis named as this store names its own (`FUNCTION LIST`).
+fn own_libraries(redis: &RedisServer) -> Vec<String> {
+    let listed = redis.cli(&["FUNCTION", "LIST", "LIBRARYNAME", "sessiongate_*"]);
+    let lines: Vec<&str> = listed.lines().collect();
+    lines
+        .windows(2)
+        .filter(|pair| pair[0] == "library_name")
+        .map(|pair| pair[1].to_string())
+        .collect()
+}
+
+#[tokio::test]
+async fn a_gateway_sweeps_out_the_functions_of_other_configurations_and_they_come_back_on_use() {
+    let redis = RedisServer::start();
+    let with_limit = |limit: u64| {
+        move |config: &mut sessiongate::config::Config| {
+            with_token(config);
+            let month = Window::Calendar(CalendarUnit::Month);
+            config.policies = vec![Policy::new("work", limit, month)];
+        }
+    };
+    let old = TestGateway::start_on(&redis.url(0), with_limit(5)).await;
+    let id = old.new_session().await;
+    assert_eq!(old.consume(&id, "work", None).await.0, 200);
+    let old_libraries = own_libraries(&redis);
+    assert!(
+        old_libraries
+            .iter()
+            .any(|name| name.starts_with("sessiongate_consume_")),
+        "{old_libraries:?}"
+    );
+
+    // A new configuration (another limit: other quota functions) starts on the same Redis.
+    let new = TestGateway::start_on(&redis.url(0), with_limit(7)).await;
+    let new_libraries = own_libraries(&redis);
+    let consumes = |names: &[String]| -> Vec<String> {
+        let consume = names
+            .iter()
+            .filter(|n| n.starts_with("sessiongate_consume_"));
+        consume.cloned().collect()
+    };
+    assert_eq!(consumes(&new_libraries).len(), 1, "{new_libraries:?}");
+    assert_ne!(consumes(&old_libraries), consumes(&new_libraries));
+    // The session functions did not change with the policy: kept, not loaded again.
+    let create = |names: &[String]| {
+        names
+            .iter()
+            .find(|n| n.starts_with("sessiongate_create_"))
+            .cloned()
+    };
+    assert_eq!(create(&old_libraries), create(&new_libraries));
+
+    // The old gateway's next consume loads its function again and counts exactly.
+    let (status, body) = old.consume(&id, "work", None).await;
+    assert_eq!(
+        (status, &body["remaining"]),
+        (200, &serde_json::json!(3)),
+        "{body}"
+    );
+    assert!(own_libraries(&redis).len() > new_libraries.len());
+    let (status, body) = new.consume(&id, "work", None).await;
+    assert_eq!(
+        (status, &body["limit"]),
+        (200, &serde_json::json!(7)),
+        "{body}"
+    );
 }

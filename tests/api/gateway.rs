@@ -90,11 +90,15 @@ async fn a_served_metered_request_costs_one_redis_call() {
     let stats = redis.cli(&["INFO", "commandstats"]);
     let called: Vec<&str> = stats
         .lines()
-        .filter(|line| line.starts_with("cmdstat_evalsha:") || line.starts_with("cmdstat_eval:"))
+        .filter(|line| {
+            ["cmdstat_fcall:", "cmdstat_evalsha:", "cmdstat_eval:"]
+                .iter()
+                .any(|command| line.starts_with(command))
+        })
         .collect();
     assert!(
-        called.len() == 1 && called[0].starts_with("cmdstat_evalsha:calls=5,"),
-        "five requests, five script calls: {stats}"
+        called.len() == 1 && called[0].starts_with("cmdstat_fcall:calls=5,"),
+        "five requests, five function calls: {stats}"
     );
     assert_eq!(gw.generate_state(&id).await, (5, 5));
 }

@@ -172,12 +172,12 @@ async fn concurrent_consumes_on_a_plan_grant_exactly_its_limit() {
     let denied = answers.iter().filter(|(status, _)| *status == 429).count();
     assert_eq!((granted, denied), (5, 295), "exactly the plan's limit");
     let stats = redis.cli(&["INFO", "commandstats"]);
-    let evalsha = stats
+    let fcall = stats
         .lines()
-        .find_map(|line| line.strip_prefix("cmdstat_evalsha:calls="))
+        .find_map(|line| line.strip_prefix("cmdstat_fcall:calls="))
         .and_then(|rest| rest.split(',').next())
         .and_then(|n| n.parse::<u64>().ok());
-    assert_eq!(evalsha, Some(300), "one script per consume: {stats}");
+    assert_eq!(fcall, Some(300), "one function call per consume: {stats}");
     assert!(
         !stats.contains("cmdstat_hget:"),
         "no plan lookup of its own: {stats}"

@@ -129,7 +129,7 @@ async fn five_hundred_concurrent_consumes_on_three_gateways_grant_exactly_the_li
     assert_eq!(info["usage_stats"]["concepts_generated"], 10);
     assert_eq!(info["rate_limits"]["concept_generation"]["remaining"], 0);
 
-    // One round trip per consume: 500 EVALSHA and nothing else reached Redis.
+    // One round trip per consume: 500 FCALL and nothing else reached Redis.
     let stats = redis.cli(&["INFO", "commandstats"]);
     let calls = |command: &str| -> u64 {
         stats
@@ -139,7 +139,7 @@ async fn five_hundred_concurrent_consumes_on_three_gateways_grant_exactly_the_li
             .and_then(|n| n.parse().ok())
             .unwrap_or(0)
     };
-    assert_eq!(calls("evalsha"), 500, "{stats}");
+    assert_eq!(calls("fcall"), 500, "{stats}");
     let client_commands: u64 = stats
         .lines()
         // Not request work: this test's INFO and CONFIG RESETSTAT, the gateways' health
