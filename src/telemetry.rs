@@ -131,7 +131,7 @@ fn describe() {
     describe_counter!(REDIS_ERRORS, "Redis calls that failed, by kind: timeout (Redis connected but slower than redis.timeout_ms), unreachable (no connection: Redis down or reconnecting), redis (an error from Redis or the connection), reply (unexpected answer).");
     describe_counter!(
         REDIS_RELOADS,
-        "Lua scripts loaded again after Redis answered NOSCRIPT."
+        "Lua function libraries loaded again after Redis answered that a function was missing."
     );
     describe_gauge!(REDIS_UP, "1 when a connection to Redis is up, else 0.");
     describe_counter!(SESSIONS_CREATED, "Sessions created.");

@@ -368,13 +368,13 @@ impl Store {
             .bounded(lua.op, async {
                 let client = self.inner.pool.next_connected();
                 let (keys, args) = call();
-                match client.fcall(lua.name.as_str(), keys, args).await {
+                match client.fcall(lua.name.clone(), keys, args).await {
                     Err(error) if error.details().contains("Function not found") => {
                         tracing::info!(op = lua.op, "function missing in redis, loading it");
                         telemetry::script_reloaded();
                         load(client, lua).await?;
                         let (keys, args) = call();
-                        Ok(client.fcall(lua.name.as_str(), keys, args).await?)
+                        Ok(client.fcall(lua.name.clone(), keys, args).await?)
                     }
                     result => Ok(result?),
                 }

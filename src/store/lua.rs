@@ -10,6 +10,7 @@
 //! configuration) is another library, and two gateways never load different code under
 //! one name.
 
+use fred::bytes_utils::Str;
 use fred::prelude::*;
 use fred::types::Value;
 use fred::util::sha1_hash;
@@ -22,8 +23,8 @@ pub(super) const LIBRARY_PREFIX: &str = "sessiongate_";
 /// A Redis function, its library, and the operation name its calls are measured under.
 pub(super) struct Lua {
     pub(super) op: &'static str,
-    /// The library's name, which is also the function's.
-    pub(super) name: String,
+    /// The library's name, which is also the function's (shared, not copied, by each call).
+    pub(super) name: Str,
     /// `FUNCTION LOAD`'s argument: the library, then the function registered with `body`.
     pub(super) code: String,
 }
@@ -38,7 +39,11 @@ impl Lua {
             "#!lua name={name}\n{library}\n\
              redis.register_function('{name}', function(KEYS, ARGV)\n{body}\nend)\n"
         );
-        Lua { op, name, code }
+        Lua {
+            op,
+            name: Str::from(name),
+            code,
+        }
     }
 }
 
@@ -63,7 +68,7 @@ pub(super) async fn sweep(client: &Client, current: &[&Lua]) {
         Err(error) => return tracing::warn!(%error, "cannot list redis functions"),
     };
     for name in library_names(listed) {
-        if current.iter().any(|lua| lua.name == name) {
+        if current.iter().any(|lua| *lua.name == *name) {
             continue;
         }
         match client.function_delete_cluster(name.as_str()).await {

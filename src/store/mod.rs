@@ -32,12 +32,13 @@
 //!
 //! # Round trips
 //! Every request-path operation is exactly one command: a plain `HMGET` for reads (or none,
-//! when the near cache holds the session), one `EVALSHA` per mutation. Scripts are loaded at start-up and reloaded transparently when
-//! Redis answers `NOSCRIPT` (after a restart or `SCRIPT FLUSH`). Every call is bounded by
-//! the configured timeout, and fails at once while the connection is known to be down.
+//! when the near cache holds the session), one `FCALL` of a Redis function per mutation.
+//! Functions are loaded at start-up and again when Redis answers that one is missing (a new
+//! node, `FUNCTION FLUSH`); see `lua`. Every call is bounded by the configured timeout, and
+//! fails at once while the connection is known to be down.
 //!
 //! The submodules, each on its own: `keys` (names), `codec` (replies to records), `client`
-//! (the pool and the session operations), `lua` (scripts as data), `quota` (the quota
+//! (the pool and the session operations), `lua` (the functions: their text, loading and sweeping), `quota` (the quota
 //! scripts' calls), `quota_scripts` (each policy's scripts), `operator`
 //! (inspection, resets, erasure), `outbox` (what the flusher uses), `settings` (how Redis
 //! keeps the data), `near_cache` (records kept in memory) and `tracking` (the connections
