@@ -13,6 +13,7 @@ use tracing_subscriber::EnvFilter;
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() -> ExitCode {
+    without_transparent_huge_pages();
     let config = match Config::from_env() {
         Ok(config) => config,
         Err(error) => {
@@ -53,6 +54,20 @@ fn main() -> ExitCode {
 
 /// JSON lines in production (for log pipelines), readable text elsewhere, coloured only on a
 /// terminal; the level comes from `RUST_LOG` (checked with the configuration; default `info`).
+/// mimalloc lets its arenas take transparent huge pages, so memory became resident 2 MiB at a
+/// time: an idle gateway held 31 MiB instead of 15, and 47 MiB instead of 27 after a load, for
+/// no CPU per request that an A/B run could tell apart. Switched off for the process first
+/// thing, as `MIMALLOC_ALLOW_THP=0` would (mimalloc reads that before `main`).
+#[cfg(target_os = "linux")]
+fn without_transparent_huge_pages() {
+    // SAFETY: PR_SET_THP_DISABLE takes plain integers and touches no memory of this process.
+    // Failing (an old kernel) only leaves the huge pages on.
+    let _ = unsafe { libc::prctl(libc::PR_SET_THP_DISABLE, 1, 0, 0, 0) };
+}
+
+#[cfg(not(target_os = "linux"))]
+fn without_transparent_huge_pages() {}
+
 fn init_logging(config: &Config) {
     let filter = EnvFilter::new(&config.log_filter);
     let builder = tracing_subscriber::fmt()
