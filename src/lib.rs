@@ -131,6 +131,9 @@ pub async fn start(config: Config) -> Result<Gateway, StartError> {
         Err(error @ StoreError::ShardMismatch { .. }) => {
             return Err(ConfigError::new("redis.shards", error.to_string()).into())
         }
+        Err(error @ StoreError::TooOld) => {
+            return Err(ConfigError::new("redis.url", error.to_string()).into())
+        }
         Err(error) => {
             tracing::warn!(%error, "redis not reachable yet; serving 503 until it is");
             false

@@ -1,5 +1,5 @@
 //! The connection pool and the session operations: connect, warm up, and one round trip per
-//! request-path operation (`HMGET` for reads, `EVALSHA` of a loaded script per mutation).
+//! request-path operation (`HMGET` for reads, `FCALL` of a loaded function per mutation).
 //! With the near cache on, reads are answered from it when they can be, and otherwise sent
 //! on the tracking connections (`tracking`), which fill it.
 

@@ -17,4 +17,6 @@ pub enum StoreError {
     Backlog,
     #[error("redis holds data sharded {found} ways, but redis.shards is {configured}")]
     ShardMismatch { found: u32, configured: u32 },
+    #[error("redis does not know FUNCTION LOAD: sessiongate needs redis 7.0 or later")]
+    TooOld,
 }

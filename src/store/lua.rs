@@ -50,10 +50,14 @@ impl Lua {
 /// Loads `lua`'s library on every primary, replacing one of the same name (which holds the
 /// same text).
 pub(super) async fn load(client: &Client, lua: &Lua) -> Result<(), StoreError> {
-    let _: Value = client
-        .function_load_cluster(true, lua.code.as_str())
-        .await?;
-    Ok(())
+    match client
+        .function_load_cluster::<Value, _>(true, lua.code.as_str())
+        .await
+    {
+        Ok(_) => Ok(()),
+        Err(error) if error.details().contains("unknown command") => Err(StoreError::TooOld),
+        Err(error) => Err(error.into()),
+    }
 }
 
 /// Deletes the libraries of this store's making that none of `current` is in: Redis keeps

@@ -93,6 +93,29 @@ async fn sigterm_shuts_down_cleanly() {
     assert_eq!(status.code(), Some(0));
 }
 
+/// Every mutation is a Redis function: a Redis without `FUNCTION` (older than 7.0; here one
+/// that renamed the command away) stops start-up with one line saying so, exit code 2,
+/// rather than serving 503 for ever.
+#[tokio::test]
+async fn a_redis_without_functions_is_refused_at_start_up() {
+    let redis = crate::support::RedisServer::start_with(&["--rename-command", "FUNCTION", ""]);
+    let output = gateway()
+        .env("REDIS_URL", redis.url(0))
+        .env("SESSIONGATE_LISTEN", "127.0.0.1:0")
+        .env("SESSIONGATE_ADMIN_LISTEN", "127.0.0.1:0")
+        .output()
+        .expect("run sessiongate");
+    assert_eq!(output.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.trim_end().ends_with(
+            "sessiongate: invalid configuration: redis.url: redis does not know FUNCTION LOAD: \
+             sessiongate needs redis 7.0 or later"
+        ),
+        "{stderr}"
+    );
+}
+
 /// A Redis that may evict keys would drop sessions and their quota windows under memory
 /// pressure (quotas start afresh): start-up refuses it with one line naming the setting that
 /// accepts it, exit code 2, unless `redis.allow_eviction = true`.

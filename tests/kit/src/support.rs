@@ -28,16 +28,24 @@ pub struct RedisServer {
     dir: PathBuf,
     pid: u32,
     watchdog: Option<Watchdog>,
+    /// Settings given to `redis-server` after the harness's own.
+    extra: Vec<String>,
 }
 
 impl RedisServer {
     pub fn start() -> RedisServer {
+        RedisServer::start_with(&[])
+    }
+
+    /// A server started with `extra` settings too (`--name value` pairs).
+    pub fn start_with(extra: &[&str]) -> RedisServer {
         let dir = crate::services::temp_path("redis");
         let mut server = RedisServer {
             port: 0,
             dir,
             pid: 0,
             watchdog: None,
+            extra: extra.iter().map(|s| s.to_string()).collect(),
         };
         // A free port can be taken by a parallel test between our probe and Redis's bind;
         // then Redis exits and another server answers on the port, so check whose it is.
@@ -56,11 +64,14 @@ impl RedisServer {
     pub fn spawn(&mut self) {
         // The watchdog removes the folder when it stops the server.
         std::fs::create_dir_all(&self.dir).expect("create redis temp dir");
-        let script = r#"redis-server --bind 127.0.0.1 --port "$1" --dir "$2" --save "" --appendonly no \
-            --databases 256 --enable-debug-command yes --logfile "$2/redis.log" & echo $!; read _; kill -9 $! 2>/dev/null; wait; rm -rf "$2""#;
+        let script = r#"port=$1 dir=$2; shift 2
+            redis-server --bind 127.0.0.1 --port "$port" --dir "$dir" --save "" --appendonly no \
+            --databases 256 --enable-debug-command yes --logfile "$dir/redis.log" "$@" & echo $!; read _; kill -9 $! 2>/dev/null; wait; rm -rf "$dir""#;
         let port = self.port.to_string();
         let dir = self.dir.to_string_lossy().into_owned();
-        let server = Watchdog::spawn(Command::new("sh"), script, &[&port, &dir]);
+        let mut args = vec![port.as_str(), dir.as_str()];
+        args.extend(self.extra.iter().map(String::as_str));
+        let server = Watchdog::spawn(Command::new("sh"), script, &args);
         self.pid = server.pid();
         self.watchdog = Some(server);
         wait_until(
