@@ -24,23 +24,21 @@ def parse(path):
 def main():
     results = json.load(open(sys.argv[1]))
     runs = {name: parse(path) for name, path in results["runs"].items()}
-    hello, hget, evalsha = runs["hello"]["rps"], runs["hgetall"]["rps"], runs["evalsha"]["rps"]
-    proxy = runs["proxy"]["rps"]
-    ceiling = {"hello": None, "hgetall": None, "evalsha": None, "proxy": None,
-               "info": ("hgetall", hget), "info_cached": ("hello", hello), "create": ("evalsha", evalsha), "consume": ("evalsha", evalsha),
-               "consume_plan": ("evalsha", evalsha), "consume_no_plan": ("evalsha", evalsha),
-               "proxy_plain": ("proxy", proxy), "proxy_metered": ("proxy", proxy)}
+    hello = runs["hello"]["rps"]
+    # Each step's ceiling is the probe run right before it (the same moment of the machine).
+    ceilings = {step: (c["probe"], parse(c["run"])) for step, c in results["ceilings"].items()}
     print(f"{'run':<16}{'req/s':>10}{'p50 ms':>9}{'p99 ms':>9}{'non-2xx':>9}{'cpu µs':>8}{'redis µs':>9}"
-          f"{'/hello':>8}{'/ceiling':>16}{'cpu x':>7}{'rt/req':>8}{'cmds/req':>10}")
+          f"{'/hello':>8}{'/ceiling':>16}{'ceiling':>9}{'cpu x':>7}{'rt/req':>8}{'cmds/req':>10}")
     ratios = {}
     for name, run in runs.items():
         line = (f"{name:<16}{run['rps']:>10.0f}{run['p50']:>9.2f}{run['p99']:>9.2f}{run['non2xx']:>9}"
                 f"{run['server_us']:>8.1f}{run['redis_us']:>9.1f}{run['rps'] / hello:>8.2f}")
-        if ceiling[name]:
-            base, value = ceiling[name]
-            ratios[name] = run["rps"] / value
+        if name in ceilings:
+            base, probe = ceilings[name]
+            ratios[name] = run["rps"] / probe["rps"]
             # CPU per request against the ceiling's: the gateway's own work per request.
-            line += f"{ratios[name]:>9.2f} {base:<6}{run['server_us'] / runs[base]['server_us']:>7.2f}"
+            line += (f"{ratios[name]:>9.2f} {base:<6}{probe['rps']:>9.0f}"
+                     f"{run['server_us'] / probe['server_us']:>7.2f}")
             stats = results["redis"].get(name)
             if stats:
                 line += f"{stats['round_trips'] / run['requests']:>8.2f}{stats['commands'] / run['requests']:>10.2f}"
