@@ -52,12 +52,11 @@ fn main() -> ExitCode {
     })
 }
 
-/// JSON lines in production (for log pipelines), readable text elsewhere, coloured only on a
-/// terminal; the level comes from `RUST_LOG` (checked with the configuration; default `info`).
 /// mimalloc lets its arenas take transparent huge pages, so memory became resident 2 MiB at a
-/// time: an idle gateway held 31 MiB instead of 15, and 47 MiB instead of 27 after a load, for
-/// no CPU per request that an A/B run could tell apart. Switched off for the process first
-/// thing, as `MIMALLOC_ALLOW_THP=0` would (mimalloc reads that before `main`).
+/// time: an idle gateway held 31 MiB instead of 19, and 52 MiB instead of 34 after a load,
+/// for no CPU per request that an A/B run could tell apart. Switched off for the process first
+/// thing, as `MIMALLOC_ALLOW_THP=0` would (mimalloc reads that before `main`; the pages it
+/// took by then, 4 MiB, stay).
 #[cfg(target_os = "linux")]
 fn without_transparent_huge_pages() {
     // SAFETY: PR_SET_THP_DISABLE takes plain integers and touches no memory of this process.
@@ -68,6 +67,8 @@ fn without_transparent_huge_pages() {
 #[cfg(not(target_os = "linux"))]
 fn without_transparent_huge_pages() {}
 
+/// JSON lines in production (for log pipelines), readable text elsewhere, coloured only on a
+/// terminal; the level comes from `RUST_LOG` (checked with the configuration; default `info`).
 fn init_logging(config: &Config) {
     let filter = EnvFilter::new(&config.log_filter);
     let builder = tracing_subscriber::fmt()

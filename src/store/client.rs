@@ -121,7 +121,13 @@ impl Store {
             config.outbox,
         );
         let session_lib = format!("{settings}{}", include_str!("session_lib.lua"));
-        let on_session_lib = |op, body| Lua::new(op, &session_lib, body);
+        let on_session_lib = |op, body: &str| {
+            Lua::new(
+                op,
+                &session_lib,
+                &format!("session_call(KEYS, ARGV)\n{body}"),
+            )
+        };
         let shape = Arc::new(Shaped::of(&config.policies, &session_lib));
         Ok(Store {
             inner: Arc::new(Inner {

@@ -1,5 +1,5 @@
 -- Consumes COST from one quota policy of a session, atomically: the window check, the
--- window update, the usage counter and the activity touch are one script, one round trip,
+-- window update, the usage counter and the activity touch are one function call,
 -- and their writes one HSET. The allowance is the one of the session's plan, read with it.
 -- A refused request changes no counter (counters stop at the limit). A shadow policy
 -- never refuses: it grants, counts the usage, moves the window only as enforcement would
@@ -7,7 +7,6 @@
 -- Arguments: session_lib.lua and quota_lib.lua.
 -- Returns {outcome, limit, remaining, reset_at, retry_after, replayed, cost, allowance,
 -- counters...} with outcome granted | denied | shadow_denied | missing.
-quota_call(KEYS, ARGV)
 local prior = replay()
 if prior then return prior end
 local session = load_session()

@@ -4,7 +4,6 @@
 -- ARGV[2]  the backlog at which creation stops (backpressure; see the flush module)
 -- Returns false if the key exists (the caller draws another id), 'backlog' when the outbox
 -- is full, else the creation time in Unix seconds.
-session_call(KEYS, ARGV)
 if redis.call('EXISTS', SESSION) == 1 then
   return false
 end

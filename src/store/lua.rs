@@ -5,8 +5,8 @@
 //! Each script is a Redis function (`FCALL`) in a library of its own: the library's text
 //! (settings, helpers, constants) runs once, when Redis loads it, and a call runs only the
 //! function's body. As an `EVALSHA` script the same text ran whole on every call, building
-//! each helper and constant table again: measured on consume, the function costs Redis 13 %
-//! fewer instructions. A library is named for its text's SHA-1, so a changed text (another
+//! each helper and constant table again: a consume costs Redis 13 % fewer instructions as a
+//! function in the lab, 9 % in the gateway's. A library is named for its text's SHA-1, so a changed text (another
 //! configuration) is another library, and two gateways never load different code under
 //! one name.
 

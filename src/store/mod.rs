@@ -38,11 +38,12 @@
 //! fails at once while the connection is known to be down.
 //!
 //! The submodules, each on its own: `keys` (names), `codec` (replies to records), `client`
-//! (the pool and the session operations), `lua` (the functions: their text, loading and sweeping), `quota` (the quota
-//! scripts' calls), `quota_scripts` (each policy's scripts), `operator`
-//! (inspection, resets, erasure), `outbox` (what the flusher uses), `settings` (how Redis
-//! keeps the data), `near_cache` (records kept in memory) and `tracking` (the connections
-//! Redis announces changes on); this file only says what the store offers.
+//! (the pool and the session operations), `lua` (the functions: their text, loading and
+//! sweeping), `quota` (the quota functions' calls), `quota_scripts` (each policy's
+//! functions), `operator` (inspection, resets, erasure), `outbox` (what the flusher uses),
+//! `settings` (how Redis keeps the data), `near_cache` (records kept in memory) and
+//! `tracking` (the connections Redis announces changes on); this file only says what the
+//! store offers.
 
 mod client;
 mod codec;

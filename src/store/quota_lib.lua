@@ -24,7 +24,8 @@ local RECORDS, RECORD, COUNTER, SHADOW, COST_ARGUMENT
 -- by load_session from the session's plan.
 local ALLOWANCE, KIND, PARAM, LIMIT, COST
 
--- What consume and refund do first: this call's session, record, counter, cost and mode.
+-- What consume and refund do first (the store writes the call in front of each body): this
+-- call's session, record, counter, cost and mode.
 local function quota_call(keys, args)
   session_call(keys, args)
   RECORDS, RECORD = keys[3], args[3] ~= '' and args[3] or nil

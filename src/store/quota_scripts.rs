@@ -26,9 +26,11 @@ impl PolicyScripts {
             prelude(policy, counters),
             include_str!("quota_lib.lua")
         );
+        let function =
+            |op, body| Lua::new(op, &library, &format!("quota_call(KEYS, ARGV)\n{body}"));
         PolicyScripts {
-            consume: Lua::new("consume", &library, include_str!("consume.lua")),
-            refund: Lua::new("refund", &library, include_str!("refund.lua")),
+            consume: function("consume", include_str!("consume.lua")),
+            refund: function("refund", include_str!("refund.lua")),
         }
     }
 }

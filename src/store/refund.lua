@@ -4,7 +4,6 @@
 -- Idempotent with a record key, like consume.lua.
 -- Arguments: session_lib.lua and quota_lib.lua. Returns consume.lua's shape with outcome
 -- refunded | missing.
-quota_call(KEYS, ARGV)
 local prior = replay()
 if prior then return prior end
 local session = load_session()

@@ -12,7 +12,8 @@
 -- Function-specific arguments follow from ARGV[2].
 local SESSION, OUTBOX, SESSION_ID
 
--- What every function does first: this call's session, its outbox and its id.
+-- What every function on this library does first (the store writes the call in front of
+-- each body): this call's session, its outbox and its id.
 local function session_call(keys, args)
   SESSION, OUTBOX, SESSION_ID = keys[1], keys[2], args[1]
 end

@@ -4,7 +4,6 @@
 -- ARGV: the session id (session_lib.lua), then
 -- ARGV[2]  the plan's name, or '' for none
 -- Returns false for an unknown session, else 1.
-session_call(KEYS, ARGV)
 if redis.call('EXISTS', SESSION) == 0 then
   return false
 end

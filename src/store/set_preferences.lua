@@ -2,7 +2,6 @@
 -- ARGV: the session id (session_lib.lua), then
 -- ARGV[2]  the preferences as compact JSON; '' means the default {} and stores nothing
 -- Returns false for an unknown session, else the activity time in Unix seconds.
-session_call(KEYS, ARGV)
 if redis.call('EXISTS', SESSION) == 0 then
   return false
 end

@@ -1,7 +1,6 @@
 -- Reads a session and records activity on it, in one step.
 -- ARGV: the session id (session_lib.lua), then the fields to read, 'c' and 'a' first.
 -- Returns false for an unknown (or expired) session, else their HMGET after the touch.
-session_call(KEYS, ARGV)
 local fields = redis.call('HMGET', SESSION, unpack(ARGV, 2))
 if not fields[1] then
   return false
