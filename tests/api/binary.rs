@@ -4,7 +4,7 @@ use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use crate::support::{eventually, shared_redis};
+use crate::support::{eventually, shared_redis, RedisServer};
 
 fn gateway() -> Command {
     let mut command = Command::new(env!("CARGO_BIN_EXE_sessiongate"));
@@ -12,6 +12,19 @@ fn gateway() -> Command {
         .env_clear()
         .env("PATH", std::env::var("PATH").unwrap_or_default());
     command
+}
+
+/// Runs the gateway on `redis` (database 0), expecting start-up to stop with exit code 2;
+/// its standard error.
+fn refused_by(redis: &RedisServer) -> String {
+    let output = gateway()
+        .env("REDIS_URL", redis.url(0))
+        .env("SESSIONGATE_LISTEN", "127.0.0.1:0")
+        .env("SESSIONGATE_ADMIN_LISTEN", "127.0.0.1:0")
+        .output()
+        .expect("run sessiongate");
+    assert_eq!(output.status.code(), Some(2));
+    String::from_utf8_lossy(&output.stderr).into_owned()
 }
 
 #[test]
@@ -96,17 +109,10 @@ async fn sigterm_shuts_down_cleanly() {
 /// Every mutation is a Redis function: a Redis without `FUNCTION` (older than 7.0; here one
 /// that renamed the command away) stops start-up with one line saying so, exit code 2,
 /// rather than serving 503 for ever.
-#[tokio::test]
-async fn a_redis_without_functions_is_refused_at_start_up() {
-    let redis = crate::support::RedisServer::start_with(&["--rename-command", "FUNCTION", ""]);
-    let output = gateway()
-        .env("REDIS_URL", redis.url(0))
-        .env("SESSIONGATE_LISTEN", "127.0.0.1:0")
-        .env("SESSIONGATE_ADMIN_LISTEN", "127.0.0.1:0")
-        .output()
-        .expect("run sessiongate");
-    assert_eq!(output.status.code(), Some(2));
-    let stderr = String::from_utf8_lossy(&output.stderr);
+#[test]
+fn a_redis_without_functions_is_refused_at_start_up() {
+    let redis = RedisServer::start_with(&["--rename-command", "FUNCTION", ""]);
+    let stderr = refused_by(&redis);
     assert!(
         stderr.trim_end().ends_with(
             "sessiongate: invalid configuration: redis.url: redis does not know FUNCTION LOAD: \
@@ -121,16 +127,9 @@ async fn a_redis_without_functions_is_refused_at_start_up() {
 /// accepts it, exit code 2, unless `redis.allow_eviction = true`.
 #[tokio::test]
 async fn a_redis_that_evicts_keys_is_refused_unless_allowed() {
-    let redis = crate::support::RedisServer::start();
+    let redis = RedisServer::start();
     redis.cli(&["CONFIG", "SET", "maxmemory-policy", "volatile-lru"]);
-    let output = gateway()
-        .env("REDIS_URL", redis.url(0))
-        .env("SESSIONGATE_LISTEN", "127.0.0.1:0")
-        .env("SESSIONGATE_ADMIN_LISTEN", "127.0.0.1:0")
-        .output()
-        .expect("run sessiongate");
-    assert_eq!(output.status.code(), Some(2));
-    let stderr = String::from_utf8_lossy(&output.stderr);
+    let stderr = refused_by(&redis);
     assert!(
         stderr.trim_end().ends_with(
             "sessiongate: invalid configuration: redis.allow_eviction: redis evicts keys \
@@ -182,16 +181,9 @@ async fn a_redis_that_evicts_keys_is_refused_unless_allowed() {
 /// exit code 2 and one line naming `redis.shards`.
 #[test]
 fn a_shard_count_other_than_the_datas_stops_start_up() {
-    let redis = crate::support::RedisServer::start();
+    let redis = RedisServer::start();
     redis.cli(&["SET", "sg:shards", "32"]);
-    let output = gateway()
-        .env("REDIS_URL", redis.url(0))
-        .env("SESSIONGATE_LISTEN", "127.0.0.1:0")
-        .env("SESSIONGATE_ADMIN_LISTEN", "127.0.0.1:0")
-        .output()
-        .expect("run sessiongate");
-    assert_eq!(output.status.code(), Some(2));
-    let stderr = String::from_utf8_lossy(&output.stderr);
+    let stderr = refused_by(&redis);
     assert!(
         stderr.contains(
             "sessiongate: invalid configuration: redis.shards: redis holds data sharded 32 \
