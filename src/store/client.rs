@@ -171,7 +171,7 @@ impl Store {
     /// Waits (bounded) for the first connection, checks that the data in Redis was written
     /// with the configured shard count, loads the functions so the first requests do not
     /// pay for `FUNCTION LOAD`, and sweeps out the libraries of other configurations (see
-    /// [`lua::sweep`]). Redis being unreachable is reported but not fatal; a shard mismatch
+    /// [`lua::install`]). Redis being unreachable is reported but not fatal; a shard mismatch
     /// is, since every session would look missing.
     pub async fn warm_up(&self, within: Duration) -> Result<(), StoreError> {
         let inner = &self.inner;
@@ -191,11 +191,7 @@ impl Store {
             let quota = self.shape.quota_scripts.values();
             let quota = quota.flat_map(|policy| [&policy.consume, &policy.refund]);
             let current: Vec<&Lua> = inner.scripts.all().into_iter().chain(quota).collect();
-            for lua in &current {
-                load(client, lua).await?;
-            }
-            lua::sweep(client, &current).await;
-            Ok(())
+            lua::install(client, &current).await
         })
         .await
     }

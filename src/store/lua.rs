@@ -50,28 +50,34 @@ impl Lua {
 /// Loads `lua`'s library on every primary, replacing one of the same name (which holds the
 /// same text).
 pub(super) async fn load(client: &Client, lua: &Lua) -> Result<(), StoreError> {
-    match client
+    client
         .function_load_cluster::<Value, _>(true, lua.code.as_str())
         .await
-    {
-        Ok(_) => Ok(()),
-        Err(error) if error.details().contains("unknown command") => Err(StoreError::TooOld),
-        Err(error) => Err(error.into()),
-    }
+        .map_err(too_old)?;
+    Ok(())
 }
 
-/// Deletes the libraries of this store's making that none of `current` is in: Redis keeps
-/// functions for good (in its snapshots, across restarts), so each configuration would leave
+/// Makes Redis hold exactly `current` of this store's libraries: loads those it does not
+/// list (a listed name holds the same text: no need to compile it again on every start), and
+/// deletes those of this store's making that none of `current` is in, since Redis keeps
+/// functions for good (in its snapshots, across restarts) and each configuration would leave
 /// its own behind. A gateway still running an older configuration (a rolling update) loads
-/// its library again on its next call; so this runs at start-up only, and a failure is only
-/// logged.
-pub(super) async fn sweep(client: &Client, current: &[&Lua]) {
+/// its library again on its next call; so this runs at start-up only, and a failed deletion
+/// is only logged. (On a cluster the list is one primary's; a primary lacking a library
+/// loads it on first use.)
+pub(super) async fn install(client: &Client, current: &[&Lua]) -> Result<(), StoreError> {
     let pattern = format!("{LIBRARY_PREFIX}*");
-    let listed = match client.function_list::<Value, _>(Some(pattern), false).await {
-        Ok(listed) => listed,
-        Err(error) => return tracing::warn!(%error, "cannot list redis functions"),
-    };
-    for name in library_names(listed) {
+    let listed = client
+        .function_list::<Value, _>(Some(pattern), false)
+        .await
+        .map_err(too_old)?;
+    let listed = library_names(listed);
+    for lua in current {
+        if !listed.iter().any(|name| **name == *lua.name) {
+            load(client, lua).await?;
+        }
+    }
+    for name in listed {
         if current.iter().any(|lua| *lua.name == *name) {
             continue;
         }
@@ -81,6 +87,15 @@ pub(super) async fn sweep(client: &Client, current: &[&Lua]) {
                 tracing::warn!(%error, library = name, "cannot delete a redis function library")
             }
         }
+    }
+    Ok(())
+}
+
+/// A Redis that does not know `FUNCTION` is too old for this store; any other error is one.
+fn too_old(error: fred::error::Error) -> StoreError {
+    match error.details().contains("unknown command") {
+        true => StoreError::TooOld,
+        false => error.into(),
     }
 }
 
