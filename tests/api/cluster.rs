@@ -116,7 +116,7 @@ async fn a_master_failing_over_under_traffic_costs_a_short_503_window_and_no_cou
     // Alone with the load tests: a replica starved of CPU lags behind its master, and a
     // soak beside this traffic would measure it.
     let _serial = crate::faults::SERIAL.lock().await;
-    let cluster = RedisCluster::start();
+    let cluster = Arc::new(RedisCluster::start());
     let gw = Arc::new(
         TestGateway::start_on(&cluster.url(), |config| {
             with_token(config);
@@ -129,7 +129,8 @@ async fn a_master_failing_over_under_traffic_costs_a_short_503_window_and_no_cou
         .await,
     );
     let id = gw.new_session().await;
-    let master = master_of(&cluster, &crate::support::session_key(&id));
+    let key = crate::support::session_key(&id);
+    let master = master_of(&cluster, &key);
     let replica = eventually(
         Duration::from_secs(30),
         "the master to report its replica",
@@ -144,9 +145,8 @@ async fn a_master_failing_over_under_traffic_costs_a_short_503_window_and_no_cou
     let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let traffic: Vec<_> = (0..4)
         .map(|_| {
-            let (gw, id, granted, unavailable, unexpected, stop) = (
-                gw.clone(),
-                id.clone(),
+            let (gw, id, key, cluster) = (gw.clone(), id.clone(), key.clone(), cluster.clone());
+            let (granted, unavailable, unexpected, stop) = (
                 granted.clone(),
                 unavailable.clone(),
                 unexpected.clone(),
@@ -160,8 +160,10 @@ async fn a_master_failing_over_under_traffic_costs_a_short_503_window_and_no_cou
                         }
                         (503, _) => unavailable.lock().expect("lock").push(Instant::now()),
                         (status, body) => {
+                            let at = Instant::now();
+                            let holders = tokio::task::block_in_place(|| cluster.holders_of(&key));
                             let mut unexpected = unexpected.lock().expect("lock");
-                            unexpected.push((Instant::now(), status, body));
+                            unexpected.push((at, status, body, holders));
                             stop.store(true, Ordering::Relaxed);
                         }
                     }
@@ -204,10 +206,10 @@ async fn a_master_failing_over_under_traffic_costs_a_short_503_window_and_no_cou
         task.await.expect("traffic task");
     }
     let unexpected = unexpected.lock().expect("lock").clone();
-    if let Some((at, status, body)) = unexpected.first() {
+    if let Some((at, status, body, holders)) = unexpected.first() {
         panic!(
             "a consume answered {status} {body}, {:?} after the failover command; \
-             the cluster logged:\n{}",
+             the nodes then:\n{holders}the cluster logged:\n{}",
             at.saturating_duration_since(failover_started),
             cluster.role_changes()
         );

@@ -552,8 +552,11 @@ impl RedisCluster {
                     .unwrap_or(7000)
             })
             .collect();
-        let script = r#"redis-server --bind 127.0.0.1 --port "$1" --dir "$2" --save "" --appendonly no \
-            --cluster-enabled yes --cluster-config-file "nodes-$1.conf" --cluster-node-timeout 5000 \
+        // Each node keeps its own RDB file: a replica writes the snapshot of its full sync
+        // there and loads it back, and with one shared file, replicas syncing at once could
+        // load each other's shards.
+        let script = r#"redis-server --bind 127.0.0.1 --port "$1" --dir "$2" --dbfilename "dump-$1.rdb" \
+            --save "" --appendonly no --cluster-enabled yes --cluster-config-file "nodes-$1.conf" --cluster-node-timeout 5000 \
             --logfile "$2/redis-$1.log" & echo $!; read _; kill -9 $! 2>/dev/null; wait"#;
         let nodes: Vec<Watchdog> = ports
             .iter()
@@ -611,6 +614,25 @@ impl RedisCluster {
             .output()
             .expect("redis-cli");
         String::from_utf8_lossy(&output.stdout).into_owned()
+    }
+
+    /// Each node's view of `key` now: its role, its replication offset, the hash it holds
+    /// under `key` (or the redirection it answers) and how many keys it holds. Taken the
+    /// moment a test sees a key's answer go wrong, it says which node could have given it.
+    pub fn holders_of(&self, key: &str) -> String {
+        self.ports
+            .iter()
+            .map(|port| {
+                let role = self.cli(*port, &["role"]);
+                let role: Vec<&str> = role.lines().take(2).map(str::trim).collect();
+                format!(
+                    "node {port}: role {}, {key}: {}, dbsize {}\n",
+                    role.join(" "),
+                    self.cli(*port, &["hgetall", key]).trim().replace('\n', " "),
+                    self.cli(*port, &["dbsize"]).trim()
+                )
+            })
+            .collect()
     }
 
     /// What each node logged about roles, replication and failovers: the evidence to print
