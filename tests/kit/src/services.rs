@@ -556,8 +556,8 @@ impl RedisCluster {
         // there and loads it back, and with one shared file, replicas syncing at once could
         // load each other's shards.
         let script = r#"redis-server --bind 127.0.0.1 --port "$1" --dir "$2" --dbfilename "dump-$1.rdb" \
-            --save "" --appendonly no --cluster-enabled yes --cluster-config-file "nodes-$1.conf" --cluster-node-timeout 5000 \
-            --logfile "$2/redis-$1.log" & echo $!; read _; kill -9 $! 2>/dev/null; wait"#;
+            --save "" --appendonly no --cluster-enabled yes --cluster-config-file "nodes-$1.conf" \
+            --cluster-node-timeout 5000 --logfile "$2/redis-$1.log" & echo $!; read _; kill -9 $! 2>/dev/null; wait"#;
         let nodes: Vec<Watchdog> = ports
             .iter()
             .map(|port| {
@@ -616,7 +616,7 @@ impl RedisCluster {
         String::from_utf8_lossy(&output.stdout).into_owned()
     }
 
-    /// Each node's view of `key` now: its role, its replication offset, the hash it holds
+    /// Each node's view of `key` now: the first two lines of its `ROLE`, the hash it holds
     /// under `key` (or the redirection it answers) and how many keys it holds. Taken the
     /// moment a test sees a key's answer go wrong, it says which node could have given it.
     pub fn holders_of(&self, key: &str) -> String {
